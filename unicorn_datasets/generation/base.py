@@ -1,0 +1,60 @@
+"""The one interface every LLM backend implements. Stages build requests; backends answer them.
+
+Backends know nothing of stages: a request is a prompt (completion mode) or chat messages,
+an optional JSON schema the output must satisfy, stop strings and a per-row seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    repetition_penalty: float = 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+        }
+
+
+@dataclass
+class GenerationRequest:
+    key: str  # the row id; used in logs and errors
+    seed: int  # per-row sampling seed, derived from (build seed, row id, attempt)
+    prompt: str | None = None  # completion mode (base models)
+    messages: list[dict[str, str]] | None = None  # chat mode (instruction-tuned models)
+    json_schema: dict[str, Any] | None = None  # output must be JSON valid under this schema
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError(f"request {self.key}: give exactly one of prompt / messages")
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    n_tokens: int
+    finish_reason: str = "stop"  # "stop" (EOS or stop string) | "length"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """An LLM that turns requests into results, in order."""
+
+    supports_chat: bool
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: backend kind, model id, revision or file hash."""
+        ...
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]: ...
