@@ -1,0 +1,386 @@
+"""Stage 2 (instruction data): validation, repairs, conversation format, task selection, retries."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.stages import instructions as ins
+from unicorn_datasets.stages.instructions import (
+    InstructConfig,
+    build_request,
+    generate_instructions,
+    json_schema,
+    revalidate,
+    select_tasks,
+    to_conversations,
+    validate,
+)
+
+CAPTION = (
+    "A golden retriever sits on a green park bench beside a woman in a yellow raincoat. "
+    "Behind them a row of tall oak trees lines a gravel path, and puddles on the ground reflect "
+    "the gray overcast sky. A red umbrella leans against the armrest of the bench."
+)
+CFG = InstructConfig()
+
+
+def mc_item(q: str = "What color is the umbrella?", answer: Any = "B", **over: Any) -> dict[str, Any]:
+    item = {"Question": q, "Options": {"A": "Blue", "B": "Red", "C": "Green", "D": "Black"}, "Answer": answer}
+    item.update(over)
+    return item
+
+
+def mc_items(n: int = 6) -> list[dict[str, Any]]:
+    return [mc_item(q=f"Question number {i} about the image?") for i in range(n)]
+
+
+def qa_items(n: int = 6) -> list[dict[str, Any]]:
+    return [
+        {"Question": f"Question {i} about the dog?", "Answer": f"The dog is calm, answer {i}."}
+        for i in range(n)
+    ]
+
+
+def dump(items: list[dict[str, Any]]) -> str:
+    return json.dumps({"QA Pairs": items})
+
+
+# --------------------------------------------------------------------------- rejections
+
+
+@pytest.mark.parametrize(
+    ("task", "raw", "reason"),
+    [
+        ("mc", dump(mc_items())[:-40], "truncated_json"),
+        ("mc", '{"QA Pairs": [{"Question": "What is', "truncated_json"),
+        ("mc", '{"QA Pairs": [}, ,]}', "bad_json"),
+        ("qa", "I cannot answer that.", "bad_json"),
+        ("mc", "[1, 2, 3]", "not_an_object"),
+        ("mc", '{"pairs": []}', "missing_qa_pairs"),
+        ("mc", dump(mc_items(5)), "too_few_items"),
+        ("qa", dump(qa_items(2)), "too_few_items"),
+        ("mc", dump([*mc_items(5), mc_item(answer="E")]), "answer_not_an_option_letter"),
+        ("mc", dump([*mc_items(5), mc_item(answer="A dog")]), "answer_not_an_option_letter"),
+        ("mc", dump([*mc_items(5), mc_item(Options={"A": "x", "B": "y", "C": "z"})]), "missing_options"),
+        ("mc", dump([*mc_items(5), {"Question": "Which?", "Answer": "A"}]), "missing_options"),
+        (
+            "mc",
+            dump([*mc_items(5), mc_item(Options={"A": "w", "B": "x", "C": "y", "D": "z", "E": "v"})]),
+            "extra_options",
+        ),
+        (
+            "mc",
+            dump([*mc_items(5), mc_item(Options={"A": "Red", "B": "red.", "C": "y", "D": "z"})]),
+            "duplicate_options",
+        ),
+        (
+            "mc",
+            dump([*mc_items(5), mc_item(Options={"A": "Red", "B": " ", "C": "y", "D": "z"})]),
+            "empty_option",
+        ),
+        ("mc", dump([*mc_items(5), mc_item(q="  ")]), "empty_question"),
+        ("qa", dump([*qa_items(5), {"Question": "Why?", "Answer": ""}]), "empty_answer"),
+        ("qa", dump([*qa_items(5), {"Question": "Why?"}]), "missing_answer"),
+        ("qa", dump([*qa_items(5), "just a string"]), "item_not_an_object"),
+        ("mc", dump([*mc_items(5), mc_item(q="Question number 0 about the image")]), "duplicate_questions"),
+    ],
+)
+def test_broken_outputs_are_rejected_with_their_reason(task: str, raw: str, reason: str) -> None:
+    v = validate(task, raw, CAPTION, CFG)
+    assert v.items is None
+    assert v.reason == reason
+    assert reason in ins.REJECT_REASONS
+
+
+def test_verbatim_copied_qa_answer_is_rejected_but_short_phrases_are_not() -> None:
+    copied = {"Question": "What is behind them?", "Answer": "A row of tall oak trees lines a gravel path."}
+    v = validate("qa", dump([*qa_items(5), copied]), CAPTION, CFG)
+    assert v.reason == "verbatim_copy"
+    # a short answer that equals a caption phrase is a normal answer, not copying
+    short = {"Question": "What leans against the armrest?", "Answer": "A red umbrella."}
+    assert validate("qa", dump([*qa_items(5), short]), CAPTION, CFG).reason is None
+    # reworded answer passes
+    reworded = {"Question": "What is behind them?", "Answer": "Tall oaks stand along a gravel walk."}
+    assert validate("qa", dump([*qa_items(5), reworded]), CAPTION, CFG).reason is None
+    # the threshold is configurable
+    loose = InstructConfig(max_verbatim_fraction=1.0)
+    assert validate("qa", dump([*qa_items(5), copied]), CAPTION, loose).reason is None
+
+
+def test_too_many_items_is_truncated_or_rejected_by_config() -> None:
+    v = validate("mc", dump(mc_items(10)), CAPTION, CFG)
+    assert v.reason is None and len(v.items or []) == 8 and "truncated_items" in v.repairs
+    strict = InstructConfig(truncate_extra_items=False)
+    assert validate("mc", dump(mc_items(10)), CAPTION, strict).reason == "too_many_items"
+
+
+# --------------------------------------------------------------------------- repairs
+
+
+@pytest.mark.parametrize("answer", ["B.", "B) Red", "(B)", "b", "Red", "red.", "Option B", "The answer is B"])
+def test_repairable_mc_answers_become_the_letter(answer: str) -> None:
+    v = validate("mc", dump([*mc_items(5), mc_item(q="Umbrella color?", answer=answer)]), CAPTION, CFG)
+    assert v.reason is None, v
+    assert v.items is not None and v.items[-1]["Answer"] == "B"
+    assert "normalized_answer" in v.repairs
+
+
+def test_contradictory_letter_and_text_is_not_guessed() -> None:
+    v = validate("mc", dump([*mc_items(5), mc_item(q="Umbrella color?", answer="B) Blue")]), CAPTION, CFG)
+    assert v.reason == "answer_not_an_option_letter"
+
+
+def test_other_safe_repairs_are_recorded() -> None:
+    item = {
+        "question": "  What color is the raincoat? ",
+        "options": ["A. Yellow", "B. Blue", "C. Red", "D. White"],
+        "answer": "A",
+        "explanation": "dropped",
+    }
+    raw = "Sure! Here is the JSON:\n```json\n" + json.dumps({"qa_pairs": [*mc_items(5), item]}) + "\n```"
+    v = validate("mc", raw, CAPTION, CFG)
+    assert v.reason is None, v
+    assert v.items is not None
+    assert v.items[-1] == {
+        "Question": "What color is the raincoat?",
+        "Options": {"A": "Yellow", "B": "Blue", "C": "Red", "D": "White"},
+        "Answer": "A",
+    }
+    for r in (
+        "stripped_preamble",
+        "ignored_trailing_text",
+        "renamed_keys",
+        "dropped_extra_keys",
+        "options_list_to_dict",
+        "stripped_option_labels",
+        "stripped_whitespace",
+    ):
+        assert r in v.repairs
+        assert r in ins.REPAIRS
+    assert validate("qa", dump(qa_items()), CAPTION, CFG).repairs == []
+
+
+# --------------------------------------------------------------------------- format, schema, prompts
+
+
+def test_to_conversations_mc_format() -> None:
+    conv = to_conversations("mc", [mc_item(), mc_item(q="Is it raining?", answer="D")])
+    assert [t["from"] for t in conv] == ["human", "gpt", "human", "gpt"]
+    assert conv[0]["value"] == "<image>\nWhat color is the umbrella?\nA. Blue\nB. Red\nC. Green\nD. Black"
+    assert conv[1]["value"] == "B"
+    assert conv[2]["value"].startswith("Is it raining?\nA. Blue")
+    assert conv[3]["value"] == "D"
+    assert sum("<image>" in t["value"] for t in conv) == 1
+
+
+def test_to_conversations_qa() -> None:
+    conv = to_conversations("qa", qa_items(2))
+    assert conv == [
+        {"from": "human", "value": "<image>\nQuestion 0 about the dog?"},
+        {"from": "gpt", "value": "The dog is calm, answer 0."},
+        {"from": "human", "value": "Question 1 about the dog?"},
+        {"from": "gpt", "value": "The dog is calm, answer 1."},
+    ]
+
+
+def test_json_schema_sanity() -> None:
+    s = json_schema("mc", CFG)
+    arr = s["properties"]["QA Pairs"]
+    assert (arr["minItems"], arr["maxItems"]) == (6, 8)
+    item = arr["items"]
+    assert item["additionalProperties"] is False and s["additionalProperties"] is False
+    assert set(item["required"]) == {"Question", "Options", "Answer"}
+    assert item["properties"]["Answer"]["enum"] == ["A", "B", "C", "D"]
+    assert item["properties"]["Options"]["required"] == ["A", "B", "C", "D"]
+    assert item["properties"]["Question"]["minLength"] == 1
+    r = json_schema("reasoning", InstructConfig(item_bounds={"reasoning": (1, 3)}))
+    assert (r["properties"]["QA Pairs"]["minItems"], r["properties"]["QA Pairs"]["maxItems"]) == (1, 3)
+    assert set(r["properties"]["QA Pairs"]["items"]["required"]) == {"Question", "Answer"}
+    json.dumps(s)  # serialisable for a server's response_format
+
+
+def test_schema_valid_documents_pass_validation() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = json.loads(dump(mc_items(6)))
+    jsonschema.validate(doc, json_schema("mc", CFG))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(json.loads(dump(mc_items(5))), json_schema("mc", CFG))
+
+
+def test_fewshot_examples_pass_their_own_validation() -> None:
+    fs = ins._fewshot(None)
+    for task in ins.TASKS:
+        v = validate(task, json.dumps(fs["examples"][task]), fs["example_caption"], CFG)
+        assert v.reason is None and v.repairs == [], (task, v)
+
+
+def test_build_request_modes_and_seeds() -> None:
+    chat = build_request("row-1", "A cat {max_items} on a mat.", "qa", CFG, 7, 0, supports_chat=True)
+    assert chat.messages is not None and chat.prompt is None
+    content = chat.messages[0]["content"]
+    assert "between 6 and 8" in content and content.rstrip().endswith("A cat {max_items} on a mat.")
+    assert '{"QA Pairs": [{"Question": "...", "Answer": "..."}]}' in content  # literal braces survive
+    assert chat.json_schema == json_schema("qa", CFG)
+
+    comp = build_request("row-1", "A cat\non a mat.", "mc", CFG, seed=7, attempt=0, supports_chat=False)
+    assert comp.prompt is not None and comp.messages is None
+    assert comp.prompt.endswith("Description: A cat on a mat.\nJSON: ")
+    assert comp.stop == ("\nDescription:",)
+
+    prefill = build_request("r", "x", "mc", InstructConfig(constrained=False), 7, 0, supports_chat=False)
+    assert prefill.json_schema is None and prefill.prompt is not None
+    assert prefill.prompt.endswith('JSON: {"QA Pairs": [')
+
+    again = build_request("row-1", "A cat\non a mat.", "mc", CFG, seed=7, attempt=0, supports_chat=False)
+    assert again.seed == comp.seed
+    assert build_request("row-1", "c", "mc", CFG, 7, 1, False).seed != comp.seed
+    assert build_request("row-2", "c", "mc", CFG, 7, 0, False).seed != comp.seed
+    assert ins.derive_seed(7, "row-1", 0) == comp.seed  # stable across processes: sha256-based
+
+    with pytest.raises(ValueError, match="chat"):
+        build_request("r", "x", "mc", InstructConfig(prompt_mode="chat"), 0, 0, supports_chat=False)
+
+
+# --------------------------------------------------------------------------- task selection
+
+
+def test_select_tasks_absolute_counts_and_determinism() -> None:
+    ids = [f"cap-{i:04d}" for i in range(1000)]
+    mix = {"mc": 171, "qa": 199, "reasoning": 100}
+    a = select_tasks(ids, mix, seed=3)
+    assert Counter(a.values()) == {"mc": 171, "qa": 199, "reasoning": 100}
+    assert a == select_tasks(list(reversed(ids)), dict(reversed(list(mix.items()))), seed=3)
+    assert a != select_tasks(ids, mix, seed=4)
+    assert set(a) <= set(ids)
+
+
+def test_select_tasks_fractions_and_scaling() -> None:
+    ids = [str(i) for i in range(10)]
+    assert Counter(select_tasks(ids, {"mc": 0.5, "qa": 0.3}, seed=0).values()) == {"mc": 5, "qa": 3}
+    with pytest.warns(UserWarning, match="scaling"):
+        got = select_tasks(ids, {"mc": 171000, "qa": 199000, "reasoning": 100000}, seed=0)
+    c = Counter(got.values())
+    assert sum(c.values()) == 10 and c["qa"] >= c["mc"] >= c["reasoning"] >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        select_tasks(ids, {"mc": 10}, seed=0)  # exactly all: no warning
+    with pytest.raises(ValueError, match="unknown task"):
+        select_tasks(ids, {"caption": 1}, seed=0)
+    with pytest.raises(ValueError, match="duplicate"):
+        select_tasks(["a", "a"], {"mc": 1}, seed=0)
+
+
+# --------------------------------------------------------------------------- the batched stage
+
+
+class ScriptedBackend:
+    """Returns queued texts per row id, in order; records every generate call."""
+
+    def __init__(self, script: dict[str, list[str]], supports_chat: bool = True) -> None:
+        self.script = {k: list(v) for k, v in script.items()}
+        self.supports_chat = supports_chat
+        self.calls: list[list[GenerationRequest]] = []
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "scripted"}
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        self.calls.append(list(requests))
+        texts = [self.script[r.key].pop(0) for r in requests]
+        return [GenerationResult(text=t, n_tokens=len(t.split())) for t in texts]
+
+
+def test_generate_retries_then_succeeds_and_rejects_after_max_attempts() -> None:
+    good_mc, good_qa = dump(mc_items()), dump(qa_items())
+    bad = dump(mc_items(3))
+    backend = ScriptedBackend(
+        {
+            "ok": [good_mc],
+            "retry": ['{"QA Pairs": [', good_qa],
+            "never": [bad, bad, "not json"],
+            "blank": [],
+        }
+    )
+    batch = {
+        "id": ["ok", "retry", "never", "blank"],
+        "caption": [CAPTION, CAPTION, CAPTION, "   "],
+        "task": ["mc", "qa", "mc", "qa"],
+    }
+    out = generate_instructions(batch, backend=backend, cfg=CFG, seed=1)
+
+    assert out["id"] == batch["id"] and out["caption"] == batch["caption"]  # input columns kept
+    assert out["attempts"] == [1, 2, 3, 0]
+    assert out["reject_reason"] == [None, None, "bad_json", "empty_caption"]
+    assert out["conversations"][0][1] == {"from": "gpt", "value": "B"}
+    assert out["conversations"][1][0]["value"].startswith("<image>\n")
+    assert out["conversations"][2] is None and out["conversations"][3] is None
+    assert out["raw_output"][:3] == [good_mc, good_qa, "not json"]
+    assert out["n_tokens"][2] == 2 * len(bad.split()) + 2
+    # one backend call per round, pending rows grouped together, fresh seed each attempt
+    rounds = [[r.key for r in call] for call in backend.calls]
+    assert rounds == [["ok", "retry", "never"], ["retry", "never"], ["never"]]
+    seeds = [r.seed for call in backend.calls for r in call if r.key == "never"]
+    assert len(set(seeds)) == 3
+    # honest accounting: every row is either data or a recorded rejection
+    n = len(batch["id"])
+    kept = sum(c is not None for c in out["conversations"])
+    rejected = sum(r is not None for r in out["reject_reason"])
+    assert kept + rejected == n and kept == 2
+
+
+def test_generate_is_deterministic_and_revalidate_reproduces() -> None:
+    script = {"a": ["junk", dump(qa_items())], "b": [dump(mc_items(9))]}
+    batch = {"id": ["a", "b"], "caption": [CAPTION, CAPTION], "task": ["qa", "mc"]}
+    out1 = generate_instructions(batch, backend=ScriptedBackend(script), cfg=CFG, seed=5)
+    out2 = generate_instructions(batch, backend=ScriptedBackend(script), cfg=CFG, seed=5)
+    assert out1 == out2
+    assert out1["repairs"][1] == ["truncated_items"]
+    again = revalidate(out1, cfg=CFG)
+    for col in ("conversations", "reject_reason", "repairs", "attempts", "n_tokens"):
+        assert again[col] == out1[col]
+    # stricter rules applied later, without regenerating
+    strict = revalidate(out1, cfg=InstructConfig(truncate_extra_items=False))
+    assert strict["reject_reason"] == [None, "too_many_items"] and strict["conversations"][1] is None
+
+
+def test_completion_mode_prefill_is_part_of_raw_output() -> None:
+    cfg = InstructConfig(constrained=False)
+    text = dump(mc_items())[len(ins.JSON_OPENING) :] + "\n\nDescription: next"
+    backend = ScriptedBackend({"x": [text]}, supports_chat=False)
+    batch = {"id": ["x"], "caption": [CAPTION], "task": ["mc"]}
+    out = generate_instructions(batch, backend=backend, cfg=cfg, seed=0)
+    assert out["reject_reason"] == [None]
+    assert out["raw_output"][0].startswith(ins.JSON_OPENING)
+    assert "ignored_trailing_text" in out["repairs"][0]
+    assert revalidate(out, cfg=cfg)["conversations"] == out["conversations"]
+
+
+def test_bad_task_value_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="row r1: column 'task'"):
+        generate_instructions(
+            {"id": ["r1"], "caption": ["c"], "task": ["vqa"]}, backend=ScriptedBackend({}), cfg=CFG, seed=0
+        )
+
+
+def test_dataset_map_with_output_features() -> None:
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"id": ["a", "b", "c"], "caption": [CAPTION] * 3, "task": ["mc", "qa", "mc"]})
+    backend = ScriptedBackend({"a": ["x", "x", "x"], "b": [dump(qa_items())], "c": [dump(mc_items())]})
+    out = ds.map(
+        generate_instructions,
+        batched=True,
+        batch_size=1,  # the first batch is all-rejected: types must still be fixed
+        fn_kwargs={"backend": backend, "cfg": CFG, "seed": 0},
+        features=ins.output_features(ds.features),
+        load_from_cache_file=False,
+    )
+    assert out.num_rows == 3
+    assert out["reject_reason"] == ["bad_json", None, None]
+    assert out[2]["conversations"][1] == {"from": "gpt", "value": "B"}

@@ -1,0 +1,281 @@
+"""Rank 0's work after each stage: final configs from shard parts, rejections, artifacts, card, summary.
+
+Parts hold every input row (accepted or rejected, with raw model output); configs hold accepted
+rows only, and artifacts/rejections.parquet holds the rest with their reason, so
+rows in = rows out + rejections for every stage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .card import write_card
+from .repo import BuildRepo, atomic_write_text, write_parquet
+
+CONVERSATION = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
+CAPTIONS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("seed", pa.string()),
+        ("source", pa.string()),
+        ("caption", pa.string()),
+        ("model", pa.string()),
+        ("prompt_sha", pa.string()),
+        ("gen_seed", pa.uint64()),
+        ("attempts", pa.int32()),
+    ]
+)
+INSTRUCT_COLUMNS = [
+    ("id", pa.string()),
+    ("task", pa.string()),
+    ("conversations", CONVERSATION),
+    ("model", pa.string()),
+    ("prompt_sha", pa.string()),
+    ("attempts", pa.int32()),
+    ("repairs", pa.list_(pa.string())),
+]
+REJECT_INPUT = {"captions": "seed", "instruct": "caption"}
+
+
+def _constant(table: pa.Table, name: str, value: str) -> pa.Table:
+    return table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
+
+
+def _accepted(table: pa.Table, value_column: str) -> pa.Table:
+    return table.filter(pc.is_valid(table.column(value_column)))
+
+
+def _rejection_counts(repo: BuildRepo, stage: str) -> tuple[int, dict[str, int]]:
+    rows, reasons = 0, Counter()
+    for t in repo.read_parts(stage, ["reject_reason"]):
+        rows += t.num_rows
+        reasons.update(r for r in t.column("reject_reason").to_pylist() if r is not None)
+    return rows, dict(reasons)
+
+
+def write_rejections(repo: BuildRepo) -> int:
+    """All rejected rows of all LLM stages, with reason, input and the last raw model output."""
+    tables = []
+    for stage, input_col in REJECT_INPUT.items():
+        for t in repo.read_parts(stage) if (repo.work / stage).exists() else []:
+            r = t.filter(pc.is_valid(t.column("reject_reason")))
+            if r.num_rows:
+                tables.append(
+                    pa.table(
+                        {
+                            "stage": pa.array([stage] * r.num_rows, pa.string()),
+                            "id": r.column("id").cast(pa.string()),
+                            "reason": r.column("reject_reason").cast(pa.string()),
+                            "input": r.column(input_col).cast(pa.string()),
+                            "raw_output": r.column("raw_output").cast(pa.string()),
+                            "attempts": r.column("attempts").cast(pa.int32()),
+                        }
+                    )
+                )
+    schema = pa.schema(
+        [
+            ("stage", pa.string()),
+            ("id", pa.string()),
+            ("reason", pa.string()),
+            ("input", pa.string()),
+            ("raw_output", pa.string()),
+            ("attempts", pa.int32()),
+        ]
+    )
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    write_parquet(table, repo.artifacts() / "rejections.parquet")
+    return table.num_rows
+
+
+def assemble_captions(repo: BuildRepo, model: str, prompt_sha: str) -> dict[str, Any]:
+    def tables():
+        for t in repo.read_parts("captions"):
+            a = _accepted(t, "caption")
+            a = _constant(_constant(a, "model", model), "prompt_sha", prompt_sha)
+            yield a.select(CAPTIONS_SCHEMA.names)
+
+    files = repo.write_config("captions", tables(), CAPTIONS_SCHEMA)
+    rows_in, reasons = _rejection_counts(repo, "captions")
+    write_rejections(repo)
+    return {"rows_in": rows_in, "rows_out": rows_in - sum(reasons.values()), "rejected": reasons, "files": files}
+
+
+def assemble_instruct(
+    repo: BuildRepo, model: str, prompt_sha: str, *, selected: int, with_embeddings: bool = False
+) -> dict[str, Any]:
+    columns = list(INSTRUCT_COLUMNS)
+    lookup: dict[str, np.ndarray] = {}
+    emb_type: pa.DataType | None = None
+    if with_embeddings:
+        wanted = set()
+        for t in repo.read_parts("instruct", ["id", "reject_reason"]):
+            wanted.update(t.filter(pc.is_null(t.column("reject_reason"))).column("id").to_pylist())
+        for t in repo.read_parts("pretrain", ["id", "embedding"]):
+            keep = t.filter(pc.is_in(t.column("id"), pa.array(sorted(wanted), pa.string())))
+            emb = _embedding_matrix(keep.column("embedding"))
+            lookup.update(zip(keep.column("id").to_pylist(), emb))
+            emb_type = emb_type or pa.list_(pa.from_numpy_dtype(emb.dtype), emb.shape[1]) if emb.size else emb_type
+        if emb_type is not None:
+            columns.insert(3, ("embedding", emb_type))
+    schema = pa.schema(columns)
+
+    def tables():
+        for t in repo.read_parts("instruct"):
+            a = _accepted(t, "conversations")
+            a = _constant(_constant(a, "model", model), "prompt_sha", prompt_sha)
+            if emb_type is not None:
+                mat = (
+                    np.stack([lookup[i] for i in a.column("id").to_pylist()])
+                    if a.num_rows
+                    else np.zeros((0, emb_type.list_size))
+                )
+                a = a.append_column("embedding", _fixed_list(mat, emb_type))
+            yield a.select(schema.names)
+
+    files = repo.write_config("instruct", tables(), schema)
+    rows_in, reasons = _rejection_counts(repo, "instruct")
+    write_rejections(repo)
+    tasks: Counter[str] = Counter()
+    for t in repo.read_parts("instruct", ["task", "reject_reason"]):
+        tasks.update(t.filter(pc.is_null(t.column("reject_reason"))).column("task").to_pylist())
+    return {
+        "selected": selected,
+        "rows_in": rows_in,
+        "rows_out": rows_in - sum(reasons.values()),
+        "rejected": reasons,
+        "tasks": dict(tasks),
+        "files": files,
+    }
+
+
+def _embedding_matrix(col: pa.ChunkedArray) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(arr) == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(arr), -1)
+
+
+def _fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
+    values = pa.array(np.ascontiguousarray(mat).reshape(-1), typ.value_type)
+    return pa.FixedSizeListArray.from_arrays(values, typ.list_size)
+
+
+def assemble_pretrain(repo: BuildRepo, cfg: Any, transfer_info: dict[str, Any]) -> dict[str, Any]:
+    schema: pa.Schema | None = None
+    for t in repo.read_parts("pretrain", ["embedding"]):
+        if t.num_rows:
+            dim = len(t.column("embedding")[0])
+            dtype = pa.float16() if cfg.embedding_dtype == "float16" else pa.float32()
+            schema = pa.schema(
+                [
+                    ("id", pa.string()),
+                    ("caption", pa.string()),
+                    ("conversations", CONVERSATION),
+                    ("embedding", pa.list_(dtype, dim)),
+                ]
+            )
+            break
+    if schema is None:
+        raise RuntimeError("pretrain: no captions to transfer (every Stage-1 row was rejected)")
+
+    def tables():
+        for t in repo.read_parts("pretrain"):
+            mat = _embedding_matrix(t.column("embedding"))
+            t = t.set_column(
+                t.schema.get_field_index("embedding"), "embedding", _fixed_list(mat, schema.field("embedding").type)
+            )
+            yield t.select(schema.names)
+
+    files = repo.write_config("pretrain", tables(), schema)
+    rows = sum(t.num_rows for t in repo.read_parts("pretrain", ["id"]))
+    return {
+        "rows_in": rows,
+        "rows_out": rows,
+        "rejected": {},
+        "files": files,
+        "transfer": transfer_info,
+        "dim": schema.field("embedding").type.list_size,
+    }
+
+
+def save_transfer_artifacts(repo: BuildRepo, mean: np.ndarray, info: dict[str, Any]) -> None:
+    art = repo.artifacts()
+    tmp = art / ".text_mean.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(mean, dtype=np.float64))
+    tmp.replace(art / "text_mean.npy")
+    atomic_write_text(
+        art / "transfer.json",
+        json.dumps(
+            {**info, "mean_file": "artifacts/text_mean.npy", "mean_dtype": "float64", "dim": int(mean.shape[0])},
+            indent=2,
+        ),
+    )
+    atomic_write_text(repo.work / "encoder.json", json.dumps(info.get("encoder", {})))
+
+
+def finish(
+    repo: BuildRepo,
+    recipe: dict[str, Any],
+    fp: str,
+    seed_stats: dict[str, Any],
+    n_seeds: int,
+    provenance: dict[str, Any],
+    run_stats: dict[str, dict[str, Any]],
+    *,
+    llm: dict[str, Any],
+    code_version: str,
+    wall: float,
+) -> dict[str, Any]:
+    stages = {s: repo.stage_summary(s) for s in ("captions", "instruct", "pretrain") if repo.stage_complete(s)}
+    manifest = {
+        "recipe": recipe,
+        "fingerprint": fp,
+        "code_version": code_version,
+        "seeds": {"selected": n_seeds, **seed_stats},
+        "llm": llm,
+        "provenance": provenance,
+        "stages": stages,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_text(repo.artifacts() / "build_manifest.json", json.dumps(manifest, indent=2, default=str))
+    write_card(repo.out, manifest)
+    summary = {"stages": stages, "run": run_stats, "wall_seconds": wall}
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    lines = [
+        "",
+        "build summary",
+        f"{'stage':<10}{'rows in':>9}{'rows out':>10}{'rejected':>10}  {'shards run/skipped':<20}"
+        f"{'tokens':>9}{'seconds':>9}{'tok/s':>8}  rejections by reason",
+    ]
+    for stage in ("captions", "instruct", "encode", "pretrain"):
+        s = summary["stages"].get(stage, {})
+        r = summary["run"].get(stage)
+        if not s and not r:
+            continue
+        r = r or {}
+        rejected = s.get("rejected", {})
+        secs = r.get("seconds", 0.0)
+        tokens = r.get("tokens_run", 0)
+        rate = f"{tokens / secs:.1f}" if secs and tokens else "-"
+        shards = f"{r.get('shards_run', 0)}/{r.get('shards_skipped', 0)}"
+        lines.append(
+            f"{stage:<10}{s.get('rows_in', r.get('rows_run', 0)):>9}{s.get('rows_out', '-'):>10}"
+            f"{sum(rejected.values()):>10}  {shards:<20}{tokens:>9}{secs:>9.1f}{rate:>8}  "
+            + (", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "-")
+        )
+    lines.append(f"wall time {summary['wall_seconds']:.1f}s (tokens and tok/s count this run's generation only)")
+    print("\n".join(lines), file=sys.stderr, flush=True)

@@ -1,0 +1,196 @@
+"""`unicorn build | push | export | embed-images | report`: the command line.
+
+Every user-facing failure ends in one clear line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+EXIT_USAGE, EXIT_INPUT, EXIT_BUILD = 2, 3, 4
+
+
+def _build_parser(sub: Any) -> None:
+    b = sub.add_parser("build", help="build (or resume) a dataset folder from a recipe")
+    b.add_argument("--recipe", default="demo", help="recipe name in builders/ or a .yaml path (default: demo)")
+    b.add_argument("--out", required=True, help="the dataset folder to write (what gets pushed to the Hub)")
+    b.add_argument("--limit", type=int, help="number of seeds")
+    b.add_argument("--seed", type=int, help="build seed (sampling, selection, shuffles)")
+    b.add_argument("--llm", help="LLM: a local folder, a .gguf file, a Hub id, or gemma3-270m-gguf (offline)")
+    b.add_argument("--llm-endpoint", help="comma-separated OpenAI-compatible/TGI server URLs (server backend)")
+    b.add_argument("--prompt-mode", choices=["chat", "completion"], help="chat template or few-shot completion")
+    b.add_argument("--seeds", help="your caption seeds: .txt/.jsonl/.csv/.parquet, a dataset folder or Hub id")
+    b.add_argument("--seed-column", help="column holding the seed captions")
+    b.add_argument("--encoder", help="Stage-3 encoder: CLIP/SigLIP/sentence-transformers folder, minilm, llm2clip")
+    b.add_argument("--transfer", choices=["mean-shift", "c3", "none"], help="Stage-3 transfer method")
+    b.add_argument(
+        "--renormalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-normalise after the mean shift (paper v2; the released code does not)",
+    )
+    b.add_argument("--noise-sigma", type=float, help="c3: Gaussian noise sigma")
+    b.add_argument("--embedding-dtype", choices=["float16", "float32"])
+    b.add_argument("--stages", help="comma-separated subset of captions,instruct,pretrain")
+    b.add_argument("--shard-size", type=int, help="rows per shard (the unit of resume and of work per process)")
+    b.add_argument("--batch-size", type=int, help="LLM batch size")
+    b.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe field, e.g. --set captions.min_words=40",
+    )
+    b.add_argument("--overwrite", action="store_true", help="replace a build made with other settings")
+    b.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (LLM2CLIP)")
+
+
+def _recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from .recipe import apply_overrides, load_recipe, parse_set
+
+    recipe = load_recipe(args.recipe)
+    overrides: dict[str, Any] = {
+        "limit": args.limit,
+        "seed": args.seed,
+        "llm.model": args.llm,
+        "llm.prompt_mode": args.prompt_mode,
+        "llm.batch_size": args.batch_size,
+        "shard_size": args.shard_size,
+        "transfer.encoder": args.encoder,
+        "transfer.method": args.transfer,
+        "transfer.renormalize": args.renormalize,
+        "transfer.noise_sigma": args.noise_sigma,
+        "transfer.embedding_dtype": args.embedding_dtype,
+    }
+    if args.llm_endpoint:
+        overrides["llm.endpoints"] = [u.strip() for u in args.llm_endpoint.split(",") if u.strip()]
+    if args.stages:
+        overrides["stages"] = [s.strip() for s in args.stages.split(",")]
+    recipe = apply_overrides(recipe, overrides)
+    if args.seeds:
+        recipe["seeds"] = [{"kind": "captions", "path": args.seeds, "column": args.seed_column}]
+    elif args.seed_column:
+        raise SystemExit("--seed-column needs --seeds")
+    return apply_overrides(recipe, parse_set(args.set))
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .pipeline import build
+
+    recipe = _recipe_from_args(args)
+    build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push
+
+    url = push(args.folder, args.repo, private=args.private, token=args.token, revision=args.revision)
+    print(url)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_bunny
+
+    summary = export_bunny(args.folder, args.to, chunk_size=args.chunk_size)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_embed_images(args: argparse.Namespace) -> int:
+    from .embed_images import embed_images
+    from .encoders import load_encoder
+
+    enc = load_encoder(args.encoder, device=args.device, trust_remote_code=args.trust_remote_code)
+    summary = embed_images(
+        args.source, enc, args.out, batch_size=args.batch_size, keep_path=args.keep_path, center=not args.no_center
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    print(json.dumps(report(args.folder), indent=2, default=str))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unicorn", description="Build vision-language training data without images.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _build_parser(sub)
+    push = sub.add_parser("push", help="push a built dataset folder to the Hub (the viewer shows every config)")
+    push.add_argument("folder")
+    push.add_argument("--repo", required=True, help="Hub dataset repo id, e.g. me/unicorn")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", help="branch to push to")
+    push.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login; never logged)")
+    ex = sub.add_parser("export", help="export for the authors' Bunny/LLaVA trainer")
+    ex.add_argument("folder")
+    ex.add_argument("--format", choices=["bunny"], default="bunny")
+    ex.add_argument("--to", required=True)
+    ex.add_argument("--chunk-size", type=int, help="rows per embedding pickle (default: one file per config)")
+    em = sub.add_parser("embed-images", help="encode real images with the encoder's image tower, centred")
+    em.add_argument("source", help="a folder of images or a dataset with an `image` column")
+    em.add_argument("--encoder", required=True)
+    em.add_argument("--out", required=True, help="output .parquet")
+    em.add_argument("--batch-size", type=int, default=32)
+    em.add_argument("--device", default="cpu")
+    em.add_argument("--keep-path", action="store_true")
+    em.add_argument("--no-center", action="store_true", help="do not subtract the image-set mean")
+    em.add_argument("--trust-remote-code", action="store_true")
+    rp = sub.add_parser("report", help="statistics of a built dataset folder")
+    rp.add_argument("folder")
+    return p
+
+
+COMMANDS = {
+    "build": cmd_build,
+    "push": cmd_push,
+    "export": cmd_export,
+    "embed-images": cmd_embed_images,
+    "report": cmd_report,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    try:
+        return COMMANDS[args.command](args)
+    except Exception:
+        if os.environ.get("UNICORN_DEBUG"):
+            raise
+        return _report_error(sys.exc_info()[1])
+
+
+def _report_error(exc: BaseException | None) -> int:
+    from .pipeline import BuildError
+    from .recipe import RecipeError
+    from .repo import RepoError
+    from .seeds import SeedError
+
+    try:
+        raise exc  # type: ignore[misc]
+    except (SeedError, RecipeError, FileNotFoundError) as e:
+        print(f"unicorn: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except (BuildError, RepoError, ValueError, RuntimeError) as e:
+        print(f"unicorn: error: {e}", file=sys.stderr)
+        return EXIT_BUILD
+    except KeyboardInterrupt:
+        print("unicorn: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # unexpected: still one clear line and a non-zero exit; UNICORN_DEBUG=1 shows the trace
+        print(f"unicorn: error: {type(e).__name__}: {e} (set UNICORN_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_BUILD
+
+
+if __name__ == "__main__":
+    sys.exit(main())

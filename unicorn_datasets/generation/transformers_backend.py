@@ -1,0 +1,135 @@
+"""In-process backend: a transformers causal LM on this process's device (the embedded default)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList
+
+from .base import GenerationRequest, GenerationResult, SamplingParams
+from .hf_models import load_causal_lm, resolve_model
+from .sampling import PerRowSampler
+from .stopping import StopOnStrings
+
+# Token ids a text-only caption must never contain (image placeholders and other specials).
+_SPECIAL_TOKEN = re.compile(r"^<.*>$|^\[.*\]$")
+
+
+class TransformersBackend:
+    def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 8, dtype: Any = None) -> None:
+        self.source = resolve_model(model)
+        self.model, self.tokenizer = load_causal_lm(self.source, device=device, dtype=dtype)
+        self.device = device
+        self.batch_size = batch_size
+        tok = self.tokenizer
+        tok.padding_side = "left"  # decoder-only batched generation needs left padding
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        self.supports_chat = bool(getattr(tok, "chat_template", None))
+        self.eos_ids = self._eos_ids()
+        self.suppress_ids = self._suppress_ids()
+
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = ids if isinstance(ids, list) else [ids]
+        ids = [i for i in ids if i is not None]
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return sorted(set(ids))
+
+    def _suppress_ids(self) -> list[int]:
+        keep = set(self.eos_ids)
+        ids = [
+            i for i, t in self.tokenizer.added_tokens_decoder.items() if _SPECIAL_TOKEN.match(str(t)) and i not in keep
+        ]
+        ids += [i for i in self.tokenizer.all_special_ids if i not in keep]
+        vocab = self.model.config.get_text_config().vocab_size
+        return sorted({i for i in ids if i < vocab})
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "transformers", **self.source.describe(), "chat_template": self.supports_chat}
+
+    def _render(self, req: GenerationRequest) -> str:
+        if req.prompt is not None:
+            return req.prompt
+        if not self.supports_chat:
+            raise ValueError(f"{self.source.spec} has no chat template: use completion prompts for base models")
+        return self.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        if not requests:
+            return []
+        texts = [self._render(r) for r in requests]
+        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        # Sort by prompt length so batches pad little; group by stop strings (one criteria per call).
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].stop, lengths[i], requests[i].key))
+        results: list[GenerationResult | None] = [None] * len(requests)
+        start = 0
+        while start < len(order):
+            stop = requests[order[start]].stop
+            chunk = [order[start]]
+            while (
+                len(chunk) < self.batch_size
+                and start + len(chunk) < len(order)
+                and requests[order[start + len(chunk)]].stop == stop
+            ):
+                chunk.append(order[start + len(chunk)])
+            for i, res in zip(
+                chunk, self._generate_batch([requests[i] for i in chunk], [texts[i] for i in chunk], params)
+            ):
+                results[i] = res
+            start += len(chunk)
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, reqs: list[GenerationRequest], texts: list[str], params: SamplingParams
+    ) -> list[GenerationResult]:
+        tok = self.tokenizer
+        enc = tok(texts, return_tensors="pt", padding=True).to(self.device)
+        processors = LogitsProcessorList()
+        schemas = [r.json_schema for r in reqs]
+        if any(s is not None for s in schemas):
+            from .constrained import make_processor
+
+            vocab = self.model.config.get_text_config().vocab_size
+            constraint = make_processor(tok, vocab, schemas)
+            if constraint is not None:
+                processors.append(constraint)
+        processors.append(PerRowSampler([r.seed for r in reqs], params.temperature, params.top_p, self.suppress_ids))
+        stop = list(reqs[0].stop)
+        out = self.model.generate(
+            **enc,
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,
+            logits_processor=processors,
+            repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
+            stopping_criteria=StoppingCriteriaList([StopOnStrings(tok, stop, enc["input_ids"].shape[1])])
+            if stop
+            else None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=self.eos_ids,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+        )
+        new = out[:, enc["input_ids"].shape[1] :]
+        results = []
+        for row in new.tolist():
+            n, hit_eos = 0, False
+            for t in row:
+                if t in self.eos_ids:
+                    hit_eos = True
+                    break
+                if t == tok.pad_token_id:
+                    break
+                n += 1
+            text = tok.decode(row[:n], skip_special_tokens=True)
+            cut = min((text.find(s) for s in stop if s in text), default=-1)
+            finish = "stop" if (hit_eos or cut >= 0 or n < params.max_new_tokens) else "length"
+            if cut >= 0:
+                text = text[:cut]
+            results.append(GenerationResult(text=text, n_tokens=n, finish_reason=finish))
+        return results

@@ -1,0 +1,246 @@
+"""The dataset folder: what OUT holds, how shards land atomically, resume, lock, final configs.
+
+OUT/README.md and OUT/<config>/train-*.parquet are exactly what goes to the Hub. Work in
+progress lives in OUT/.build/ (never pushed): the build state (recipe fingerprint), the lock,
+and one Parquet part per finished shard and stage. A part exists only once complete (written to
+a temporary name, then renamed), so a rerun after kill -9 skips exactly the finished shards.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+WORK = ".build"
+ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
+FILE_BYTES = 500 * 1024 * 1024
+OUR_FILES = {"README.md", WORK, "artifacts", "captions", "pretrain", "instruct"}
+
+
+class RepoError(RuntimeError):
+    pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_parquet(table: pa.Table, path: Path, *, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
+    """Write with row groups sized by bytes (not rows) and a page index; atomic rename at the end."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    rows_per_group = max(1, row_group_bytes // per_row)
+    pq.write_table(table, tmp, row_group_size=rows_per_group, write_page_index=True, compression="zstd")
+    os.replace(tmp, path)
+
+
+class BuildRepo:
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.work = self.out / WORK
+        self._lock_fd: IO[str] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def check_target(self, overwrite: bool) -> None:
+        """Refuse to write into a folder that holds something other than a build of ours."""
+        if not self.out.exists():
+            return
+        if not self.out.is_dir():
+            raise RepoError(f"--out {self.out} exists and is not a folder")
+        foreign = sorted(p.name for p in self.out.iterdir() if p.name not in OUR_FILES)
+        ours = (self.work / "state.json").exists()
+        if foreign and not ours:
+            raise RepoError(
+                f"--out {self.out} already holds files that are not a unicorn-datasets build "
+                f"({', '.join(foreign[:5])}); choose another folder"
+            )
+
+    def acquire_lock(self) -> None:
+        """One build per OUT at a time. flock dies with its process, so kill -9 leaves no stale lock."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        fd = open(self.work / "lock", "a+")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fd.seek(0)
+            holder = fd.read().strip()
+            fd.close()
+            raise RepoError(
+                f"another build is writing into {self.out} ({holder or 'pid unknown'}); wait for it or kill it"
+            ) from None
+        fd.seek(0)
+        fd.truncate()
+        fd.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fd.flush()
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        if self._lock_fd:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._lock_fd.close()
+            self._lock_fd = None
+
+    def start(self, recipe: dict[str, Any], fp: str, *, overwrite: bool) -> bool:
+        """Check or write the build state. Returns True when resuming an earlier build."""
+        state_path = self.work / "state.json"
+        if state_path.exists():
+            state = json.loads(state_path.read_text())
+            if state["fingerprint"] == fp and not overwrite:
+                return True
+            if not overwrite:
+                raise RepoError(
+                    f"{self.out} holds a build of recipe '{state['recipe'].get('name')}' with other settings "
+                    f"(fingerprint {state['fingerprint']}, this command: {fp}; first difference: "
+                    f"{_first_difference(state['recipe'], recipe)}). Use --overwrite to replace it, or another --out."
+                )
+        if overwrite:
+            self.clear()
+        self.work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            state_path, json.dumps({"fingerprint": fp, "recipe": recipe, "started": time.time()}, indent=2, default=str)
+        )
+        return False
+
+    def clear(self) -> None:
+        for name in OUR_FILES - {WORK}:
+            p = self.out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        for p in self.work.iterdir() if self.work.exists() else []:
+            if p.name != "lock":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    # ---- shard parts -----------------------------------------------------------------------
+    def stage_dir(self, stage: str) -> Path:
+        d = self.work / stage
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def part_path(self, stage: str, shard: int) -> Path:
+        return self.stage_dir(stage) / f"part-{shard:05d}.parquet"
+
+    def remove_stale_tmp(self, stage: str) -> int:
+        stale = list(self.stage_dir(stage).glob(".*.tmp-*"))
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
+    def done_shards(self, stage: str) -> set[int]:
+        return {int(p.stem.split("-")[1]) for p in self.stage_dir(stage).glob("part-*.parquet")}
+
+    def write_part(self, stage: str, shard: int, table: pa.Table, meta: dict[str, Any]) -> None:
+        """Sidecar first, part last: a part's existence is the only 'done' signal."""
+        atomic_write_text(self.stage_dir(stage) / f"part-{shard:05d}.json", json.dumps(meta))
+        write_parquet(table, self.part_path(stage, shard))
+
+    def part_meta(self, stage: str) -> list[dict[str, Any]]:
+        out = []
+        for shard in sorted(self.done_shards(stage)):
+            meta_path = self.stage_dir(stage) / f"part-{shard:05d}.json"
+            out.append(json.loads(meta_path.read_text()) if meta_path.exists() else {})
+        return out
+
+    def read_parts(self, stage: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        for shard in sorted(self.done_shards(stage)):
+            yield pq.read_table(self.part_path(stage, shard), columns=columns)
+
+    def stage_complete(self, stage: str) -> bool:
+        return (self.stage_dir(stage) / "COMPLETE").exists()
+
+    def mark_stage_complete(self, stage: str, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.stage_dir(stage) / "COMPLETE", json.dumps(summary, indent=2, default=str))
+
+    def stage_summary(self, stage: str) -> dict[str, Any]:
+        p = self.stage_dir(stage) / "COMPLETE"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    # ---- final configs ---------------------------------------------------------------------
+    def write_config(self, config: str, tables: Iterator[pa.Table], schema: pa.Schema) -> list[str]:
+        """Stream tables into OUT/<config>/train-XXXXX-of-YYYYY.parquet (files ~FILE_BYTES), staged then swapped in."""
+        staging = self.work / "staging" / config
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        files: list[Path] = []
+        writer: pq.ParquetWriter | None = None
+        written = 0
+        rows_per_group = 0
+        pending: list[pa.Table] = []
+
+        def flush(final: bool = False) -> None:
+            nonlocal writer, written, pending
+            if not pending:
+                return
+            t = pa.concat_tables(pending).cast(schema)
+            pending = []
+            for start in range(0, t.num_rows, rows_per_group):
+                chunk = t.slice(start, rows_per_group)
+                if writer is None:
+                    files.append(staging / f"part{len(files):05d}.parquet")
+                    writer = pq.ParquetWriter(files[-1], schema, compression="zstd", write_page_index=True)
+                writer.write_table(chunk, row_group_size=rows_per_group)
+                written += chunk.nbytes
+                if written >= FILE_BYTES:
+                    writer.close()
+                    writer, written = None, 0
+
+        buffered = 0
+        for t in tables:
+            if t.num_rows == 0:
+                continue
+            if not rows_per_group:
+                rows_per_group = max(1, ROW_GROUP_BYTES // max(1, t.nbytes // t.num_rows))
+            pending.append(t)
+            buffered += t.num_rows
+            if buffered >= rows_per_group:
+                flush()
+                buffered = 0
+        rows_per_group = rows_per_group or 1
+        flush(final=True)
+        if writer is not None:
+            writer.close()
+        if not files:  # an empty config still gets one file so load_dataset sees its columns
+            files.append(staging / "part00000.parquet")
+            pq.write_table(schema.empty_table(), files[-1])
+        names = []
+        for i, f in enumerate(files):
+            name = f"train-{i:05d}-of-{len(files):05d}.parquet"
+            f.rename(staging / name)
+            names.append(f"{config}/{name}")
+        final = self.out / config
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        return names
+
+    def artifacts(self) -> Path:
+        d = self.out / "artifacts"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if k in ("out", "overwrite"):
+                continue
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        return "none"
+    return f"{path}: {a!r} -> {b!r}"

@@ -1,0 +1,88 @@
+"""Stage 3: caption text embeddings become synthetic image embeddings (the `pretrain` config).
+
+Pass 1 (`encode_batch`) writes the L2-normalised text embedding of each caption; the build
+reduces per-shard float64 sums into the exact mean over ALL captions; pass 2 (`shift_batch`)
+applies the transfer (mean-shift / c3 / none) and shapes the LLaVA pretraining row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import prompts
+from ..transfer import METHODS, apply_transfer, row_seeds
+from .retry import row_seed
+
+IMAGE_TOKEN = "<image>"
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    encoder: str = "minilm"
+    method: str = "mean-shift"
+    renormalize: bool = False  # released code: no; paper v2: yes
+    noise_sigma: float = 0.0
+    embedding_dtype: str = "float16"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--transfer {self.method}: choose one of {', '.join(METHODS)}")
+        if self.embedding_dtype not in DTYPES:
+            raise ValueError(f"--embedding-dtype {self.embedding_dtype}: choose float16 or float32")
+
+    @classmethod
+    def from_recipe(cls, section: dict[str, Any]) -> TransferConfig:
+        keys = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in section.items() if k in keys})
+
+    def provenance(self, encoder_info: dict[str, Any], count: int) -> dict[str, Any]:
+        return {
+            "encoder": encoder_info,
+            "method": self.method,
+            "renormalize": self.renormalize if self.method == "mean-shift" else self.method == "c3",
+            "noise_sigma": self.noise_sigma,
+            "mean_over": "all accepted Stage-1 captions of this build",
+            "count": count,
+            "embedding_dtype": self.embedding_dtype,
+        }
+
+
+def describe_instructions() -> list[str]:
+    return [line.strip() for line in prompts.load("describe_instructions.txt").splitlines() if line.strip()]
+
+
+def encode_batch(batch: dict[str, list], *, encoder: Any, cfg: TransferConfig) -> dict[str, list]:
+    emb = encoder.encode_text(list(batch["caption"]), batch_size=cfg.batch_size)
+    return {**batch, "text_embedding": emb.astype(np.float32)}
+
+
+def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig, build_seed: int) -> dict[str, list]:
+    ids = list(batch["id"])
+    emb = np.asarray(batch["text_embedding"], dtype=np.float32)
+    out = apply_transfer(
+        emb,
+        cfg.method,
+        mean=mean,
+        renormalize=cfg.renormalize,
+        noise_sigma=cfg.noise_sigma,
+        rng_seed_per_row=row_seeds(ids, build_seed) if cfg.method == "c3" else None,
+    )
+    phrasings = describe_instructions()
+    conversations = [
+        [
+            {"from": "human", "value": f"{IMAGE_TOKEN}\n{phrasings[row_seed(build_seed, rid) % len(phrasings)]}"},
+            {"from": "gpt", "value": caption},
+        ]
+        for rid, caption in zip(ids, batch["caption"])
+    ]
+    return {
+        "id": ids,
+        "caption": list(batch["caption"]),
+        "conversations": conversations,
+        "embedding": out.astype(DTYPES[cfg.embedding_dtype]),
+    }
