@@ -62,6 +62,11 @@ def dump(items: list[dict[str, Any]]) -> str:
         ("mc", '{"QA Pairs": [}, ,]}', "bad_json"),
         ("qa", "I cannot answer that.", "bad_json"),
         ("mc", "[1, 2, 3]", "not_an_object"),
+        (
+            "qa",
+            '{"QA Pairs": [{"Question": "a?", "Answer": "b", "Question": "c?", "Answer": "d"}]}',
+            "duplicate_keys",
+        ),
         ("mc", '{"pairs": []}', "missing_qa_pairs"),
         ("mc", dump(mc_items(5)), "too_few_items"),
         ("qa", dump(qa_items(2)), "too_few_items"),

@@ -68,6 +68,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "empty_caption",
     "bad_json",
     "truncated_json",
+    "duplicate_keys",
     "not_an_object",
     "missing_qa_pairs",
     "qa_pairs_not_a_list",
@@ -314,10 +315,22 @@ def _parse(raw: str, repairs: list[str]) -> tuple[Any, str | None]:
     if raw[:start].strip():
         repairs.append("stripped_preamble")
     s = raw[start:]
+    dup_keys: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # json keeps the last of repeated keys; a small model that runs items together
+        # ({"Question": q1, "Answer": a1, "Question": q2, ...}) must not pass silently
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) < len(keys):
+            dup_keys.extend(keys)
+        return dict(pairs)
+
     try:
-        obj, end = json.JSONDecoder().raw_decode(s)
+        obj, end = json.JSONDecoder(object_pairs_hook=pairs_hook).raw_decode(s)
     except json.JSONDecodeError as e:
         return None, "truncated_json" if _looks_truncated(s, e) else "bad_json"
+    if dup_keys:
+        return None, "duplicate_keys"
     if s[end:].strip():
         repairs.append("ignored_trailing_text")
     return obj, None

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import make_tiny_llm  # noqa: E402
+
+# Small, fast settings for the tiny random model: it writes word salad, so word bounds are loose.
+TINY_FLAGS = [
+    "--set", "captions.min_words=5", "--set", "captions.sampling.max_new_tokens=40",
+    "--set", "instruct.sampling.max_new_tokens=200", "--shard-size", "3",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "hf_datasets_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_build(args: list[str], *, cwd: Path | None = None, timeout: int = 600,
+              launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real entry point in a fresh process, as a user would."""
+    cmd = [*(launcher or [sys.executable]), str(ROOT / "build.py"), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def start_build(args: list[str], *, launcher: list[str] | None = None) -> subprocess.Popen:
+    cmd = [*(launcher or [sys.executable]), str(ROOT / "build.py"), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a launcher and every process under it (torchrun puts workers in their own sessions)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(proc.pid)
+        victims = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        victims = []
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
