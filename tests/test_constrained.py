@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedTokenizerFast,
+)
 
 from unicorn_datasets.generation import constrained
 from unicorn_datasets.generation.constrained import JsonSchemaLogitsProcessor, close_objects, make_processor
@@ -46,10 +52,17 @@ QA_SCHEMA: dict[str, Any] = {
 }
 SHORT_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"verdict": {"enum": ["yes", "no"]}, "count": {"type": "integer", "minimum": 0, "maximum": 9}},
+    "properties": {
+        "verdict": {"enum": ["yes", "no"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+    },
     "required": ["verdict", "count"],
 }
-PROMPTS = ["Caption: a red car on the road. JSON:", "a cat", "Caption: two dogs by the lake and a boat. JSON:"]
+PROMPTS = [
+    "Caption: a red car on the road. JSON:",
+    "a cat",
+    "Caption: two dogs by the lake and a boat. JSON:",
+]
 
 
 def check_qa(obj: Any) -> None:
@@ -65,6 +78,16 @@ def check_short(obj: Any) -> None:
     assert isinstance(obj, dict) and list(obj) == ["verdict", "count"]
     assert obj["verdict"] in {"yes", "no"}
     assert isinstance(obj["count"], int) and 0 <= obj["count"] <= 9
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # A model this small gains nothing from threads, and on a busy machine OpenMP spin-waits
+    # make 2-thread generation 10-20x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +221,8 @@ def test_grammars_and_tokenizer_compiled_once(tokenizer, monkeypatch) -> None:
     for _ in range(3):
         make_processor(tokenizer, len(tokenizer) + EXTRA_VOCAB, [schema, dict(schema), None])
     assert len(calls) == 1
-    assert len(constrained._tokenizers[tokenizer]) == 1  # one llguidance tokenizer per (tokenizer, vocab, eos)
+    # one llguidance tokenizer per (tokenizer, vocab size, EOS ids)
+    assert len(constrained._tokenizers[tokenizer]) == 1
 
 
 def _allowed(scores: torch.Tensor, row: int) -> set[int]:

@@ -42,22 +42,20 @@ PUNCT = [
 
 
 def make_tokenizer(folder: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    """A byte-level BPE trained on a few hundred English words: can spell any text, decodes to words."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<image_soft_token>"]
-    vocab = {t: i for i, t in enumerate(specials + PUNCT + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        unk_token="<unk>",
-        additional_special_tokens=["<image_soft_token>"],
-    )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [" ".join(WORDS)] * 20 + [" ".join(PUNCT)] * 5 + ['{"QA Pairs": [{"Question": "?", "Answer": "A"}]}'] * 5
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>", additional_special_tokens=["<image_soft_token>"])
     fast.padding_side = "left"
     fast.save_pretrained(folder)
     return fast

@@ -50,7 +50,8 @@ def _constant(table: pa.Table, name: str, value: str) -> pa.Table:
 
 
 def _accepted(table: pa.Table, value_column: str) -> pa.Table:
-    return table.filter(pc.is_valid(table.column(value_column)))
+    col = table.column(value_column)
+    return table.slice(0, 0) if col.null_count == table.num_rows else table.filter(pc.is_valid(col))
 
 
 def _rejection_counts(repo: BuildRepo, stage: str) -> tuple[int, dict[str, int]]:

@@ -21,6 +21,7 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import __version__
 from .progress import StageProgress
@@ -273,14 +274,10 @@ def _llm_id(ctx: Context) -> str:
 
 def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
     """Stage-1 captions (accepted rows only), ordered by id: the input of Stages 2 and 3."""
-    tables = [
-        t.filter(pa.compute.is_valid(t.column("caption"))) for t in repo.read_parts("captions", ["id", "caption"])
-    ]
-    table = (
-        pa.concat_tables(tables)
-        if tables
-        else pa.table({"id": pa.array([], pa.string()), "caption": pa.array([], pa.string())})
-    )
+    schema = pa.schema([("id", pa.string()), ("caption", pa.string())])
+    # cast: a part whose rows were all rejected has a null-typed caption column
+    tables = [t.cast(schema) for t in repo.read_parts("captions", ["id", "caption"])]
+    table = pa.concat_tables([t.filter(pc.is_valid(t.column("caption"))) for t in tables] or [schema.empty_table()])
     return datasets.Dataset(table.sort_by("id"))
 
 
@@ -382,7 +379,8 @@ def _instruct_config(ctx: Context) -> Any:
     from .stages.instructions import InstructConfig, prompt_provenance
 
     section = ctx.recipe.get("instruct", {})
-    keys = ("max_attempts", "max_verbatim_fraction", "min_verbatim_words", "constrained", "truncate_extra_items")
+    keys = ("max_attempts", "max_verbatim_fraction", "min_verbatim_words", "constrained", "truncate_extra_items",
+            "max_chars")
     cfg = InstructConfig(
         item_bounds={t: tuple(b) for t, b in section.get("items", {}).items()},
         prompt_mode=ctx.recipe.get("llm", {}).get("prompt_mode", "auto"),

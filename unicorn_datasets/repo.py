@@ -187,7 +187,7 @@ class BuildRepo:
             nonlocal writer, written, pending
             if not pending:
                 return
-            t = pa.concat_tables(pending).cast(schema)
+            t = pa.concat_tables([p.cast(schema) for p in pending])
             pending = []
             for start in range(0, t.num_rows, rows_per_group):
                 chunk = t.slice(start, rows_per_group)

@@ -24,7 +24,6 @@ from typing import Any
 
 import llguidance
 import llguidance.hf
-import llguidance.torch
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
@@ -61,7 +60,9 @@ def _get_executor() -> llguidance.LLExecutor:
     return _executor
 
 
-def _tokenizer_entry(tokenizer: PreTrainedTokenizerBase, n_vocab: int, eos_ids: tuple[int, ...]) -> _TokenizerEntry:
+def _tokenizer_entry(
+    tokenizer: PreTrainedTokenizerBase, n_vocab: int, eos_ids: tuple[int, ...]
+) -> _TokenizerEntry:
     with _lock:
         per_tok = _tokenizers.setdefault(tokenizer, {})
         entry = per_tok.get((n_vocab, eos_ids))
@@ -129,7 +130,9 @@ def _compiled(entry: _TokenizerEntry, schema: Schema, strict: bool) -> llguidanc
     return template.deep_copy()
 
 
-def _eos_ids(tokenizer: PreTrainedTokenizerBase, eos_token_ids: int | Sequence[int] | None) -> tuple[int, ...]:
+def _eos_ids(
+    tokenizer: PreTrainedTokenizerBase, eos_token_ids: int | Sequence[int] | None
+) -> tuple[int, ...]:
     if eos_token_ids is None:
         eos_token_ids = tokenizer.eos_token_id
     ids = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids or ())
@@ -169,7 +172,8 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
         ]
         self.active = [m is not None for m in self.matchers]
         self.violations: dict[int, int] = {}  # row -> first token its grammar rejected
-        self._bitmask = llguidance.torch.allocate_token_bitmask(len(self.matchers), self.n_vocab)
+        # One bit per token, rows = batch rows; llguidance writes into it (contiguous, on CPU).
+        self._bitmask = torch.full((len(self.matchers), (self.n_vocab + 31) // 32), -1, dtype=torch.int32)
         self._shifts = torch.arange(32, dtype=torch.int32)
         self._consumed: int | None = None  # input_ids length already fed to the matchers
 
@@ -179,7 +183,9 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[0] != self.batch_size:
-            raise ValueError(f"processor built for {self.batch_size} rows, got a batch of {input_ids.shape[0]}")
+            raise ValueError(
+                f"processor built for {self.batch_size} rows, got a batch of {input_ids.shape[0]}"
+            )
         length = input_ids.shape[1]
         if self._consumed is None:
             self._consumed = length  # first step: all of input_ids is (left-padded) prompt
@@ -197,8 +203,14 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
 
         rows = [r for r in range(self.batch_size) if self.active[r]]
         if rows:
-            llguidance.torch.fill_next_token_bitmask_par(
-                _get_executor(), [(self.matchers[r], r) for r in rows], self._bitmask
+            # What llguidance.torch.fill_next_token_bitmask_par does, without importing that module
+            # (it pulls in torch._dynamo: seconds of import time).
+            bm = self._bitmask
+            _get_executor().unsafe_compute_mask_ptr(
+                [(self.matchers[r], r) for r in rows],
+                bm.data_ptr(),
+                bm.shape[1] * bm.element_size(),
+                bm.shape[0],
             )
             self._apply(scores, rows)
         return scores
@@ -214,7 +226,9 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
                 log.debug("row %d finished outside the grammar (stop string?)", row)
             else:
                 self.violations[row] = token
-                log.warning("row %d: token %d is outside its JSON schema (%s)", row, token, matcher.get_error())
+                log.warning(
+                    "row %d: token %d is outside its JSON schema (%s)", row, token, matcher.get_error()
+                )
 
     def _apply(self, scores: torch.Tensor, rows: list[int]) -> None:
         """scores[rows, t] = -inf for every token t the row's bitmask forbids (and every t >= n_vocab)."""
@@ -241,4 +255,6 @@ def make_processor(
     """The constraint for one batch, or None when no row carries a schema (nothing to mask)."""
     if all(s is None for s in schemas):
         return None
-    return JsonSchemaLogitsProcessor(tokenizer, vocab_size, schemas, eos_token_ids=eos_token_ids, strict=strict)
+    return JsonSchemaLogitsProcessor(
+        tokenizer, vocab_size, schemas, eos_token_ids=eos_token_ids, strict=strict
+    )

@@ -91,7 +91,8 @@ def load_causal_lm(src: ModelSource, *, device: str = "cpu", dtype: Any = None) 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
+    # "cpu:0" is what accelerate reports under a gloo group: compare the device type, not the string
+    dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
     path = src.path
     if src.gguf_file:
         target = _dequantised_dir(src)

@@ -4,12 +4,23 @@ torch's global RNG makes a sampled row depend on what else is in its batch. Here
 torch.Generator seeded from (build seed, row id, attempt); this processor draws the next token
 for every row and masks all others, and generate runs greedy on top of it. A row's text then
 depends only on its own seed and prompt, not on batch composition or process count.
+
+CPU kernels can differ in the last bits of a logit depending on memory layout (we saw a single
+token flip between a 1-process and a 2-process build of the same shard). Logits are therefore
+snapped to a 1/64-nat grid and the draw is done in float64 by inverse CDF with a stable order,
+so ulp-level noise no longer moves a sample except in the rare case it straddles a grid line.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import LogitsProcessor
+
+LOGIT_GRID = 64.0  # 1/64 nat: far below what changes the sampling distribution in practice
+
+
+def snap(logits: torch.Tensor) -> torch.Tensor:
+    return torch.round(logits.double() * LOGIT_GRID) / LOGIT_GRID
 
 
 class PerRowSampler(LogitsProcessor):
@@ -20,22 +31,29 @@ class PerRowSampler(LogitsProcessor):
         self.suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.float()
+        scores = snap(scores)
         if len(self.suppress):
             scores[:, self.suppress.to(scores.device)] = -float("inf")
-        if self.temperature <= 0:
-            return scores  # greedy: generate's argmax picks the token
         out = torch.full_like(scores, -float("inf"))
         for row, gen in enumerate(self.generators):
-            logits = scores[row]
+            logits = scores[row].cpu()
             if not torch.isfinite(logits).any():  # finished row fully masked by a constraint
-                out[row] = logits
+                out[row] = scores[row]
                 continue
-            probs = torch.softmax(logits / self.temperature, dim=-1).cpu()
-            if self.top_p < 1.0:
-                sorted_p, order = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < self.top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-            token = torch.multinomial(probs, 1, generator=gen)
-            out[row, token.to(scores.device)] = 0.0
-        return out
+            if self.temperature <= 0:
+                token = int(torch.argmax(logits))  # first index on ties: stable
+            else:
+                token = self._draw(logits, gen)
+            out[row, token] = 0.0
+        return out.to(torch.float32)
+
+    def _draw(self, logits: torch.Tensor, gen: torch.Generator) -> int:
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        p_sorted, order = torch.sort(probs, descending=True, stable=True)
+        cdf = torch.cumsum(p_sorted, dim=-1)
+        if self.top_p < 1.0:
+            keep = int(torch.searchsorted(cdf, torch.tensor(self.top_p, dtype=cdf.dtype))) + 1  # always >= 1
+            p_sorted, cdf = p_sorted[:keep], cdf[:keep]
+        u = torch.rand((), generator=gen, dtype=torch.float64) * cdf[-1]
+        idx = min(int(torch.searchsorted(cdf, u, right=True)), len(cdf) - 1)
+        return int(order[idx])

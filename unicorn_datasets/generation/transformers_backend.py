@@ -95,7 +95,7 @@ class TransformersBackend:
             from .constrained import make_processor
 
             vocab = self.model.config.get_text_config().vocab_size
-            constraint = make_processor(tok, vocab, schemas)
+            constraint = make_processor(tok, vocab, schemas, eos_token_ids=self.eos_ids)
             if constraint is not None:
                 processors.append(constraint)
         processors.append(PerRowSampler([r.seed for r in reqs], params.temperature, params.top_p, self.suppress_ids))

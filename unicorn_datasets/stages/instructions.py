@@ -122,6 +122,7 @@ class InstructConfig:
         default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.7, top_p=0.95)
     )
     prompt_dir: str | None = None  # folder with replacement template files (same names)
+    max_chars: int = 2000  # longest question / option / answer string the schema allows
 
     def __post_init__(self) -> None:
         bounds = {**_default_bounds(), **{k: tuple(v) for k, v in self.item_bounds.items()}}
@@ -236,7 +237,7 @@ def json_schema(task: str, cfg: InstructConfig) -> dict[str, Any]:
     """JSON schema of one answer, sent with the request when ``cfg.constrained``."""
     _check_task(task)
     lo, hi = cfg.bounds(task)
-    text = {"type": "string", "minLength": 1}
+    text = {"type": "string", "minLength": 1, "maxLength": cfg.max_chars}  # a bound stops runaway strings
     props: dict[str, Any] = {"Question": text}
     required = ["Question"]
     if task == "mc":
