@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tiny_models import byte_bpe_tokenizer, tiny_llama
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
     LogitsProcessor,
     LogitsProcessorList,
@@ -22,6 +21,7 @@ from transformers import (
 
 from unicorn_datasets.generation import constrained
 from unicorn_datasets.generation.constrained import JsonSchemaLogitsProcessor, close_objects, make_processor
+from unicorn_datasets.generation.sampling import PerRowSampler
 
 WORDS = (
     "the a an of to in is on with for and cat dog red blue green car tree house man woman boat dock "
@@ -92,53 +92,18 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    # Byte-level BPE: every byte is a token, so the grammar can always spell what it needs.
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=420,
-        special_tokens=["<pad>", "<eos>", "<bos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
     corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
     corpus += [json.dumps({"pairs": [{"question": "what color", "answer": "red"}], "label": "A"})] * 5
-    tk.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", padding_side="left"
-    )
+    return byte_bpe_tokenizer(corpus, 420, ["<pad>", "<eos>", "<bos>"])
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer) + EXTRA_VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer, extra_vocab=EXTRA_VOCAB)
 
 
-class RowSampler(LogitsProcessor):
-    """Like the backend's per-row sampler: draw one token per row, mask everything else."""
-
-    def __init__(self, seeds: list[int]) -> None:
-        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        out = torch.full_like(scores, float("-inf"))
-        for row, gen in enumerate(self.gens):
-            token = torch.multinomial(torch.softmax(scores[row] / 1.5, -1), 1, generator=gen)
-            out[row, token] = 0.0
-        return out
+def RowSampler(seeds: list[int]) -> PerRowSampler:  # noqa: N802 - the backend's own sampler, hot enough to explore
+    return PerRowSampler(seeds, temperature=1.5, top_p=1.0, suppress_ids=[])
 
 
 def generate(model, tokenizer, processors: list[LogitsProcessor], max_new_tokens: int = 300) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -19,7 +20,9 @@ def check_instruct(out: Path) -> None:
     summary = (out / "README.md").read_text()
     assert "config_name: instruct" in summary
     assert set(ins["id"]) <= set(caps["id"]) and len(set(ins["id"])) == len(ins)
-    selected = len(caps)  # the demo mix asks for every caption (fractions summing to 1)
+    manifest = json.loads((out / "artifacts" / "build_manifest.json").read_text())
+    selected = manifest["stages"]["instruct"]["selected"]
+    assert selected == len(caps)  # the test mix asks for every caption (fractions summing to 1)
     assert len(ins) + len(rej) == selected
     assert set(ins["task"]) <= {"mc", "qa", "reasoning"}
     for row in ins:

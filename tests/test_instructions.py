@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.seeding import row_seed
 from unicorn_datasets.stages import instructions as ins
 from unicorn_datasets.stages.instructions import (
     InstructConfig,
@@ -246,7 +247,7 @@ def test_build_request_modes_and_seeds() -> None:
     assert again.seed == comp.seed
     assert build_request("row-1", "c", "mc", CFG, 7, 1, False).seed != comp.seed
     assert build_request("row-2", "c", "mc", CFG, 7, 0, False).seed != comp.seed
-    assert ins.derive_seed(7, "row-1", 0) == comp.seed  # stable across processes: sha256-based
+    assert row_seed(7, "row-1", 0, stream="instruct") == comp.seed  # stable across processes: sha256-based
 
     with pytest.raises(ValueError, match="chat"):
         build_request("r", "x", "mc", InstructConfig(prompt_mode="chat"), 0, 0, supports_chat=False)

@@ -41,49 +41,54 @@ PUNCT = [
 ]
 
 
-def make_tokenizer(folder: Path):
-    """A byte-level BPE trained on a few hundred English words: can spell any text, decodes to words."""
+def byte_bpe_tokenizer(corpus: list[str], vocab_size: int, specials: list[str]):
+    """A byte-level BPE trained on `corpus`: every byte is a token, so any text (and any grammar) can be
+    spelled, and decoding gives back words."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<image_soft_token>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = [" ".join(WORDS)] * 20 + [" ".join(PUNCT)] * 5 + ['{"QA Pairs": [{"Question": "?", "Answer": "A"}]}'] * 5
-    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                                   unk_token="<unk>", additional_special_tokens=["<image_soft_token>"])
-    fast.padding_side = "left"
-    fast.save_pretrained(folder)
-    return fast
+    named = dict(zip(("pad_token", "eos_token", "bos_token", "unk_token"), specials))
+    extra = specials[len(named):]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", additional_special_tokens=extra, **named)
 
 
-def make_tiny_llm(folder: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama with a word-level tokenizer: emits English words, fast on CPU."""
+def tiny_llama(tokenizer, *, extra_vocab: int = 0, seed: int = 0):
+    """A 2-layer Llama with random weights over `tokenizer` (+ `extra_vocab` padded logit columns)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(folder)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tok),
+        vocab_size=len(tokenizer) + extra_vocab,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
-    model = LlamaForCausalLM(cfg)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def make_tiny_llm(folder: Path, seed: int = 0) -> Path:
+    """A tiny random Llama saved with its tokenizer: emits English words, fast on CPU."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = [" ".join(WORDS)] * 20 + [" ".join(PUNCT)] * 5 + ['{"QA Pairs": [{"Question": "?", "Answer": "A"}]}'] * 5
+    tok = byte_bpe_tokenizer(corpus, 700, ["<pad>", "<eos>", "<bos>", "<unk>", "<image_soft_token>"])
+    tok.save_pretrained(folder)
+    model = tiny_llama(tok, seed=seed)
     with torch.no_grad():  # make EOS unlikely so rows run to a useful length
         model.lm_head.weight[tok.eos_token_id] *= 0.0
-        model.lm_head.bias = None
     model.save_pretrained(folder)
     return folder

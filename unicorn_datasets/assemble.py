@@ -198,6 +198,7 @@ def assemble_pretrain(repo: BuildRepo, cfg: Any, transfer_info: dict[str, Any]) 
 
     files = repo.write_config("pretrain", tables(), schema)
     rows = sum(t.num_rows for t in repo.read_parts("pretrain", ["id"]))
+    truncated = sum(pc.sum(t.column("truncated")).as_py() or 0 for t in repo.read_parts("encode", ["truncated"]))
     return {
         "rows_in": rows,
         "rows_out": rows,
@@ -205,6 +206,7 @@ def assemble_pretrain(repo: BuildRepo, cfg: Any, transfer_info: dict[str, Any]) 
         "files": files,
         "transfer": transfer_info,
         "dim": schema.field("embedding").type.list_size,
+        "truncated_by_encoder": int(truncated),
     }
 
 
@@ -247,12 +249,25 @@ def finish(
         "provenance": provenance,
         "stages": stages,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "diversity": _diversity(repo),
     }
     atomic_write_text(repo.artifacts() / "build_manifest.json", json.dumps(manifest, indent=2, default=str))
     write_card(repo.out, manifest)
-    summary = {"stages": stages, "run": run_stats, "wall_seconds": wall}
+    summary = {"stages": stages, "run": run_stats, "wall_seconds": wall, "diversity": manifest["diversity"]}
     print_summary(summary)
     return summary
+
+
+def _diversity(repo: BuildRepo) -> dict[str, Any]:
+    """Synth²-style balance of the captions (k-means cluster sizes), written to artifacts/report.json."""
+    from .report import report
+
+    if not (repo.out / "captions").exists():
+        return {}
+    r = report(repo.out)
+    return {"k": r.get("k"), "top5_share": r.get("top5_share"), "entropy": r.get("entropy"),
+            "entropy_normalised": r.get("entropy_normalised"), "ttr": r.get("text", {}).get("ttr_mean_per_caption"),
+            "n_captions": r.get("n_captions")}
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -278,5 +293,14 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{sum(rejected.values()):>10}  {shards:<20}{tokens:>9}{secs:>9.1f}{rate:>8}  "
             + (", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "-")
         )
+    pre = summary["stages"].get("pretrain", {})
+    if pre:
+        lines.append(f"Stage 3: {pre.get('dim')}-d embeddings, {pre.get('truncated_by_encoder', 0)} caption(s) "
+                     "truncated by the encoder's token limit")
+    div = summary.get("diversity") or {}
+    if div:
+        lines.append(f"diversity: k={div.get('k')} clusters, top-5 share {div.get('top5_share', 0):.3f}, "
+                     f"normalised entropy {div.get('entropy_normalised', 0):.3f}, mean per-caption TTR "
+                     f"{div.get('ttr', 0):.3f} (artifacts/report.json)")
     lines.append(f"wall time {summary['wall_seconds']:.1f}s (tokens and tok/s count this run's generation only)")
     print("\n".join(lines), file=sys.stderr, flush=True)

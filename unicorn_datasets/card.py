@@ -105,7 +105,7 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
             [(i["config_name"], i["splits"][0]["num_examples"], ABOUT[i["config_name"]]) for i in infos],
             ("config", "rows", "what it holds"),
         ),
-        stages_text=_stages_text(recipe, stages),
+        stages_text=_stages_text(recipe, stages) + _diversity_text(manifest.get("diversity", {})),
         provenance_table=_table(prov_rows, ("what", "value")),
         rejections_table=_table(rej_rows, ("stage", "rows in", "rows out", "rejections by reason")),
     )
@@ -133,10 +133,20 @@ def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
             f"3. **Transfer**: captions encoded with `{enc.get('encoder', enc.get('path'))}` "
             f"({stages['pretrain'].get('dim')}-d, "
             f"L2-normalised), method `{t.get('method')}` (renormalise: {t.get('renormalize')}, noise sigma: "
-            f"{t.get('noise_sigma')}); the text mean over {t.get('count')} captions is in `artifacts/text_mean.npy`. "
+            f"{t.get('noise_sigma')}); the text mean over {t.get('count')} captions is in `artifacts/text_mean.npy`; "
+            f"{stages['pretrain'].get('truncated_by_encoder', 0)} caption(s) were cut by the encoder's token limit. "
             "At inference on real images, subtract the mean of the image set (`unicorn embed-images`)."
         )
     return "\n".join(parts)
+
+
+def _diversity_text(div: dict[str, Any]) -> str:
+    if not div:
+        return ""
+    return (f"\n\n**Diversity and balance** (Synth²-style, `artifacts/report.json`): {div.get('n_captions')} captions "
+            f"in k={div.get('k')} k-means clusters; the 5 largest hold {div.get('top5_share', 0):.1%}; cluster-size "
+            f"entropy {div.get('entropy', 0):.2f} (normalised {div.get('entropy_normalised', 0):.2f}); mean "
+            f"per-caption type-token ratio {div.get('ttr', 0):.2f}.")
 
 
 def _size_category(n: int) -> str:

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 EXIT_USAGE, EXIT_INPUT, EXIT_BUILD = 2, 3, 4
@@ -117,7 +118,20 @@ def cmd_embed_images(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
-    print(json.dumps(report(args.folder), indent=2, default=str))
+    print(json.dumps(report(args.folder, k=args.k, seed=args.seed), indent=2, default=str))
+    return 0
+
+
+def cmd_gap_stats(args: argparse.Namespace) -> int:
+    from .encoders import load_encoder
+    from .gap import gap_report
+
+    enc = load_encoder(args.encoder, device=args.device, trust_remote_code=args.trust_remote_code)
+    mean = args.text_mean
+    if mean is None and args.dataset:
+        mean = str(Path(args.dataset) / "artifacts" / "text_mean.npy")
+    result = gap_report(args.pairs, enc, text_mean=mean, renormalize=args.renormalize, noise_sigma=args.noise_sigma)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -145,8 +159,19 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("--keep-path", action="store_true")
     em.add_argument("--no-center", action="store_true", help="do not subtract the image-set mean")
     em.add_argument("--trust-remote-code", action="store_true")
-    rp = sub.add_parser("report", help="statistics of a built dataset folder")
+    rp = sub.add_parser("report", help="diversity/balance statistics of a built dataset folder")
     rp.add_argument("folder")
+    rp.add_argument("--k", type=int, help="k-means clusters (default: sqrt(n/2) in [2, 100])")
+    rp.add_argument("--seed", type=int, default=0)
+    gp = sub.add_parser("gap-stats", help="paired cosine of transferred captions vs real image embeddings")
+    gp.add_argument("pairs", help=".parquet/.jsonl with caption + image_embedding (or image paths)")
+    gp.add_argument("--encoder", required=True, help="the encoder the build used (text and image towers)")
+    gp.add_argument("--dataset", help="a built folder: use its artifacts/text_mean.npy as the text mean")
+    gp.add_argument("--text-mean", help="a text mean .npy (default: the mean of the paired captions)")
+    gp.add_argument("--renormalize", action="store_true")
+    gp.add_argument("--noise-sigma", type=float, default=0.0)
+    gp.add_argument("--device", default="cpu")
+    gp.add_argument("--trust-remote-code", action="store_true")
     return p
 
 
@@ -156,6 +181,7 @@ COMMANDS = {
     "export": cmd_export,
     "embed-images": cmd_embed_images,
     "report": cmd_report,
+    "gap-stats": cmd_gap_stats,
 }
 
 

@@ -262,10 +262,12 @@ class Encoder:
             if not isinstance(t, str):
                 raise EncoderError(f"text at position {i} is {type(t).__name__}, expected str")
         self.last_truncated = 0
+        self.last_truncated_mask = np.zeros(len(texts), dtype=bool)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         lengths = self._token_lengths(texts)
-        self.last_truncated = int(sum(n > self.max_length for n in lengths))
+        self.last_truncated_mask = np.asarray(lengths) > self.max_length  # per row, in input order
+        self.last_truncated = int(self.last_truncated_mask.sum())
         self.truncated += self.last_truncated
         order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)

@@ -174,7 +174,6 @@ def run_sharded(
     for i in todo:
         t0 = time.monotonic()
         shard = load_shard(i)
-        progress.start_shard()
 
         def tracked(batch: dict[str, list], _fn: Callable = fn) -> dict[str, list]:  # type: ignore[assignment]
             out = _fn(batch)

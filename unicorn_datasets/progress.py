@@ -25,16 +25,17 @@ class StageProgress:
         now = time.monotonic()
         if now - self._last > 0.5:
             self._last = now
-            self.shard_finished()
+            self._refresh()
 
     def shard_finished(self) -> None:
+        """The shard's part file now counts in done_rows(): stop counting its rows as our own."""
+        self.own = 0
+        self._refresh()
+
+    def _refresh(self) -> None:
         self.bar.n = min(self.bar.total, self.done_rows() + self.own)
         self.bar.refresh()
 
-    def start_shard(self) -> None:
-        self.own = 0
-
     def close(self) -> None:
-        self.own = 0
         self.shard_finished()
         self.bar.close()

@@ -15,7 +15,6 @@ Methods (``apply_transfer``):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .seeding import row_seeds
 
 __all__ = [
     "METHODS",
@@ -160,14 +161,6 @@ def reduce_states(
         else:
             total.merge(MeanAccumulator.load(s))
     return total
-
-
-def row_seeds(ids: Sequence[str], base_seed: int) -> list[int]:
-    """One 63-bit seed per row from (base_seed, row id): stable across runs, shards and batch sizes."""
-    return [
-        int.from_bytes(hashlib.blake2b(f"{base_seed}\0{i}".encode(), digest_size=8).digest(), "big") >> 1
-        for i in ids
-    ]
 
 
 def apply_transfer(

@@ -19,8 +19,12 @@ from transformers import LogitsProcessor
 LOGIT_GRID = 64.0  # 1/64 nat: far below what changes the sampling distribution in practice
 
 
+NUCLEUS_CANDIDATES = 512  # sort only the top tokens; the full vocabulary only if they fall short of top_p
+
+
 def snap(logits: torch.Tensor) -> torch.Tensor:
-    return torch.round(logits.double() * LOGIT_GRID) / LOGIT_GRID
+    """Exact in float32 (scaling by a power of two and rounding lose nothing for |logit| < 2**17)."""
+    return torch.round(logits.float() * LOGIT_GRID) / LOGIT_GRID
 
 
 class PerRowSampler(LogitsProcessor):
@@ -48,12 +52,29 @@ class PerRowSampler(LogitsProcessor):
         return out.to(torch.float32)
 
     def _draw(self, logits: torch.Tensor, gen: torch.Generator) -> int:
-        probs = torch.softmax(logits / self.temperature, dim=-1)
-        p_sorted, order = torch.sort(probs, descending=True, stable=True)
-        cdf = torch.cumsum(p_sorted, dim=-1)
-        if self.top_p < 1.0:
+        probs = torch.softmax(logits.double() / self.temperature, dim=-1)
+        if self.top_p >= 1.0:  # no nucleus: inverse CDF in token-id order needs no sort at all
+            order = torch.arange(len(probs))
+            cdf = torch.cumsum(probs, dim=-1)
+        else:
+            p_sorted, order = self._sorted(probs, NUCLEUS_CANDIDATES)
+            cdf = torch.cumsum(p_sorted, dim=-1)
+            if cdf[-1] < self.top_p and len(cdf) < len(probs):  # a flat distribution: sort everything
+                p_sorted, order = self._sorted(probs, len(probs))
+                cdf = torch.cumsum(p_sorted, dim=-1)
             keep = int(torch.searchsorted(cdf, torch.tensor(self.top_p, dtype=cdf.dtype))) + 1  # always >= 1
-            p_sorted, cdf = p_sorted[:keep], cdf[:keep]
+            cdf = cdf[:keep]
         u = torch.rand((), generator=gen, dtype=torch.float64) * cdf[-1]
         idx = min(int(torch.searchsorted(cdf, u, right=True)), len(cdf) - 1)
         return int(order[idx])
+
+    @staticmethod
+    def _sorted(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k most probable tokens in descending order, ties by token id (a stable, layout-free order)."""
+        if k >= len(probs):
+            return torch.sort(probs, descending=True, stable=True)
+        top = torch.topk(probs, k).indices
+        cutoff = probs[top].min()
+        cand = torch.nonzero(probs >= cutoff).flatten()  # all tokens tied at the cutoff too: the set is exact
+        p_sorted, pos = torch.sort(probs[cand], descending=True, stable=True)
+        return p_sorted, cand[pos]

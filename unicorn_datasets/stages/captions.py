@@ -14,7 +14,8 @@ from typing import Any
 
 from .. import prompts
 from ..generation.base import Backend, GenerationRequest, GenerationResult, SamplingParams
-from .retry import generate_with_retries, row_seed
+from ..seeding import row_seed
+from .retry import generate_with_retries
 
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
 _LEAKS = ("Seed:", "Description:", "Seed caption:", "Requirements:")
@@ -54,7 +55,7 @@ class CaptionConfig:
 
 def build_request(row_id: str, seed_text: str, cfg: CaptionConfig, build_seed: int, attempt: int) -> GenerationRequest:
     prompt = cfg.template.replace("{seed}", seed_text)
-    seed = row_seed(build_seed, row_id, attempt)
+    seed = row_seed(build_seed, row_id, attempt, stream="captions")
     if cfg.prompt_mode == "chat":
         return GenerationRequest(key=row_id, seed=seed, messages=[{"role": "user", "content": prompt}])
     return GenerationRequest(key=row_id, seed=seed, prompt=prompt, stop=COMPLETION_STOPS)

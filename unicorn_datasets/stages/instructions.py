@@ -55,7 +55,9 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from unicorn_datasets.generation.base import Backend, GenerationRequest, SamplingParams
+from unicorn_datasets.generation.base import Backend, GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.seeding import row_seed
+from unicorn_datasets.stages.retry import RowOutcome, generate_with_retries
 
 TASKS: tuple[str, ...] = ("mc", "qa", "reasoning")
 LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
@@ -195,12 +197,6 @@ def prompt_provenance(cfg: InstructConfig) -> dict[str, str]:
     return {n: hashlib.sha256(_read_prompt_file(n, cfg.prompt_dir).encode()).hexdigest() for n in names}
 
 
-def derive_seed(seed: int, row_id: str, attempt: int) -> int:
-    """Stable per-row, per-attempt sampling seed (sha256, not hash(): that one is salted per process)."""
-    digest = hashlib.sha256(f"{seed}\x1f{row_id}\x1f{attempt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & 0x7FFFFFFF  # fits every backend's signed 32-bit seed
-
-
 def _resolve_mode(cfg: InstructConfig, supports_chat: bool) -> Literal["chat", "completion"]:
     if cfg.prompt_mode == "auto":
         return "chat" if supports_chat else "completion"
@@ -273,7 +269,7 @@ def build_request(
     mode = _resolve_mode(cfg, supports_chat)
     prompt = build_prompt(caption, task, cfg, mode)
     schema = json_schema(task, cfg) if cfg.constrained else None
-    rseed = derive_seed(seed, row_id, attempt)
+    rseed = row_seed(seed, row_id, attempt, stream="instruct")
     if mode == "chat":
         return GenerationRequest(
             key=row_id, seed=rseed, messages=[{"role": "user", "content": prompt}], json_schema=schema
@@ -610,55 +606,34 @@ def generate_instructions(
     All still-pending rows go to the backend together, one ``generate`` call per attempt round.
     """
     ids, captions, tasks = _check_rows(batch)
-    n = len(ids)
-    mode = _resolve_mode(cfg, backend.supports_chat)
-    prefill = _prefill(cfg, mode)
-    conversations: list[list[dict[str, str]] | None] = [None] * n
-    reasons: list[str | None] = [None] * n
-    raws: list[str | None] = [None] * n
-    attempts = [0] * n
-    n_tokens = [0] * n
-    repairs: list[list[str]] = [[] for _ in range(n)]
+    prefill = _prefill(cfg, _resolve_mode(cfg, backend.supports_chat))
+    asked = [i for i in range(len(ids)) if captions[i].strip()]  # empty captions: recorded, never sent
 
-    pending = []
-    for i in range(n):
-        if captions[i].strip():
-            pending.append(i)
-        else:
-            reasons[i] = "empty_caption"  # nothing to ask about; recorded, not generated
-    for attempt in range(cfg.max_attempts):
-        if not pending:
-            break
-        requests = [
-            build_request(ids[i], captions[i], tasks[i], cfg, seed, attempt, backend.supports_chat)
-            for i in pending
-        ]
-        results = backend.generate(requests, cfg.sampling)
-        if len(results) != len(requests):
-            raise RuntimeError(f"backend returned {len(results)} results for {len(requests)} requests")
-        still = []
-        for i, res in zip(pending, results, strict=True):
-            attempts[i] = attempt + 1
-            n_tokens[i] += int(res.n_tokens)
-            raws[i] = prefill + res.text
-            v = validate(tasks[i], raws[i], captions[i], cfg)
-            repairs[i] = v.repairs
-            if v.items is not None:
-                conversations[i] = to_conversations(tasks[i], v.items)
-                reasons[i] = None
-            else:
-                reasons[i] = v.reason
-                still.append(i)
-        pending = still
+    def validate_result(k: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
+        i = asked[k]
+        v = validate(tasks[i], prefill + res.text, captions[i], cfg)
+        return (to_conversations(tasks[i], v.items) if v.items is not None else None), v.reason, v.repairs
 
+    outcomes = generate_with_retries(
+        len(asked),
+        lambda k, attempt: build_request(ids[asked[k]], captions[asked[k]], tasks[asked[k]], cfg, seed, attempt,
+                                         backend.supports_chat),
+        validate_result,
+        backend,
+        cfg.sampling,
+        cfg.max_attempts,
+    )
+    by_row = dict(zip(asked, outcomes))
+    empty = RowOutcome(reason="empty_caption")
+    rows = [by_row.get(i, empty) for i in range(len(ids))]
     out = dict(batch)
     out.update(
-        conversations=conversations,
-        reject_reason=reasons,
-        raw_output=raws,
-        attempts=attempts,
-        n_tokens=n_tokens,
-        repairs=repairs,
+        conversations=[o.value for o in rows],
+        reject_reason=[o.reason if o.value is None else None for o in rows],
+        raw_output=[prefill + o.raw if o.attempts else None for o in rows],
+        attempts=[o.attempts for o in rows],
+        n_tokens=[o.n_tokens for o in rows],
+        repairs=[o.notes if o.value is not None else [] for o in rows],
     )
     return out
 

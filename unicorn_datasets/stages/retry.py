@@ -7,18 +7,11 @@ recorded as rejected with the last reason. Nothing is dropped silently.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..generation.base import Backend, GenerationRequest, GenerationResult, SamplingParams
-
-
-def row_seed(build_seed: int, row_id: str, attempt: int = 0) -> int:
-    """A stable 63-bit sampling seed per (build seed, row id, attempt): not Python's salted hash()."""
-    digest = hashlib.sha256(f"{build_seed}\x1f{row_id}\x1f{attempt}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass

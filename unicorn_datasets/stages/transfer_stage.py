@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from .. import prompts
-from ..transfer import METHODS, apply_transfer, row_seeds
-from .retry import row_seed
+from ..seeding import row_seed, row_seeds
+from ..transfer import METHODS, apply_transfer
 
 IMAGE_TOKEN = "<image>"
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -58,7 +58,8 @@ def describe_instructions() -> list[str]:
 
 def encode_batch(batch: dict[str, list], *, encoder: Any, cfg: TransferConfig) -> dict[str, list]:
     emb = encoder.encode_text(list(batch["caption"]), batch_size=cfg.batch_size)
-    return {**batch, "text_embedding": emb.astype(np.float32)}
+    # truncated: the caption was longer than the encoder's token limit (its tail did not count)
+    return {**batch, "text_embedding": emb.astype(np.float32), "truncated": encoder.last_truncated_mask.tolist()}
 
 
 def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig, build_seed: int) -> dict[str, list]:
@@ -70,15 +71,13 @@ def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig
         mean=mean,
         renormalize=cfg.renormalize,
         noise_sigma=cfg.noise_sigma,
-        rng_seed_per_row=row_seeds(ids, build_seed) if cfg.method == "c3" else None,
+        rng_seed_per_row=row_seeds(ids, build_seed, stream="c3") if cfg.method == "c3" else None,
     )
     phrasings = describe_instructions()
+    asks = [phrasings[row_seed(build_seed, rid, stream="describe") % len(phrasings)] for rid in ids]
     conversations = [
-        [
-            {"from": "human", "value": f"{IMAGE_TOKEN}\n{phrasings[row_seed(build_seed, rid) % len(phrasings)]}"},
-            {"from": "gpt", "value": caption},
-        ]
-        for rid, caption in zip(ids, batch["caption"])
+        [{"from": "human", "value": f"{IMAGE_TOKEN}\n{ask}"}, {"from": "gpt", "value": caption}]
+        for ask, caption in zip(asks, batch["caption"])
     ]
     return {
         "id": ids,

@@ -1,0 +1,50 @@
+"""`unicorn gap-stats`: how well transferred caption embeddings match REAL paired image embeddings.
+
+Input: a Parquet/JSONL file of pairs with a `caption` column and either an `image_embedding`
+column (vectors from the same encoder's image tower) or an `image` column of image paths
+(encoded here). Output: paired cosine before/after each transfer method (transfer.gap_statistics).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def load_pairs(path: str) -> tuple[list[str], np.ndarray | None, list[str] | None]:
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"pairs file not found: {path}")
+    if p.suffix == ".parquet":
+        rows = pq.read_table(p).to_pylist()
+    else:
+        import json
+
+        rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows or "caption" not in rows[0]:
+        raise ValueError(f"{path}: needs a 'caption' column and 'image_embedding' or 'image' (paths)")
+    captions = [str(r["caption"]) for r in rows]
+    if "image_embedding" in rows[0]:
+        return captions, np.asarray([r["image_embedding"] for r in rows], dtype=np.float64), None
+    if "image" in rows[0]:
+        return captions, None, [str(Path(path).parent / r["image"]) for r in rows]
+    raise ValueError(f"{path}: needs an 'image_embedding' column or an 'image' column of paths")
+
+
+def gap_report(pairs: str, encoder: Any, *, text_mean: str | None = None, batch_size: int = 32,
+               renormalize: bool = False, noise_sigma: float = 0.0) -> dict[str, Any]:
+    from .transfer import gap_statistics
+
+    captions, image_emb, image_paths = load_pairs(pairs)
+    text = encoder.encode_text(captions, batch_size=batch_size)
+    if image_emb is None:
+        from PIL import Image
+
+        image_emb = encoder.encode_images([Image.open(p).convert("RGB") for p in image_paths or []], batch_size)
+    image_emb = image_emb / np.maximum(np.linalg.norm(image_emb, axis=1, keepdims=True), 1e-12)
+    mean = np.load(text_mean) if text_mean else None  # a build's artifacts/text_mean.npy: the mean used in training
+    return gap_statistics(text, image_emb, mean, renormalize=renormalize, noise_sigma=noise_sigma)
