@@ -390,3 +390,18 @@ def test_dataset_map_with_output_features() -> None:
     assert out.num_rows == 3
     assert out["reject_reason"] == ["bad_json", None, None]
     assert out[2]["conversations"][1] == {"from": "gpt", "value": "B"}
+
+
+def test_answer_cut_by_max_length_is_trimmed_to_whole_sentences_or_rejected() -> None:
+    cfg = InstructConfig(item_bounds={"qa": (1, 2)}, max_chars=60)
+    cut = "The woman holds a red book. She is standing near the window and"
+    assert len(cut) >= 59
+    raw = json.dumps({"QA Pairs": [{"Question": "What does she hold?", "Answer": cut[:60]}]})
+    v = validate("qa", raw, "", cfg)
+    assert v.items is not None and v.items[0]["Answer"] == "The woman holds a red book."
+    assert "trimmed_cut_off_answer" in v.repairs
+    no_sentence = "a" * 60
+    raw = json.dumps({"QA Pairs": [{"Question": "What?", "Answer": no_sentence}]})
+    assert validate("qa", raw, "", cfg).reason == "answer_cut_off"
+    short = json.dumps({"QA Pairs": [{"Question": "What?", "Answer": "A red book"}]})
+    assert validate("qa", short, "", cfg).items[0]["Answer"] == "A red book"  # not at the limit: untouched

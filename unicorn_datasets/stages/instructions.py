@@ -88,6 +88,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "answer_not_an_option_letter",
     "duplicate_questions",
     "verbatim_copy",
+    "answer_cut_off",  # an answer stopped by the schema's maxLength mid-sentence, with no full sentence
 )
 REPAIRS: tuple[str, ...] = (
     "stripped_preamble",  # text before the first "{" (e.g. "Sure! ```json")
@@ -100,6 +101,7 @@ REPAIRS: tuple[str, ...] = (
     "stripped_option_labels",  # "A. x" / "(A) x" inside an option -> "x"
     "normalized_answer",  # "B." / "B) ..." / "(b)" / "Option B" / option text -> "B"
     "truncated_items",  # more than max items: kept the first max
+    "trimmed_cut_off_answer",  # an answer stopped by maxLength mid-sentence: kept its full sentences
 )
 
 PromptMode = Literal["auto", "chat", "completion"]
@@ -496,6 +498,18 @@ def _dedup(xs: list[str]) -> list[str]:
     return list(dict.fromkeys(xs))
 
 
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
+
+
+def _whole_sentences(answer: str, max_chars: int) -> str | None:
+    """An answer that hit the schema's maxLength was cut by the grammar, not ended by the model:
+    keep its complete sentences, or None when it has none."""
+    if len(answer) < max_chars - 1 or _SENTENCE_END.search(answer[-2:] + " "):
+        return answer
+    ends = list(_SENTENCE_END.finditer(answer))
+    return answer[: ends[-1].end()].strip() if ends else None
+
+
 def validate(task: str, raw_text: str | None, caption: str, cfg: InstructConfig) -> Validation:
     """Parse and check one model output. Returns ``Validation(items, reason, repairs)``."""
     _check_task(task)
@@ -537,6 +551,14 @@ def validate(task: str, raw_text: str | None, caption: str, cfg: InstructConfig)
         items.append(item)
     if len({_norm_sentence(it["Question"]) for it in items}) < len(items):
         return reject("duplicate_questions")
+    if task != "mc":
+        for it in items:
+            answer = _whole_sentences(it["Answer"], cfg.max_chars)
+            if answer is None:
+                return reject("answer_cut_off")
+            if answer != it["Answer"]:
+                it["Answer"] = answer
+                repairs.append("trimmed_cut_off_answer")
     if task in cfg.verbatim_tasks and any(is_verbatim_copy(it["Answer"], caption, cfg) for it in items):
         return reject("verbatim_copy")
     return Validation(items, None, _dedup(repairs))
