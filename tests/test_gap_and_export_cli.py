@@ -29,7 +29,7 @@ def test_gap_stats_shows_mean_shift_closing_a_known_gap(tmp_path: Path, capsys: 
     rng = np.random.default_rng(0)
     offset = rng.standard_normal(text.shape[1])
     offset *= 0.8 / np.linalg.norm(offset)  # a constant modality gap, like CLIP's
-    image = text + offset + 0.05 * rng.standard_normal(text.shape)
+    image = text + offset + 0.2 / np.sqrt(text.shape[1]) * rng.standard_normal(text.shape)  # noise norm ~0.2
     pairs = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"caption": CAPTIONS, "image_embedding": image.tolist()}), pairs)
     assert main(["gap-stats", str(pairs), "--encoder", "minilm"]) == 0

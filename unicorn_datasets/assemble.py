@@ -270,6 +270,10 @@ def _diversity(repo: BuildRepo) -> dict[str, Any]:
             "n_captions": r.get("n_captions")}
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     lines = [
         "",
@@ -298,9 +302,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         lines.append(f"Stage 3: {pre.get('dim')}-d embeddings, {pre.get('truncated_by_encoder', 0)} caption(s) "
                      "truncated by the encoder's token limit")
     div = summary.get("diversity") or {}
-    if div:
-        lines.append(f"diversity: k={div.get('k')} clusters, top-5 share {div.get('top5_share', 0):.3f}, "
-                     f"normalised entropy {div.get('entropy_normalised', 0):.3f}, mean per-caption TTR "
-                     f"{div.get('ttr', 0):.3f} (artifacts/report.json)")
+    if div.get("k"):
+        lines.append(f"diversity: k={div['k']} clusters, top-5 share {_num(div.get('top5_share'))}, normalised "
+                     f"entropy {_num(div.get('entropy_normalised'))}, mean per-caption TTR {_num(div.get('ttr'))} "
+                     "(artifacts/report.json)")
     lines.append(f"wall time {summary['wall_seconds']:.1f}s (tokens and tok/s count this run's generation only)")
     print("\n".join(lines), file=sys.stderr, flush=True)

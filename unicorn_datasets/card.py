@@ -141,7 +141,7 @@ def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
 
 
 def _diversity_text(div: dict[str, Any]) -> str:
-    if not div:
+    if not div.get("k") or div.get("top5_share") is None:
         return ""
     return (f"\n\n**Diversity and balance** (Synth²-style, `artifacts/report.json`): {div.get('n_captions')} captions "
             f"in k={div.get('k')} k-means clusters; the 5 largest hold {div.get('top5_share', 0):.1%}; cluster-size "

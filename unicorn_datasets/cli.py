@@ -98,7 +98,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_bunny
 
-    summary = export_bunny(args.folder, args.to, chunk_size=args.chunk_size)
+    summary = export_bunny(args.folder, args.to, configs=args.configs.split(",") if args.configs else None,
+                           chunk_size=args.chunk_size)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -150,6 +151,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["bunny"], default="bunny")
     ex.add_argument("--to", required=True)
     ex.add_argument("--chunk-size", type=int, help="rows per embedding pickle (default: one file per config)")
+    ex.add_argument("--configs", help="comma-separated configs (default: pretrain and instruct, those present)")
     em = sub.add_parser("embed-images", help="encode real images with the encoder's image tower, centred")
     em.add_argument("source", help="a folder of images or a dataset with an `image` column")
     em.add_argument("--encoder", required=True)

@@ -272,11 +272,19 @@ def _llm_id(ctx: Context) -> str:
 
 
 def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
-    """Stage-1 captions (accepted rows only), ordered by id: the input of Stages 2 and 3."""
+    """Stage-1 captions (accepted rows only), ordered by id: the input of Stages 2 and 3.
+
+    Raises BuildError when Stage 1 accepted nothing: a later stage has no input."""
     schema = pa.schema([("id", pa.string()), ("caption", pa.string())])
     # cast: a part whose rows were all rejected has a null-typed caption column
     tables = [t.cast(schema) for t in repo.read_parts("captions", ["id", "caption"])]
     table = pa.concat_tables([t.filter(pc.is_valid(t.column("caption"))) for t in tables] or [schema.empty_table()])
+    if table.num_rows == 0:
+        rejected = repo.stage_summary("captions").get("rejected", {})
+        raise BuildError(
+            f"Stage 1 accepted no caption (rejections: {rejected or 'none'}); nothing for the next stages. "
+            "See artifacts/rejections.parquet for the raw outputs, then adjust the recipe (e.g. captions.min_words)."
+        )
     return datasets.Dataset(table.sort_by("id"))
 
 
