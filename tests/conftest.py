@@ -62,3 +62,14 @@ def kill_tree(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     proc.wait()
+
+
+def kill_after_parts(proc: subprocess.Popen, parts: Path, n: int, timeout: float = 400) -> dict[str, int]:
+    """SIGKILL the build once `n` shard parts exist in `parts`; returns {part name: mtime_ns} at the kill."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < n:
+        time.sleep(0.1)
+    kill_tree(proc)
+    return {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}

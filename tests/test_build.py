@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_FLAGS, kill_tree, run_build, start_build
+from conftest import TINY_FLAGS, kill_after_parts, run_build, start_build
 from datasets import load_dataset
 
 from unicorn_datasets.pipeline import collect_seeds
@@ -52,13 +51,8 @@ def test_sigkill_then_rerun_resumes_without_regenerating(tiny_llm: Path, tmp_pat
     out = tmp_path / "out"
     args = ["--recipe", "demo", "--out", str(out), "--limit", "12", "--llm", str(tiny_llm), "--stages", "captions",
             *TINY_FLAGS, "--shard-size", "2", "--set", "captions.sampling.max_new_tokens=120"]
-    proc = start_build(args)
     parts = out / ".build" / "captions"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
-        time.sleep(0.2)
-    kill_tree(proc)
-    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
+    finished = kill_after_parts(start_build(args), parts, 2)
     assert 2 <= len(finished) < 6, "kill should land mid-stage"
     assert not (out / "README.md").exists()
 

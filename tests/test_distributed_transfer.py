@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_FLAGS, kill_tree, run_build, start_build
+from conftest import TINY_FLAGS, kill_after_parts, run_build, start_build
 from datasets import load_dataset
 
 from unicorn_datasets.encoders import load_encoder
@@ -80,13 +80,7 @@ def test_two_processes_give_the_same_dataset_and_both_ranks_work(single: Path, t
 def test_killed_under_two_processes_resumes_under_one(single: Path, tiny_llm: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     args = args_for(out, tiny_llm)
-    proc = start_build(args, launcher=ACCELERATE_2)
-    parts = out / ".build" / "captions"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
-        time.sleep(0.1)
-    kill_tree(proc)
-    done = len(list(parts.glob("part-*.parquet")))
+    done = len(kill_after_parts(start_build(args, launcher=ACCELERATE_2), out / ".build" / "captions", 2))
     assert 2 <= done < 4
     r = run_build(args)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import TINY_FLAGS, kill_tree, run_build, start_build
+from conftest import TINY_FLAGS, kill_after_parts, run_build, start_build
 from datasets import load_dataset
 
 LETTERS = {"A", "B", "C", "D"}
@@ -49,13 +48,8 @@ def test_sigkill_during_stage2_resumes(tiny_llm: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["--recipe", "demo", "--out", str(out), "--limit", "30", "--llm", str(tiny_llm), *TINY_FLAGS,
             "--shard-size", "1", "--set", "instruct.max_chars=60"]
-    proc = start_build(args)
     parts = out / ".build" / "instruct"
-    deadline = time.time() + 400
-    while time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < 1:
-        time.sleep(0.1)
-    kill_tree(proc)
-    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
+    finished = kill_after_parts(start_build(args), parts, 1)
     assert finished and not (parts / "COMPLETE").exists()
     r = run_build(args)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -151,3 +151,12 @@ def test_card_globs_decide_which_files_count(tmp_path: Path) -> None:
     pq.write_table(stale, out / "pretrain" / "old.parquet")  # not in the card's glob: not part of the dataset
     r = report(out, k=2, write=False)
     assert r["rows"]["pretrain"] == 60 and r["clustering"]["rows_clustered"] == 60
+
+
+def test_report_draws_cluster_and_length_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = _folder(tmp_path, [20, 20, 20], captions=["a red car on a road", "two dogs", "a cat"] * 20)
+    r = report(out)
+    assert r["plots"] == ["artifacts/cluster_sizes.png", "artifacts/caption_lengths.png"]
+    for rel in r["plots"]:
+        assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -230,31 +230,49 @@ def _gather_stats(ctx: Context) -> dict[str, dict[str, Any]]:
 
 
 # ---- stages ---------------------------------------------------------------------------------
+def run_llm_stage(
+    ctx: Context,
+    stage: str,
+    inputs: datasets.Dataset,
+    batch_fn: Callable[..., dict[str, list]],
+    assemble: Callable[[], dict[str, Any]],
+) -> None:
+    """An LLM stage: `batch_fn(batch, backend)` as a sharded map, then rank 0 assembles the config."""
+
+    def make_fn() -> Callable[[dict[str, list]], dict[str, list]]:
+        backend = ctx.backend()  # loaded only when this rank has shards left to run
+        return lambda batch: batch_fn(batch, backend)
+
+    run_sharded(ctx, stage, slices(inputs, _shard_size(ctx)), make_fn, map_batch_size=_map_batch(ctx))
+    if ctx.is_main:
+        ctx.repo.mark_stage_complete(stage, assemble())
+    ctx.barrier()
+
+
+def _already_complete(ctx: Context, stage: str) -> bool:
+    if ctx.repo.stage_complete(stage):
+        log(f"{stage}: complete in an earlier run (skipped)", ctx.rank)
+        return True
+    return False
+
+
 def stage_captions(ctx: Context, seeds: list[Any]) -> None:
+    from .assemble import assemble_captions
     from .stages.captions import CaptionConfig, expand_batch
 
     llm = ctx.recipe.get("llm", {})
     cfg = CaptionConfig.from_recipe(ctx.recipe.get("captions", {}), llm.get("prompt_mode", "chat"))
     ctx.provenance["captions"] = cfg.provenance()
-    if ctx.repo.stage_complete("captions"):
-        log("captions: complete in an earlier run (skipped)", ctx.rank)
+    if _already_complete(ctx, "captions"):
         return
     inputs = datasets.Dataset.from_dict(
         {"id": [s.id for s in seeds], "seed": [s.seed for s in seeds], "source": [s.source for s in seeds]}
     )
-
-    def make_fn() -> Callable[[dict[str, list]], dict[str, list]]:
-        backend = ctx.backend()
-        return lambda batch: expand_batch(batch, backend=backend, cfg=cfg, build_seed=ctx.build_seed)
-
-    run_sharded(ctx, "captions", slices(inputs, _shard_size(ctx)), make_fn, map_batch_size=_map_batch(ctx))
-    if ctx.is_main:
-        from .assemble import assemble_captions
-
-        ctx.repo.mark_stage_complete(
-            "captions", assemble_captions(ctx.repo, _llm_id(ctx), cfg.provenance()["prompt_sha"])
-        )
-    ctx.barrier()
+    run_llm_stage(
+        ctx, "captions", inputs,
+        lambda batch, backend: expand_batch(batch, backend=backend, cfg=cfg, build_seed=ctx.build_seed),
+        lambda: assemble_captions(ctx.repo, _llm_id(ctx), cfg.provenance()["prompt_sha"]),
+    )
 
 
 def _shard_size(ctx: Context) -> int:
@@ -267,8 +285,8 @@ def _map_batch(ctx: Context) -> int:
 
 
 def _llm_id(ctx: Context) -> str:
-    llm = ctx.recipe.get("llm", {})
-    return str(llm.get("endpoints") and f"{llm.get('model')} @ server" or llm.get("model"))
+    """The model id recorded in every row (the endpoint URLs live in the manifest, not in rows)."""
+    return str(ctx.recipe.get("llm", {}).get("model"))
 
 
 def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
@@ -289,33 +307,23 @@ def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
 
 
 def stage_instruct(ctx: Context) -> None:
+    from .assemble import assemble_instruct
     from .stages.instructions import generate_instructions, select_tasks
 
     section = ctx.recipe.get("instruct", {})
     cfg = _instruct_config(ctx)
-    if ctx.repo.stage_complete("instruct"):
-        log("instruct: complete in an earlier run (skipped)", ctx.rank)
+    if _already_complete(ctx, "instruct"):
         return
     caps = accepted_captions(ctx.repo)
-    chosen = select_tasks(
-        caps["id"], section.get("mix", {"mc": 1 / 3, "qa": 1 / 3, "reasoning": 1 / 3}), ctx.build_seed
-    )
-    keep = [i for i, rid in enumerate(caps["id"]) if rid in chosen]
-    inputs = caps.select(keep)
+    mix = section.get("mix", {"mc": 1 / 3, "qa": 1 / 3, "reasoning": 1 / 3})
+    chosen = select_tasks(caps["id"], mix, ctx.build_seed)
+    inputs = caps.select([i for i, rid in enumerate(caps["id"]) if rid in chosen])
     inputs = inputs.add_column("task", [chosen[r] for r in inputs["id"]])
-
-    def make_fn() -> Callable[[dict[str, list]], dict[str, list]]:
-        backend = ctx.backend()
-        return lambda batch: generate_instructions(batch, backend=backend, cfg=cfg, seed=ctx.build_seed)
-
-    run_sharded(ctx, "instruct", slices(inputs, _shard_size(ctx)), make_fn, map_batch_size=_map_batch(ctx))
-    if ctx.is_main:
-        from .assemble import assemble_instruct
-
-        ctx.repo.mark_stage_complete(
-            "instruct", assemble_instruct(ctx.repo, _llm_id(ctx), _instruct_sha(ctx), selected=len(inputs))
-        )
-    ctx.barrier()
+    run_llm_stage(
+        ctx, "instruct", inputs,
+        lambda batch, backend: generate_instructions(batch, backend=backend, cfg=cfg, seed=ctx.build_seed),
+        lambda: assemble_instruct(ctx.repo, _llm_id(ctx), _instruct_sha(ctx), selected=len(inputs)),
+    )
 
 
 def stage_pretrain(ctx: Context) -> None:
@@ -325,8 +333,7 @@ def stage_pretrain(ctx: Context) -> None:
     from .transfer import MeanAccumulator, reduce_states
 
     cfg = TransferConfig.from_recipe(ctx.recipe.get("transfer", {}))
-    if ctx.repo.stage_complete("pretrain"):
-        log("pretrain: complete in an earlier run (skipped)", ctx.rank)
+    if _already_complete(ctx, "pretrain"):
         ctx.provenance["transfer"] = ctx.repo.stage_summary("pretrain").get("transfer", {})
         return
     caps = accepted_captions(ctx.repo)

@@ -332,31 +332,26 @@ def _plots(art: Path, sizes: list[int], lengths: list[int]) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    written = []
+    def save(name: str, title: str, xlabel: str, draw: Any) -> None:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        draw(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("captions")
+        ax.set_title(title)
+        fig.tight_layout()
+        path = art / name
+        fig.savefig(_tmp(path), format="png", dpi=100)
+        plt.close(fig)
+        os.replace(_tmp(path), path)
+        written.append(f"artifacts/{name}")
+
+    written: list[str] = []
     if sizes:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.bar(range(1, len(sizes) + 1), sizes, width=1.0)
-        ax.set_xlabel("cluster (largest first)")
-        ax.set_ylabel("captions")
-        ax.set_title("caption cluster sizes")
-        fig.tight_layout()
-        path = art / "cluster_sizes.png"
-        fig.savefig(_tmp(path), format="png", dpi=100)
-        plt.close(fig)
-        os.replace(_tmp(path), path)
-        written.append(f"artifacts/{path.name}")
+        save("cluster_sizes.png", "caption cluster sizes", "cluster (largest first)",
+             lambda ax: ax.bar(range(1, len(sizes) + 1), sizes, width=1.0))
     if lengths:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.hist(lengths, bins=min(50, max(1, max(lengths) - min(lengths) + 1)))
-        ax.set_xlabel("words per caption")
-        ax.set_ylabel("captions")
-        ax.set_title("caption length")
-        fig.tight_layout()
-        path = art / "caption_lengths.png"
-        fig.savefig(_tmp(path), format="png", dpi=100)
-        plt.close(fig)
-        os.replace(_tmp(path), path)
-        written.append(f"artifacts/{path.name}")
+        save("caption_lengths.png", "caption length", "words per caption",
+             lambda ax: ax.hist(lengths, bins=min(50, max(1, max(lengths) - min(lengths) + 1))))
     return written
 
 
