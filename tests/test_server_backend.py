@@ -460,3 +460,25 @@ def test_transformers_serve_chat_and_completions(transformers_server: tuple[str,
     assert comp.endpoints[0].dropped == {"response_format"}
     info = comp.describe()
     assert info["model"] == model and info["servers"][0]["kind"] == "openai" and info["mode"] == "completion"
+
+
+def test_build_through_transformers_serve(transformers_server: tuple[str, str], tmp_path: Path) -> None:
+    """The whole Stage 1 with `--llm-endpoint`: the build talks to a real server, rows reconcile."""
+    import json
+
+    import pyarrow.parquet as pq
+    from conftest import run_build
+    from datasets import load_dataset
+
+    url, model = transformers_server
+    out = tmp_path / "served"
+    r = run_build(["--recipe", "demo", "--out", str(out), "--limit", "6", "--llm", model, "--llm-endpoint", url,
+                   "--prompt-mode", "chat", "--stages", "captions", "--set", "captions.min_words=3",
+                   "--set", "captions.sampling.max_new_tokens=24", "--set", "captions.max_attempts=1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    caps = load_dataset(str(out), "captions", split="train")
+    rejected = [x for x in pq.read_table(out / "artifacts" / "rejections.parquet").to_pylist()]
+    assert len(caps) + len(rejected) == 6
+    manifest = json.loads((out / "artifacts" / "build_manifest.json").read_text())
+    assert manifest["llm"]["backend"] == "server" and manifest["llm"]["model"] == model
+    assert url.split("//")[1] in json.dumps(manifest["llm"])  # endpoints recorded (without credentials)
