@@ -25,6 +25,7 @@ _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 @dataclass
 class CaptionConfig:
     min_words: int = 51
+    min_seed_overlap: float = 0.0  # share of the seed's content words the caption must mention (0 = off)
     max_words: int = 483
     max_attempts: int = 3
     prompt_mode: str = "chat"  # "chat" | "completion"
@@ -35,7 +36,7 @@ class CaptionConfig:
     @classmethod
     def from_recipe(cls, section: dict[str, Any], prompt_mode: str) -> CaptionConfig:
         sampling = SamplingParams(**section.get("sampling", {}))
-        keys = ("min_words", "max_words", "max_attempts")
+        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap")
         return cls(prompt_mode=prompt_mode, sampling=sampling, **{k: section[k] for k in keys if k in section})
 
     @property
@@ -49,6 +50,7 @@ class CaptionConfig:
             "min_words": self.min_words,
             "max_words": self.max_words,
             "max_attempts": self.max_attempts,
+            "min_seed_overlap": self.min_seed_overlap,
             "sampling": self.sampling.as_dict(),
         }
 
@@ -81,7 +83,29 @@ def is_degenerate(words: list[str]) -> bool:
     return top / len(words) > 0.25
 
 
-def check(text: str, cfg: CaptionConfig, finish_reason: str) -> str | None:
+# Words that say how a seed was phrased, not what the image shows: they need not reappear.
+_SEED_FILLER = frozenset(
+    "a an the of in on at with and or to for from by is are was were be this that these those it its my our their "
+    "who which what photo photograph photographed image picture close up closeup shot view type kind looks looking "
+    "seems someone person candid taken showing shows depicting".split()
+)
+_WORD = re.compile(r"[a-z]+")
+
+
+def _stem(word: str) -> str:
+    return word[:5]  # crude but language-model-free: "wings"/"winged", "photographed"/"photograph"
+
+
+def seed_overlap(seed: str, caption: str) -> float:
+    """Share of the seed's content words (stemmed) that the caption mentions; 1.0 for a seed without any."""
+    content = {_stem(w) for w in _WORD.findall(seed.lower()) if w not in _SEED_FILLER and len(w) > 2}
+    if not content:
+        return 1.0
+    said = {_stem(w) for w in _WORD.findall(caption.lower())}
+    return len(content & said) / len(content)
+
+
+def check(text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "") -> str | None:
     """The rejection reason, or None when the caption is acceptable."""
     if not text:
         return "truncated" if finish_reason == "length" else "empty"
@@ -94,6 +118,8 @@ def check(text: str, cfg: CaptionConfig, finish_reason: str) -> str | None:
         return "too_short"
     if len(words) > cfg.max_words:
         return "too_long"
+    if cfg.min_seed_overlap > 0 and seed_overlap(seed, text) < cfg.min_seed_overlap:
+        return "drifted_from_seed"
     return None
 
 
@@ -103,7 +129,7 @@ def expand_batch(batch: dict[str, list], *, backend: Backend, cfg: CaptionConfig
 
     def validate(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
         text = clean(res.text, res.finish_reason)
-        reason = check(text, cfg, res.finish_reason)
+        reason = check(text, cfg, res.finish_reason, seeds[i])
         return (text if reason is None else None), reason, []
 
     outcomes = generate_with_retries(
