@@ -112,3 +112,14 @@ def test_bad_seed_input_fails_clearly_and_writes_nothing(tmp_path: Path, name, c
     assert r.returncode == 3
     assert expect in r.stderr, r.stderr[-2000:]
     assert not out.exists()
+
+
+def test_every_row_rejected_is_a_clear_failure_with_the_rejections_kept(tiny_llm: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = run_build(["--recipe", "demo", "--out", str(out), "--limit", "3", "--llm", str(tiny_llm),
+                   "--stages", "captions", *TINY_FLAGS, "--set", "captions.min_words=400",
+                   "--set", "captions.max_attempts=1"])
+    assert r.returncode == 4
+    assert "captions: every row was rejected" in r.stderr and "build summary" in r.stderr
+    assert len(rejected(out, "captions")) == 3
+    assert not (out / "captions").exists() and "config_name: captions" not in (out / "README.md").read_text()

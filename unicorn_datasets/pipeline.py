@@ -496,6 +496,16 @@ def build(
                 code_version=__version__,
                 wall=time.monotonic() - t0,
             )
+            empty = [s for s, v in summary["stages"].items() if v.get("rows_out", 1) == 0]
+            if empty:
+                error = (f"{', '.join(empty)}: every row was rejected, so the dataset has no such config "
+                         "(reasons in the summary above, raw outputs in artifacts/rejections.parquet)")
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            error = broadcast_object_list([error])[0]
+        if error:
+            raise BuildError(error)
     finally:
         if state.is_main_process:
             repo.release_lock()

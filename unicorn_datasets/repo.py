@@ -215,15 +215,17 @@ class BuildRepo:
         flush(final=True)
         if writer is not None:
             writer.close()
-        if not files:  # an empty config still gets one file so load_dataset sees its columns
-            files.append(staging / "part00000.parquet")
-            pq.write_table(schema.empty_table(), files[-1])
+        final = self.out / config
+        if not files:  # `datasets` cannot load an empty split: an empty config is left out (and out of the card)
+            shutil.rmtree(staging)
+            if final.exists():
+                shutil.rmtree(final)
+            return []
         names = []
         for i, f in enumerate(files):
             name = f"train-{i:05d}-of-{len(files):05d}.parquet"
             f.rename(staging / name)
             names.append(f"{config}/{name}")
-        final = self.out / config
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
