@@ -69,7 +69,7 @@ def test_sigkill_then_rerun_resumes_without_regenerating(tiny_llm: Path, tmp_pat
 
 def test_other_settings_into_same_out_are_refused_unless_overwrite(tiny_llm: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    base = ["--recipe", "demo", "--out", str(out), "--limit", "3", "--llm", str(tiny_llm), "--stages", "captions",
+    base = ["--recipe", "demo", "--out", str(out), "--limit", "8", "--llm", str(tiny_llm), "--stages", "captions",
             *TINY_FLAGS]
     assert run_build(base).returncode == 0
     r = run_build([*base, "--seed", "7"])
