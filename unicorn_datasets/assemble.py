@@ -62,36 +62,22 @@ def _rejection_counts(repo: BuildRepo, stage: str) -> tuple[int, dict[str, int]]
     return rows, dict(reasons)
 
 
+REJECTIONS_SCHEMA = pa.schema(
+    [("stage", pa.string()), ("id", pa.string()), ("reason", pa.string()), ("input", pa.string()),
+     ("raw_output", pa.string()), ("attempts", pa.int32())]
+)
+
+
 def write_rejections(repo: BuildRepo) -> int:
     """All rejected rows of all LLM stages, with reason, input and the last raw model output."""
-    tables = []
+    tables = [REJECTIONS_SCHEMA.empty_table()]
     for stage, input_col in REJECT_INPUT.items():
         for t in repo.read_parts(stage) if (repo.work / stage).exists() else []:
             r = t.filter(pc.is_valid(t.column("reject_reason")))
-            if r.num_rows:
-                tables.append(
-                    pa.table(
-                        {
-                            "stage": pa.array([stage] * r.num_rows, pa.string()),
-                            "id": r.column("id").cast(pa.string()),
-                            "reason": r.column("reject_reason").cast(pa.string()),
-                            "input": r.column(input_col).cast(pa.string()),
-                            "raw_output": r.column("raw_output").cast(pa.string()),
-                            "attempts": r.column("attempts").cast(pa.int32()),
-                        }
-                    )
-                )
-    schema = pa.schema(
-        [
-            ("stage", pa.string()),
-            ("id", pa.string()),
-            ("reason", pa.string()),
-            ("input", pa.string()),
-            ("raw_output", pa.string()),
-            ("attempts", pa.int32()),
-        ]
-    )
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
+            columns = [pa.array([stage] * r.num_rows), r.column("id"), r.column("reject_reason"),
+                       r.column(input_col), r.column("raw_output"), r.column("attempts")]
+            tables.append(pa.Table.from_arrays(columns, names=REJECTIONS_SCHEMA.names).cast(REJECTIONS_SCHEMA))
+    table = pa.concat_tables(tables)
     write_parquet(table, repo.artifacts() / "rejections.parquet")
     return table.num_rows
 
