@@ -80,7 +80,7 @@ def _recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .pipeline import build
+    from .build import build
 
     recipe = _recipe_from_args(args)
     build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report_error(exc: BaseException | None) -> int:
-    from .pipeline import BuildError
+    from .errors import BuildError
     from .recipe import RecipeError
     from .repo import RepoError
     from .seeds import SeedError

@@ -48,6 +48,19 @@ class GenerationResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class RequestFailed(Exception):
+    """This one request failed for good (retries exhausted, or refused as malformed): the row is rejected."""
+
+    def __init__(self, error: str, reason: str = "server_error") -> None:
+        super().__init__(error)
+        self.error = " ".join(str(error).split())[:500]  # one line, for the rejection record
+        self.reason = reason
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend as a whole is down (every endpoint unreachable or persistently failing): stop the build."""
+
+
 class Backend(Protocol):
     """An LLM that turns requests into results, in order."""
 
