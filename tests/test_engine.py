@@ -117,7 +117,7 @@ def test_backend_down_stops_with_one_clear_error() -> None:
 
 def test_in_process_backend_gets_batches() -> None:
     backend = SyncEcho()
-    done = run(Engine(backend), units(3, 6))
+    done = run(Engine(backend, batches_per_call=1), units(3, 6))
     assert max(backend.batches) == 4 and sum(o.value is not None for v in done.values() for o in v) == 18
 
 

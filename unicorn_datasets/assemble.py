@@ -283,6 +283,11 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{sum(rejected.values()):>10}  {shards:<20}{tokens:>9}{secs:>9.1f}{rate:>8}  "
             + (", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "-")
         )
+    for stage, r in summary["run"].items():
+        if "requests" in r:
+            lines.append(f"{stage}: {r['requests']} request(s) sent, {r.get('replayed', 0)} generation(s) replayed "
+                         f"from the journal, {r.get('retries', 0)} retries, {r.get('server_errors', 0)} server "
+                         f"error(s), at most {r.get('max_in_flight_seen', 0)} in flight")
     pre = summary["stages"].get("pretrain", {})
     if pre:
         lines.append(f"Stage 3: {pre.get('dim')}-d embeddings, {pre.get('truncated_by_encoder', 0)} caption(s) "

@@ -105,6 +105,7 @@ def run_generation(ctx: Context, stage: GenerationStage, shards: Shards) -> None
         journal = Journal(ctx.repo.work / "journal" / name)
         llm = ctx.recipe.get("llm", {})
         engine = Engine(backend, max_in_flight=llm.get("max_in_flight"), journal=journal,
+                        batches_per_call=int(llm.get("batches_per_call", 4)),
                         on_row=lambda s: progress.advance(1, engine_postfix(s)))
         rows_of: dict[int, dict[str, list]] = {}
         started: dict[int, float] = {}

@@ -99,14 +99,15 @@ class Engine:
         journal: Journal | None = None,
         on_row: Callable[[EngineStats], None] | None = None,
         fail_after: int | None = None,
+        batches_per_call: int = 4,
     ) -> None:
         self.backend = backend
         self.batched = not hasattr(backend, "agenerate_one")
-        batch = int(getattr(backend, "batch_size", 8))
-        # In-process: two batches pending keeps the model busy while the last batch is validated.
-        default = 2 * batch if self.batched else int(getattr(backend, "max_in_flight", 64))
+        # In-process: one call gets several batches (the backend sorts them by length, so they pad little),
+        # and a second call's worth stays pending so the model never waits for validation.
+        self.call_size = max(1, int(getattr(backend, "batch_size", 8)) * max(1, batches_per_call))
+        default = 2 * self.call_size if self.batched else int(getattr(backend, "max_in_flight", 64))
         self.max_in_flight = max(1, int(max_in_flight or default))
-        self.batch_size = max(1, batch)
         self.journal = journal
         self.on_row = on_row
         # Every row of a whole window failing for good, with no success between: the backend is down.
@@ -262,7 +263,7 @@ class Engine:
         while True:
             item = await self._queue.get()
             group = [item]
-            while len(group) < self.batch_size and not self._queue.empty():
+            while len(group) < self.call_size and not self._queue.empty():
                 nxt = self._queue.get_nowait()
                 if nxt[1] != item[1]:  # one sampling setting per call
                     await self._queue.put(nxt)

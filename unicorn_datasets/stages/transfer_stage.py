@@ -31,9 +31,9 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"--transfer {self.method}: choose one of {', '.join(METHODS)}")
+            raise ValueError(f"transfer.method = {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.embedding_dtype not in DTYPES:
-            raise ValueError(f"--embedding-dtype {self.embedding_dtype}: choose float16 or float32")
+            raise ValueError(f"transfer.embedding_dtype = {self.embedding_dtype!r}: choose float16 or float32")
 
     @classmethod
     def from_recipe(cls, section: dict[str, Any]) -> TransferConfig:
@@ -57,9 +57,10 @@ def describe_instructions() -> list[str]:
 
 
 def encode_batch(batch: dict[str, list], *, encoder: Any, cfg: TransferConfig) -> dict[str, list]:
-    emb = encoder.encode_text(list(batch["caption"]), batch_size=cfg.batch_size)
+    captions = list(batch["caption"])
+    emb = encoder.encode_text(captions, batch_size=cfg.batch_size)
     # truncated: the caption was longer than the encoder's token limit (its tail did not count)
-    return {**batch, "text_embedding": emb.astype(np.float32), "truncated": encoder.last_truncated_mask.tolist()}
+    return {**batch, "text_embedding": emb.astype(np.float32), "truncated": encoder.truncated_mask(captions).tolist()}
 
 
 def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig, build_seed: int) -> dict[str, list]:
