@@ -119,10 +119,10 @@ def run_generation(ctx: Context, stage: GenerationStage, shards: Shards) -> None
         def on_done(unit: WorkUnit, outcomes: list[RowOutcome]) -> None:
             rows = rows_of.pop(unit.key)
             table = stage.part_table(rows, outcomes)
-            replayed = sum(o.replayed for o in outcomes)
+            counts = {"requests": sum(o.requests for o in outcomes), "replayed": sum(o.replayed for o in outcomes)}
             _land(ctx, name, unit.key, table, tokens=sum(o.n_tokens for o in outcomes),
                   rejected=sum(o.value is None for o in outcomes), secs=time.monotonic() - started.pop(unit.key),
-                  stats=stats, extra={"replayed": replayed})
+                  stats=stats, extra=counts)
             progress.shard_finished(len(outcomes))
 
         t0 = time.monotonic()

@@ -41,6 +41,7 @@ class RowOutcome:
     attempt_reasons: list[str] = field(default_factory=list)  # why each failed attempt failed, in order
     error: str | None = None  # the server's last error when the request failed for good
     replayed: int = 0  # generations taken from the journal instead of the backend
+    requests: int = 0  # generations asked of the backend (failed ones included)
 
 
 @dataclass
@@ -206,6 +207,7 @@ class Engine:
                 o.replayed += 1
                 self.stats.replayed += 1
             else:
+                o.requests += 1
                 try:
                     res = await self._generate(req, unit.params)
                 except RequestFailed as e:
