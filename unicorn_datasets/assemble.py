@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .atomic import atomic_path, write_text
 from .card import write_card
-from .repo import BuildRepo, atomic_write_text, write_parquet
+from .repo import BuildRepo, write_parquet
 
 CONVERSATION = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 CAPTIONS_SCHEMA = pa.schema(
@@ -198,18 +199,16 @@ def assemble_pretrain(repo: BuildRepo, cfg: Any, transfer_info: dict[str, Any]) 
 
 def save_transfer_artifacts(repo: BuildRepo, mean: np.ndarray, info: dict[str, Any]) -> None:
     art = repo.artifacts()
-    tmp = art / ".text_mean.npy.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_path(art / "text_mean.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, np.asarray(mean, dtype=np.float64))
-    tmp.replace(art / "text_mean.npy")
-    atomic_write_text(
+    write_text(
         art / "transfer.json",
         json.dumps(
             {**info, "mean_file": "artifacts/text_mean.npy", "mean_dtype": "float64", "dim": int(mean.shape[0])},
             indent=2,
         ),
     )
-    atomic_write_text(repo.work / "encoder.json", json.dumps(info.get("encoder", {})))
+    write_text(repo.work / "encoder.json", json.dumps(info.get("encoder", {})))
 
 
 def finish(
@@ -237,7 +236,7 @@ def finish(
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "diversity": _diversity(repo),
     }
-    atomic_write_text(repo.artifacts() / "build_manifest.json", json.dumps(manifest, indent=2, default=str))
+    write_text(repo.artifacts() / "build_manifest.json", json.dumps(manifest, indent=2, default=str))
     write_card(repo.out, manifest)
     summary = {"stages": stages, "run": run_stats, "wall_seconds": wall, "diversity": manifest["diversity"]}
     print_summary(summary)

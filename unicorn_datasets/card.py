@@ -11,7 +11,7 @@ import datasets
 import pyarrow.parquet as pq
 import yaml
 
-from .repo import atomic_write_text
+from .atomic import write_text
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "cards" / "dataset_card.md"
 CONFIG_ORDER = ("pretrain", "instruct", "captions")
@@ -109,7 +109,7 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         provenance_table=_table(prov_rows, ("what", "value")),
         rejections_table=_table(rej_rows, ("stage", "rows in", "rows out", "rejections by reason")),
     )
-    atomic_write_text(out / "README.md", body)
+    write_text(out / "README.md", body)
 
 
 def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:

@@ -20,6 +20,8 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path, write_text
+
 WORK = ".build"
 ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
 FILE_BYTES = 500 * 1024 * 1024
@@ -30,23 +32,12 @@ class RepoError(RuntimeError):
     pass
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def write_parquet(table: pa.Table, path: Path, *, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
     """Write with row groups sized by bytes (not rows) and a page index; atomic rename at the end."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     per_row = max(1, table.nbytes // max(1, table.num_rows))
     rows_per_group = max(1, row_group_bytes // per_row)
-    pq.write_table(table, tmp, row_group_size=rows_per_group, write_page_index=True, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=rows_per_group, write_page_index=True, compression="zstd")
 
 
 class BuildRepo:
@@ -111,7 +102,7 @@ class BuildRepo:
         if overwrite:
             self.clear()
         self.work.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
+        write_text(
             state_path, json.dumps({"fingerprint": fp, "recipe": recipe, "started": time.time()}, indent=2, default=str)
         )
         return False
@@ -147,7 +138,7 @@ class BuildRepo:
 
     def write_part(self, stage: str, shard: int, table: pa.Table, meta: dict[str, Any]) -> None:
         """Sidecar first, part last: a part's existence is the only 'done' signal."""
-        atomic_write_text(self.stage_dir(stage) / f"part-{shard:05d}.json", json.dumps(meta))
+        write_text(self.stage_dir(stage) / f"part-{shard:05d}.json", json.dumps(meta))
         write_parquet(table, self.part_path(stage, shard))
 
     def part_meta(self, stage: str) -> list[dict[str, Any]]:
@@ -165,7 +156,7 @@ class BuildRepo:
         return (self.stage_dir(stage) / "COMPLETE").exists()
 
     def mark_stage_complete(self, stage: str, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.stage_dir(stage) / "COMPLETE", json.dumps(summary, indent=2, default=str))
+        write_text(self.stage_dir(stage) / "COMPLETE", json.dumps(summary, indent=2, default=str))
 
     def stage_summary(self, stage: str) -> dict[str, Any]:
         p = self.stage_dir(stage) / "COMPLETE"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import zlib
 from collections import Counter
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path, write_text
 from .hub import config_files
 
 HASH_DIM = 512  # hashed bag-of-words width: enough to separate topics, small enough for 200k rows in memory
@@ -312,15 +312,8 @@ def _rejections(path: Path) -> dict[str, Any] | None:
 # ---- writing ---------------------------------------------------------------------------------
 
 
-def _tmp(path: Path) -> Path:
-    # `.name.tmp-<pid>`: the pattern the push excludes, so a crash never leaks a half file to the Hub
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _plots(art: Path, sizes: list[int], lengths: list[int]) -> list[str]:
@@ -339,10 +332,9 @@ def _plots(art: Path, sizes: list[int], lengths: list[int]) -> list[str]:
         ax.set_ylabel("captions")
         ax.set_title(title)
         fig.tight_layout()
-        path = art / name
-        fig.savefig(_tmp(path), format="png", dpi=100)
+        with atomic_path(art / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
-        os.replace(_tmp(path), path)
         written.append(f"artifacts/{name}")
 
     written: list[str] = []
