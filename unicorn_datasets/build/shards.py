@@ -103,6 +103,9 @@ def run_generation(ctx: Context, stage: GenerationStage, shards: Shards) -> None
             check()  # a server that is down at start: one clear line before any work
         progress = _progress(ctx, name, shards)
         journal = Journal(ctx.repo.work / "journal" / name)
+        for shard in set(journal.pending_units()) - set(todo):
+            if shard % ctx.world == ctx.rank:
+                journal.discard(shard)  # its part landed just before a kill: the journal is spent
         llm = ctx.recipe.get("llm", {})
         engine = Engine(backend, max_in_flight=llm.get("max_in_flight"), journal=journal,
                         batches_per_call=int(llm.get("batches_per_call", 4)),
