@@ -10,11 +10,12 @@ requests cost one task each). It behaves like a GPU server that never runs out o
   ``sample_interval`` seconds; ``?series=0`` leaves the series out); ``POST /stats/reset``;
   ``POST /control`` (JSON: config fields to change at run time, e.g. ``{"down": "503"}``).
 
-Determinism: a request's identity is the hash of its JSON body. Its latency and whether its answer is
-invalid (``invalid`` rate: too-short text / broken JSON) depend on that hash and the server ``seed`` only,
-so a retry with a new sampling seed can succeed. Faults (500, 503, 429 + Retry-After, connection reset,
-hang, invalid JSON body, empty completion) depend on the hash and how many times this same body has been
-received before (the attempt counter), so resending the identical request can succeed too.
+Determinism: a request's identity is the hash of its prompt or messages, seed, max_tokens and schema.
+Its latency and whether its answer is invalid (``invalid`` rate: too-short text / broken JSON) depend on
+that hash and the server ``seed`` only, so a retry with a new sampling seed can succeed. Faults (500,
+503, 429 + Retry-After, connection reset, hang, invalid JSON body, empty completion) depend on the hash
+and how many times the same request was received before (the attempt counter; ``duplicates`` in the
+stats counts such resends), so resending the identical request can succeed too.
 
 Run: ``python -m unicorn_datasets.testing.fake_openai_server --port 8000 --median 2 --p99 20``;
 from Python: ``with serve(median=0.1, p99=1) as server: ... server.url, server.stats()``.
@@ -41,7 +42,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .fake_answers import answer
+from .fake_answers import answer, request_text, schema_of
 
 FAULTS = ("error_500", "error_503", "error_429", "reset", "hang", "bad_body", "empty")
 _Z99 = 2.3263478740408408  # standard normal quantile at 0.99
@@ -248,7 +249,7 @@ class FakeOpenAIServer:
         if cfg.down == "503":
             st.failed["down"] += 1
             return await _send_json(writer, 503, {"error": {"message": "server is down"}})
-        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+        key = request_key(body)
         attempt = st.attempts[key]
         st.attempts[key] += 1
         if attempt:
@@ -296,6 +297,14 @@ class FakeOpenAIServer:
         finally:
             st.in_flight -= 1
             st.last_response = st.now()
+
+
+def request_key(body: dict[str, Any]) -> bytes:
+    """A request's identity: what its answer depends on (not the model name or the client's other fields),
+    so a bare client and a full build that ask the same thing see the same latency and answer."""
+    ident = [request_text(body), body.get("seed"), body.get("max_tokens") or body.get("max_completion_tokens"),
+             schema_of(body)]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).digest()
 
 
 def _pick_fault(cfg: FakeServerConfig, key: bytes, attempt: int) -> str | None:
