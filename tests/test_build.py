@@ -16,9 +16,7 @@ from unicorn_datasets.recipe import load_recipe
 
 
 def seed_ids(limit: int) -> set[str]:
-    recipe = load_recipe("demo")
-    recipe["limit"] = limit
-    return {s.id for s in collect_seeds(recipe)[0]}
+    return {s.id for s in collect_seeds(load_recipe("demo", {"limit": limit}))[0]}
 
 
 def rejected(out: Path, stage: str) -> dict[str, str]:

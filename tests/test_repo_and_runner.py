@@ -14,6 +14,7 @@ from unicorn_datasets.build.context import Context, make_state
 from unicorn_datasets.build.shards import Shards, run_generation, run_map
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
 from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
+from unicorn_datasets.recipe import Recipe
 from unicorn_datasets.repo import BuildRepo, RepoError
 from unicorn_datasets.stages.base import OUTCOME_FIELDS, outcome_columns
 from unicorn_datasets.stages.captions import PART_SCHEMA
@@ -123,7 +124,7 @@ def state():
 def test_generation_runner_lands_one_part_per_shard_and_skips_them_on_rerun(tmp_path: Path, state) -> None:
     repo = BuildRepo(tmp_path)
     backend = CountingBackend()
-    ctx = Context({"shard_size": 3}, repo, state, loaded_backend=backend)
+    ctx = Context(Recipe(shard_size=3), repo, state, loaded_backend=backend)
     inputs = Shards.of(Dataset.from_dict({"id": [f"r{i}" for i in range(7)]}), 3)
     run_generation(ctx, EchoStage(), inputs)
     assert repo.done_shards("captions") == {0, 1, 2}
@@ -136,13 +137,13 @@ def test_generation_runner_lands_one_part_per_shard_and_skips_them_on_rerun(tmp_
     assert sorted(backend.sent) == sorted([f"r{i}" for i in range(7)] + ["r3"])
 
     again = CountingBackend()
-    run_generation(Context({"shard_size": 3}, repo, state, loaded_backend=again), EchoStage(), inputs)
+    run_generation(Context(Recipe(shard_size=3), repo, state, loaded_backend=again), EchoStage(), inputs)
     assert again.sent == []  # every shard finished earlier
 
 
 def test_map_runner_saves_side_data_before_the_part(tmp_path: Path, state) -> None:
     repo = BuildRepo(tmp_path)
-    ctx = Context({}, repo, state)
+    ctx = Context(Recipe(), repo, state)
     seen: list[int] = []
 
     def on_part(shard: int, table: pa.Table) -> None:

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from .atomic import write_text
+from .packaged import shipped
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "cards" / "dataset_card.md"
+TEMPLATE = "dataset_card.md"  # in cards/ (shipped inside the package)
 CONFIG_ORDER = ("pretrain", "instruct", "captions")
 ABOUT = {
     "captions": "Stage 1: one dense, objective caption per seed (`id`, `seed`, `source`, `caption`).",
@@ -93,7 +94,7 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
     ]
     for stage, p in prov.items():
         prov_rows.append((stage, "`" + json.dumps(p, sort_keys=True, default=str) + "`"))
-    body = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
+    body = Template((shipped("cards") / TEMPLATE).read_text(encoding="utf-8")).substitute(
         yaml=yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(),
         title=f"{recipe.get('name')}: synthetic vision-language training data",
         description=recipe.get("description", ""),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from ..recipe import Recipe
 from ..repo import BuildRepo
 
 
@@ -26,7 +27,7 @@ def make_state() -> Any:
 
 @dataclass
 class Context:
-    recipe: dict[str, Any]
+    recipe: Recipe
     repo: BuildRepo
     state: Any  # accelerate.PartialState
     trust_remote_code: bool = False
@@ -49,11 +50,11 @@ class Context:
 
     @property
     def build_seed(self) -> int:
-        return int(self.recipe.get("seed", 0))
+        return self.recipe.seed
 
     @property
     def shard_size(self) -> int:
-        return int(self.recipe.get("shard_size", 64))
+        return self.recipe.shard_size
 
     def barrier(self) -> None:
         self.state.wait_for_everyone()
@@ -62,29 +63,28 @@ class Context:
         if self.loaded_backend is None:
             from ..generation import make_backend
 
-            self.loaded_backend = make_backend(self.recipe.get("llm", {}), device=str(self.state.device))
+            self.loaded_backend = make_backend(self.recipe.llm, device=str(self.state.device))
         return self.loaded_backend
 
     def encoder(self) -> Any:
         if self.loaded_encoder is None:
             from ..encoders import load_encoder
 
-            t = self.recipe.get("transfer", {})
             self.loaded_encoder = load_encoder(
-                t.get("encoder", "minilm"), device=str(self.state.device), trust_remote_code=self.trust_remote_code
+                self.recipe.transfer.encoder, device=str(self.state.device), trust_remote_code=self.trust_remote_code
             )
         return self.loaded_encoder
 
     def llm_id(self) -> str:
         """The model id recorded in every row (endpoint URLs live in the manifest, not in rows)."""
-        return str(self.recipe.get("llm", {}).get("model"))
+        return self.recipe.llm.model
 
     def prompt_mode(self) -> str:
         """The one resolution of `llm.prompt_mode`: "auto" asks the backend whether the model has a chat template."""
-        mode = str(self.recipe.get("llm", {}).get("prompt_mode", "auto"))
-        if mode != "auto":
-            return mode
-        return "chat" if self.backend().supports_chat else "completion"
+        from ..generation.base import resolve_prompt_mode
+
+        mode = self.recipe.llm.prompt_mode
+        return mode if mode != "auto" else resolve_prompt_mode(mode, self.backend().supports_chat)
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order (a list of one on a single process)."""

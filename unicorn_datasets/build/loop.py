@@ -13,66 +13,56 @@ import datasets
 
 from .. import __version__
 from ..errors import BuildError
-from ..recipe import fingerprint
+from ..recipe import Recipe, fingerprint
 from ..repo import BuildRepo, RepoError
 from ..seeds import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
 from ..stages.base import Stage
 from .context import Context, log, make_state
 
 
-def collect_seeds(recipe: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+def collect_seeds(recipe: Recipe) -> tuple[list[Any], dict[str, Any]]:
     groups, stats = [], {}
-    for spec in recipe.get("seeds", []):
+    for spec in recipe.seeds:
         st = SeedStats()
-        if spec.get("kind", "captions") == "domains":
-            group = load_domain_seeds(spec["path"], templates_per_label=int(spec.get("templates_per_label", 10)),
-                                      seed=int(recipe.get("seed", 0)), stats=st)
+        if spec.kind == "domains":
+            group = load_domain_seeds(spec.path, templates_per_label=spec.templates_per_label, seed=recipe.seed,
+                                      stats=st)
         else:
-            group = load_caption_seeds(spec["path"], column=spec.get("column"), source=spec.get("source"),
-                                       min_words=int(spec.get("min_words", 2)),
-                                       max_words=int(spec.get("max_words", 120)), stats=st)
+            group = load_caption_seeds(spec.path, column=spec.column, source=spec.source, min_words=spec.min_words,
+                                       max_words=spec.max_words, stats=st)
         groups.append(group)
-        stats[spec["path"]] = {**st.as_dict(), "kept": len(group)}
+        stats[spec.path] = {**st.as_dict(), "kept": len(group)}
     if not groups:
         raise BuildError("the recipe names no seed sources")
-    limit = recipe.get("limit")
-    chosen = merge_and_limit(groups, limit=int(limit) if limit is not None else None, seed=int(recipe.get("seed", 0)))
+    chosen = merge_and_limit(groups, limit=recipe.limit, seed=recipe.seed)
     return chosen, stats
 
 
-def plan_stages(recipe: dict[str, Any], seeds: list[Any], shard_size: int) -> list[Stage]:
+def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage]:
     """The recipe's stages, in order, each built from its own recipe section."""
-    from ..generation.base import SamplingParams
     from ..stages.captions import CaptionConfig, CaptionStage
     from ..stages.instruct_stage import InstructStage
     from ..stages.instructions import InstructConfig
     from ..stages.pretrain import InstructEmbeddings, PretrainStage
     from ..stages.transfer_stage import TransferConfig
 
-    seed = int(recipe.get("seed", 0))
-    llm = recipe.get("llm", {})
-    model_id = str(llm.get("model"))
-    mode = llm.get("prompt_mode", "auto")
-    wanted = recipe.get("stages", ["captions"])
+    seed, model_id, mode = recipe.seed, recipe.llm.model, recipe.llm.prompt_mode
     stages: list[Stage] = [
-        CaptionStage(CaptionConfig.from_recipe(recipe.get("captions", {}), mode), seeds, build_seed=seed,
-                     model_id=model_id)
+        CaptionStage(CaptionConfig.from_recipe(recipe.captions, mode), seeds, build_seed=seed, model_id=model_id)
     ]
     instruct = None
-    if "instruct" in wanted:
-        section = recipe.get("instruct", {})
+    if "instruct" in recipe.stages:
+        section = recipe.instruct
         keys = ("max_attempts", "max_verbatim_fraction", "min_verbatim_words", "constrained", "truncate_extra_items",
-                "max_chars")
-        cfg = InstructConfig(item_bounds={t: tuple(b) for t, b in section.get("items", {}).items()},
-                             prompt_mode=mode, sampling=SamplingParams(**section.get("sampling", {})),
-                             **{k: section[k] for k in keys if k in section})
-        instruct = InstructStage(cfg, mix=section.get("mix", {"mc": 1 / 3, "qa": 1 / 3, "reasoning": 1 / 3}),
-                                 build_seed=seed, model_id=model_id)
+                "max_chars", "sampling")
+        cfg = InstructConfig(item_bounds=dict(section.items), prompt_mode=mode,
+                             **{k: getattr(section, k) for k in keys})
+        instruct = InstructStage(cfg, mix=section.mix, build_seed=seed, model_id=model_id)
         stages.append(instruct)
-    if "pretrain" in wanted:
-        transfer = recipe.get("transfer", {})
+    if "pretrain" in recipe.stages:
+        transfer = recipe.transfer
         stages.append(PretrainStage(TransferConfig.from_recipe(transfer),
-                                    shard_size=int(transfer.get("shard_size", shard_size)), build_seed=seed))
+                                    shard_size=transfer.shard_size or shard_size, build_seed=seed))
         if instruct is not None:
             stages.append(InstructEmbeddings(instruct))
     return stages
@@ -105,14 +95,14 @@ def _merge_stats(per_rank: list[dict[str, dict[str, Any]]]) -> dict[str, dict[st
     return merged
 
 
-def _start(ctx: Context, recipe: dict[str, Any], fp: str, overwrite: bool) -> bool:
+def _start(ctx: Context, recipe: Recipe, fp: str, overwrite: bool) -> bool:
     """Rank 0 checks the folder, takes the lock and writes the state; every rank learns the outcome."""
     error, resumed = None, False
     if ctx.is_main:
         try:
             ctx.repo.check_target(overwrite)
             ctx.repo.acquire_lock()
-            resumed = ctx.repo.start(recipe, fp, overwrite=overwrite)
+            resumed = ctx.repo.start(recipe.to_dict(), fp, overwrite=overwrite)
         except RepoError as e:
             error = str(e)
     error, resumed = ctx.broadcast((error, resumed))
@@ -122,7 +112,7 @@ def _start(ctx: Context, recipe: dict[str, Any], fp: str, overwrite: bool) -> bo
 
 
 def build(
-    recipe: dict[str, Any], *, out: str, overwrite: bool = False, trust_remote_code: bool = False
+    recipe: Recipe, *, out: str, overwrite: bool = False, trust_remote_code: bool = False
 ) -> dict[str, Any]:
     t0 = time.monotonic()
     datasets.disable_progress_bars()  # our own bars count rows across ranks
@@ -132,7 +122,7 @@ def build(
     try:
         resumed = _start(ctx, recipe, fp, overwrite)
         if ctx.is_main:
-            log(f"{'resuming' if resumed else 'starting'} build of recipe '{recipe.get('name')}' into {out} "
+            log(f"{'resuming' if resumed else 'starting'} build of recipe '{recipe.name}' into {out} "
                 f"({len(seeds)} seeds, {ctx.world} process(es), fingerprint {fp})")
         for stage in plan_stages(recipe, seeds, ctx.shard_size):
             _run_stage(ctx, stage)
@@ -143,7 +133,7 @@ def build(
             from ..assemble import finish
 
             llm = ctx.loaded_backend.describe() if ctx.loaded_backend else {"model": ctx.llm_id()}
-            summary = finish(ctx.repo, recipe, fp, seed_stats, len(seeds), ctx.provenance, stats, llm=llm,
+            summary = finish(ctx.repo, recipe.to_dict(), fp, seed_stats, len(seeds), ctx.provenance, stats, llm=llm,
                              code_version=__version__, wall=time.monotonic() - t0)
             empty = [s for s, v in summary["stages"].items() if v.get("rows_out", 1) == 0]
             if empty:

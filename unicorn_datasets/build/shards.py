@@ -106,9 +106,9 @@ def run_generation(ctx: Context, stage: GenerationStage, shards: Shards) -> None
         for shard in set(journal.pending_units()) - set(todo):
             if shard % ctx.world == ctx.rank:
                 journal.discard(shard)  # its part landed just before a kill: the journal is spent
-        llm = ctx.recipe.get("llm", {})
-        engine = Engine(backend, max_in_flight=llm.get("max_in_flight"), journal=journal,
-                        batches_per_call=int(llm.get("batches_per_call", 4)),
+        llm = ctx.recipe.llm
+        engine = Engine(backend, max_in_flight=llm.max_in_flight, journal=journal,
+                        batches_per_call=llm.batches_per_call,
                         on_row=lambda s: progress.advance(1, engine_postfix(s)))
         rows_of: dict[int, dict[str, list]] = {}
         started: dict[int, float] = {}

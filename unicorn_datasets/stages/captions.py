@@ -9,7 +9,7 @@ and finally recorded as rejections with the reason.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import datasets
@@ -26,6 +26,7 @@ from .base import OUTCOME_FIELDS, GenerationStage, outcome_columns
 
 if TYPE_CHECKING:
     from ..build.context import Context
+    from ..recipe import CaptionsSection
     from ..repo import BuildRepo
 
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
@@ -39,16 +40,15 @@ class CaptionConfig:
     min_seed_overlap: float = 0.0  # share of the seed's content words the caption must mention (0 = off)
     max_words: int = 483
     max_attempts: int = 3
-    prompt_mode: str = "chat"  # "chat" | "completion"
+    prompt_mode: str = "chat"  # "chat" | "completion" | "auto" (resolved from the backend when the stage runs)
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=768))
     chat_template: str = field(default_factory=lambda: prompts.load("caption_chat.txt"))
     fewshot_template: str = field(default_factory=lambda: prompts.load("caption_fewshot.txt"))
 
     @classmethod
-    def from_recipe(cls, section: dict[str, Any], prompt_mode: str) -> CaptionConfig:
-        sampling = SamplingParams(**section.get("sampling", {}))
-        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap")
-        return cls(prompt_mode=prompt_mode, sampling=sampling, **{k: section[k] for k in keys if k in section})
+    def from_recipe(cls, section: CaptionsSection, prompt_mode: str) -> CaptionConfig:
+        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap", "sampling")
+        return cls(prompt_mode=prompt_mode, **{k: getattr(section, k) for k in keys})
 
     @property
     def template(self) -> str:
@@ -144,6 +144,11 @@ class CaptionStage(GenerationStage):
 
     def provenance(self) -> dict[str, Any]:
         return self.cfg.provenance()
+
+    def run(self, ctx: Context) -> None:
+        if self.cfg.prompt_mode == "auto":
+            self.cfg = replace(self.cfg, prompt_mode=ctx.prompt_mode())
+        super().run(ctx)
 
     def inputs(self, ctx: Context) -> datasets.Dataset:
         s = self.seeds

@@ -55,7 +55,13 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from unicorn_datasets.generation.base import Backend, GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.generation.base import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    resolve_prompt_mode,
+)
 from unicorn_datasets.seeding import row_seed
 from unicorn_datasets.stages.retry import RowOutcome, generate_with_retries
 
@@ -200,11 +206,7 @@ def prompt_provenance(cfg: InstructConfig) -> dict[str, str]:
 
 
 def _resolve_mode(cfg: InstructConfig, supports_chat: bool) -> Literal["chat", "completion"]:
-    if cfg.prompt_mode == "auto":
-        return "chat" if supports_chat else "completion"
-    if cfg.prompt_mode == "chat" and not supports_chat:
-        raise ValueError("prompt_mode='chat' but the backend has no chat template; use completion or auto")
-    return cfg.prompt_mode
+    return resolve_prompt_mode(cfg.prompt_mode, supports_chat)
 
 
 def _prefill(cfg: InstructConfig, mode: str) -> str:

@@ -8,13 +8,16 @@ applies the transfer (mean-shift / c3 / none) and shapes the LLaVA pretraining r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import prompts
 from ..seeding import row_seed, row_seeds
 from ..transfer import METHODS, apply_transfer
+
+if TYPE_CHECKING:
+    from ..recipe import TransferSection
 
 IMAGE_TOKEN = "<image>"
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -36,9 +39,8 @@ class TransferConfig:
             raise ValueError(f"transfer.embedding_dtype = {self.embedding_dtype!r}: choose float16 or float32")
 
     @classmethod
-    def from_recipe(cls, section: dict[str, Any]) -> TransferConfig:
-        keys = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in section.items() if k in keys})
+    def from_recipe(cls, section: TransferSection) -> TransferConfig:
+        return cls(**{k: getattr(section, k) for k in cls.__dataclass_fields__})
 
     def provenance(self, encoder_info: dict[str, Any], count: int) -> dict[str, Any]:
         return {
