@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from .atomic import write_text
+from .layout import CARD, REPORT, TEXT_MEAN, artifact
 from .packaged import shipped
 
 TEMPLATE = "dataset_card.md"  # in cards/ (shipped inside the package)
@@ -110,7 +111,7 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         provenance_table=_table(prov_rows, ("what", "value")),
         rejections_table=_table(rej_rows, ("stage", "rows in", "rows out", "rejections by reason")),
     )
-    write_text(out / "README.md", body)
+    write_text(out / CARD, body)
 
 
 def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
@@ -134,7 +135,7 @@ def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
             f"3. **Transfer**: captions encoded with `{enc.get('encoder', enc.get('path'))}` "
             f"({stages['pretrain'].get('dim')}-d, "
             f"L2-normalised), method `{t.get('method')}` (renormalise: {t.get('renormalize')}, noise sigma: "
-            f"{t.get('noise_sigma')}); the text mean over {t.get('count')} captions is in `artifacts/text_mean.npy`; "
+            f"{t.get('noise_sigma')}); the text mean over {t.get('count')} captions is in `{artifact(TEXT_MEAN)}`; "
             f"{stages['pretrain'].get('truncated_by_encoder', 0)} caption(s) were cut by the encoder's token limit. "
             "At inference on real images, subtract the mean of the image set (`unicorn embed-images`)."
         )
@@ -144,7 +145,7 @@ def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
 def _diversity_text(div: dict[str, Any]) -> str:
     if not div.get("k") or div.get("top5_share") is None:
         return ""
-    return (f"\n\n**Diversity and balance** (Synth²-style, `artifacts/report.json`): {div.get('n_captions')} captions "
+    return (f"\n\n**Diversity and balance** (Synth²-style, `{artifact(REPORT)}`): {div.get('n_captions')} captions "
             f"in k={div.get('k')} k-means clusters; the 5 largest hold {div.get('top5_share', 0):.1%}; cluster-size "
             f"entropy {div.get('entropy', 0):.2f} (normalised {div.get('entropy_normalised', 0):.2f}); mean "
             f"per-caption type-token ratio {div.get('ttr', 0):.2f}.")

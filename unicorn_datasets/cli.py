@@ -138,11 +138,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_gap_stats(args: argparse.Namespace) -> int:
     from .encoders import load_encoder
     from .gap import gap_report
+    from .layout import ARTIFACTS, TEXT_MEAN
 
     enc = load_encoder(args.encoder, device=args.device, trust_remote_code=args.trust_remote_code)
     mean = args.text_mean
     if mean is None and args.dataset:
-        mean = str(Path(args.dataset) / "artifacts" / "text_mean.npy")
+        mean = str(Path(args.dataset) / ARTIFACTS / TEXT_MEAN)
     result = gap_report(args.pairs, enc, text_mean=mean, renormalize=args.renormalize, noise_sigma=args.noise_sigma)
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -21,11 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path, write_text
+from .layout import ARTIFACTS, COMPLETE, LOCK, OUR_FILES, STATE, WORK
 
-WORK = ".build"
 ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
 FILE_BYTES = 500 * 1024 * 1024
-OUR_FILES = {"README.md", WORK, "artifacts", "captions", "pretrain", "instruct"}
 
 
 class RepoError(RuntimeError):
@@ -54,7 +53,7 @@ class BuildRepo:
         if not self.out.is_dir():
             raise RepoError(f"--out {self.out} exists and is not a folder")
         foreign = sorted(p.name for p in self.out.iterdir() if p.name not in OUR_FILES)
-        ours = (self.work / "state.json").exists()
+        ours = (self.work / STATE).exists()
         if foreign and not ours:
             raise RepoError(
                 f"--out {self.out} already holds files that are not a unicorn-datasets build "
@@ -64,7 +63,7 @@ class BuildRepo:
     def acquire_lock(self) -> None:
         """One build per OUT at a time. flock dies with its process, so kill -9 leaves no stale lock."""
         self.work.mkdir(parents=True, exist_ok=True)
-        fd = open(self.work / "lock", "a+")
+        fd = open(self.work / LOCK, "a+")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -88,7 +87,7 @@ class BuildRepo:
 
     def start(self, recipe: dict[str, Any], fp: str, *, overwrite: bool) -> bool:
         """Check or write the build state. Returns True when resuming an earlier build."""
-        state_path = self.work / "state.json"
+        state_path = self.work / STATE
         if state_path.exists():
             state = json.loads(state_path.read_text())
             if state["fingerprint"] == fp and not overwrite:
@@ -115,7 +114,7 @@ class BuildRepo:
             elif p.exists():
                 p.unlink()
         for p in self.work.iterdir() if self.work.exists() else []:
-            if p.name != "lock":
+            if p.name != LOCK:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     # ---- shard parts -----------------------------------------------------------------------
@@ -153,13 +152,13 @@ class BuildRepo:
             yield pq.read_table(self.part_path(stage, shard), columns=columns)
 
     def stage_complete(self, stage: str) -> bool:
-        return (self.stage_dir(stage) / "COMPLETE").exists()
+        return (self.stage_dir(stage) / COMPLETE).exists()
 
     def mark_stage_complete(self, stage: str, summary: dict[str, Any]) -> None:
-        write_text(self.stage_dir(stage) / "COMPLETE", json.dumps(summary, indent=2, default=str))
+        write_text(self.stage_dir(stage) / COMPLETE, json.dumps(summary, indent=2, default=str))
 
     def stage_summary(self, stage: str) -> dict[str, Any]:
-        p = self.stage_dir(stage) / "COMPLETE"
+        p = self.stage_dir(stage) / COMPLETE
         return json.loads(p.read_text()) if p.exists() else {}
 
     # ---- final configs ---------------------------------------------------------------------
@@ -223,7 +222,7 @@ class BuildRepo:
         return names
 
     def artifacts(self) -> Path:
-        d = self.out / "artifacts"
+        d = self.out / ARTIFACTS
         d.mkdir(parents=True, exist_ok=True)
         return d
 

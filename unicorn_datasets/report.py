@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path, write_text
 from .hub import config_files
+from .layout import ARTIFACTS, REJECTIONS, REPORT
 
 HASH_DIM = 512  # hashed bag-of-words width: enough to separate topics, small enough for 200k rows in memory
 CHUNK = 16384  # rows per distance block: bounds the (rows x k) matrix
@@ -420,13 +421,13 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
     out["per_task"] = _counts(ins_files, "task") if _has_column(ins_files, "task") else {}
     out["rows"] = {c: _num_rows(f) for c, f in
                    (("captions", cap_files), ("pretrain", pre_files), ("instruct", ins_files)) if f}
-    out["rejections"] = _rejections(folder / "artifacts" / "rejections.parquet")
+    out["rejections"] = _rejections(folder / ARTIFACTS / REJECTIONS)
 
     if write:
-        art = folder / "artifacts"
+        art = folder / ARTIFACTS
         art.mkdir(exist_ok=True)
         out["plots"] = _plots(art, clustering.get("cluster_sizes", []), lengths)
-        _write_json(art / "report.json", out)
+        _write_json(art / REPORT, out)
     else:
         out["plots"] = []
     return out

@@ -13,6 +13,7 @@ import datasets
 
 from .. import __version__
 from ..errors import BuildError
+from ..layout import REJECTIONS, artifact
 from ..recipe import Recipe, fingerprint
 from ..repo import BuildRepo, RepoError
 from ..seeds import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
@@ -138,7 +139,7 @@ def build(
             empty = [s for s, v in summary["stages"].items() if v.get("rows_out", 1) == 0]
             if empty:
                 error = (f"{', '.join(empty)}: every row was rejected, so the dataset has no such config "
-                         "(reasons in the summary above, raw outputs in artifacts/rejections.parquet)")
+                         f"(reasons in the summary above, raw outputs in {artifact(REJECTIONS)})")
         error = ctx.broadcast(error)
         if error:
             raise BuildError(error)

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from ..generation.engine import Engine, RowOutcome, WorkUnit
 from ..generation.journal import Journal
+from ..layout import JOURNAL
 from ..progress import StageProgress
 from .context import Context, log
 
@@ -102,7 +103,7 @@ def run_generation(ctx: Context, stage: GenerationStage, shards: Shards) -> None
         if check is not None:
             check()  # a server that is down at start: one clear line before any work
         progress = _progress(ctx, name, shards)
-        journal = Journal(ctx.repo.work / "journal" / name)
+        journal = Journal(ctx.repo.work / JOURNAL / name)
         for shard in set(journal.pending_units()) - set(todo):
             if shard % ctx.world == ctx.rank:
                 journal.discard(shard)  # its part landed just before a kill: the journal is spent

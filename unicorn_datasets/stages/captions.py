@@ -20,6 +20,7 @@ from .. import prompts
 from ..errors import BuildError
 from ..generation.base import GenerationRequest, GenerationResult, SamplingParams
 from ..generation.engine import RowOutcome, WorkUnit
+from ..layout import REJECTIONS, artifact
 from ..seeding import row_seed
 from ..seeds import Seed
 from .base import OUTCOME_FIELDS, GenerationStage, outcome_columns
@@ -196,6 +197,6 @@ def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
         rejected = repo.stage_summary("captions").get("rejected", {})
         raise BuildError(
             f"Stage 1 accepted no caption (rejections: {rejected or 'none'}); nothing for the next stages. "
-            "See artifacts/rejections.parquet for the raw outputs, then adjust the recipe (e.g. captions.min_words)."
+            f"See {artifact(REJECTIONS)} for the raw outputs, then adjust the recipe (e.g. captions.min_words)."
         )
     return datasets.Dataset(table.sort_by("id"))

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from ..build.context import log
 from ..build.shards import Shards, run_map
+from ..layout import ENCODER
 from ..transfer import MeanAccumulator, reduce_states
 from .captions import accepted_captions
 from .transfer_stage import TransferConfig, encode_batch, shift_batch
@@ -104,7 +105,7 @@ def _encoder_info(ctx: Context) -> dict[str, Any]:
     """Encoder provenance without loading the model when every shard was encoded earlier."""
     if ctx.loaded_encoder is not None:
         return ctx.loaded_encoder.describe()
-    previous = ctx.repo.work / "encoder.json"
+    previous = ctx.repo.work / ENCODER
     if previous.exists():
         return json.loads(previous.read_text())
     log("encoder provenance: loading the encoder to describe it", ctx.rank)
