@@ -7,7 +7,7 @@ config and marks it complete, so a rerun skips finished stages and, within a sta
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
@@ -17,8 +17,10 @@ from ..layout import REJECTIONS, artifact
 from ..recipe import Recipe, fingerprint
 from ..repo import BuildRepo, RepoError
 from ..seeds import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
-from ..stages.base import Stage
 from .context import Context, log, make_state
+
+if TYPE_CHECKING:  # stages import the shard runner from this package: no import cycle at run time
+    from ..stages.base import Stage
 
 
 def collect_seeds(recipe: Recipe) -> tuple[list[Any], dict[str, Any]]:

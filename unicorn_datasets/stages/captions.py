@@ -21,13 +21,13 @@ from ..errors import BuildError
 from ..generation.base import GenerationRequest, GenerationResult, SamplingParams
 from ..generation.engine import RowOutcome, WorkUnit
 from ..layout import REJECTIONS, artifact
+from ..recipe import CaptionsSection
 from ..seeding import row_seed
 from ..seeds import Seed
 from .base import OUTCOME_FIELDS, GenerationStage, outcome_columns
 
 if TYPE_CHECKING:
     from ..build.context import Context
-    from ..recipe import CaptionsSection
     from ..repo import BuildRepo
 
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
@@ -37,12 +37,13 @@ _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 
 @dataclass
 class CaptionConfig:
-    min_words: int = 51
-    min_seed_overlap: float = 0.0  # share of the seed's content words the caption must mention (0 = off)
-    max_words: int = 483
-    max_attempts: int = 3
+    # defaults: the recipe's (one default per key, in recipe.py)
+    min_words: int = CaptionsSection.min_words
+    min_seed_overlap: float = CaptionsSection.min_seed_overlap  # share of the seed's content words to mention (0: off)
+    max_words: int = CaptionsSection.max_words
+    max_attempts: int = CaptionsSection.max_attempts
     prompt_mode: str = "chat"  # "chat" | "completion" | "auto" (resolved from the backend when the stage runs)
-    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=768))
+    sampling: SamplingParams = CaptionsSection.sampling
     chat_template: str = field(default_factory=lambda: prompts.load("caption_chat.txt"))
     fewshot_template: str = field(default_factory=lambda: prompts.load("caption_fewshot.txt"))
 

@@ -8,16 +8,14 @@ applies the transfer (mean-shift / c3 / none) and shapes the LLaVA pretraining r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .. import prompts
+from ..recipe import TransferSection
 from ..seeding import row_seed, row_seeds
 from ..transfer import METHODS, apply_transfer
-
-if TYPE_CHECKING:
-    from ..recipe import TransferSection
 
 IMAGE_TOKEN = "<image>"
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -25,12 +23,13 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 
 @dataclass(frozen=True)
 class TransferConfig:
-    encoder: str = "minilm"
-    method: str = "mean-shift"
-    renormalize: bool = False  # released code: no; paper v2: yes
-    noise_sigma: float = 0.0
-    embedding_dtype: str = "float16"
-    batch_size: int = 64
+    # defaults: the recipe's (one default per key, in recipe.py)
+    encoder: str = TransferSection.encoder
+    method: str = TransferSection.method
+    renormalize: bool = TransferSection.renormalize  # released code: no; paper v2: yes
+    noise_sigma: float = TransferSection.noise_sigma
+    embedding_dtype: str = TransferSection.embedding_dtype
+    batch_size: int = TransferSection.batch_size
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
