@@ -62,6 +62,7 @@ def test_fingerprint_is_the_same_when_a_default_is_spelt_out() -> None:
     assert load_recipe("demo", {"description": "other words"}).fingerprint() == base.fingerprint()
     assert load_recipe("demo", {"captions.min_words": 36}).fingerprint() != base.fingerprint()
     assert load_recipe("demo", {"seed": 1}).fingerprint() != base.fingerprint()
+    assert load_recipe("demo", {"limit": None}).limit is None  # `--set limit=null`: every seed
 
 
 def test_types_are_kept_and_checked() -> None:

@@ -177,13 +177,12 @@ def read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
 def load_recipe(
     name_or_path: str, overrides: Mapping[str, Any] | None = None, origins: Mapping[str, str] | None = None
 ) -> Recipe:
-    """Read, apply `overrides` ({"a.b": value}; None values are skipped), validate and default: the one load."""
+    """Read, apply `overrides` ({"a.b": value}, e.g. from flags and `--set`), validate and default: the one load."""
     data, where = read_recipe(name_or_path)
     origins = dict(origins or {})
     for key, value in (overrides or {}).items():
-        if value is not None:
-            check_key(key, origins.get(key, f"override {key}"))
-            set_field(data, key, value)
+        check_key(key, origins.get(key, f"override {key}"))
+        set_field(data, key, value)
     return Recipe.from_dict(data, source=where, origins=origins)
 
 
