@@ -77,6 +77,10 @@ def test_types_are_kept_and_checked() -> None:
         load_recipe("demo", {"transfer.renormalize": "yes"})
     with pytest.raises(RecipeError, match=r"'instruct.items.mc' must be a list of 2 values"):
         load_recipe("demo", {"instruct.items": {"mc": [1]}})
+    with pytest.raises(RecipeError, match=r"unknown key 'instruct.mix.mcq' in 'instruct.mix' \(did you mean 'inst"):
+        load_recipe("demo", {"instruct.mix.mcq": 2})
+    with pytest.raises(RecipeError, match=r"^--set x: 'instruct.items.qa' must be \[min, max\] with 1 <= min <= max"):
+        load_recipe("demo", {"instruct.items.qa": [3, 2]}, {"instruct.items.qa": "--set x"})
 
 
 def test_unknown_key_in_a_file_names_the_file_the_key_and_the_nearest_one(tmp_path: Path) -> None:

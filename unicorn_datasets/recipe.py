@@ -32,6 +32,8 @@ from .transfer import METHODS
 
 StageName = Literal["captions", "instruct", "pretrain"]
 STAGES: tuple[str, ...] = typing.get_args(StageName)
+InstructTask = Literal["mc", "qa", "reasoning"]
+INSTRUCT_TASKS: tuple[str, ...] = typing.get_args(InstructTask)
 
 # Fields that do not change a single row: excluded from the fingerprint.
 _NOT_IN_FINGERPRINT = ("description",)
@@ -86,8 +88,8 @@ class CaptionsSection:
 @dataclass(frozen=True)
 class InstructSection:
     # captions per task: ints are absolute counts, floats fractions of the Stage-1 captions
-    mix: dict[str, int | float] = field(default_factory=lambda: {"mc": 1 / 3, "qa": 1 / 3, "reasoning": 1 / 3})
-    items: dict[str, tuple[int, int]] = field(default_factory=dict)  # (min, max) items per task; unset: built-in
+    mix: dict[InstructTask, int | float] = field(default_factory=lambda: {"mc": 1 / 3, "qa": 1 / 3, "reasoning": 1 / 3})
+    items: dict[InstructTask, tuple[int, int]] = field(default_factory=dict)  # (min, max) per task; unset: built-in
     max_chars: int = field(default=2000, metadata=_min(1))  # schema maxLength per question/option/answer
     max_attempts: int = field(default=3, metadata=_min(1))
     max_verbatim_fraction: float = 0.6
@@ -95,6 +97,14 @@ class InstructSection:
     constrained: bool = True  # send the JSON schema with each request
     truncate_extra_items: bool = True  # more than max items -> keep the first max (else reject)
     sampling: SamplingParams = SamplingParams(max_new_tokens=1024, temperature=0.7, top_p=0.95)
+
+    def __post_init__(self) -> None:
+        for task, (lo, hi) in self.items.items():
+            if not 1 <= lo <= hi:
+                raise RecipeError(f"must be [min, max] with 1 <= min <= max, got [{lo}, {hi}]", f"items.{task}")
+        for task, share in self.mix.items():
+            if share < 0:
+                raise RecipeError(f"must be a count or a fraction >= 0, got {share}", f"mix.{task}")
 
 
 @dataclass(frozen=True)
@@ -281,6 +291,8 @@ def _build(cls: Any, data: Any, path: str, base: Any) -> Any:
             raise RecipeError(f"'{p}' is required", p)
     try:
         return cls(**kwargs)
+    except RecipeError as e:  # a __post_init__ check: e.path is relative to this section
+        raise RecipeError(f"'{_join(path, e.path)}' {e}", _join(path, e.path)) from None
     except (TypeError, ValueError) as e:
         raise RecipeError(f"'{path or 'recipe'}': {e}", path) from None
 
@@ -345,6 +357,9 @@ def _coerce(value: Any, hint: Any, path: str, default: Any = None) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise RecipeError(f"'{path}' must be a mapping, got {_show(value)}", path)
+        if typing.get_origin(args[0]) is Literal and (bad := [k for k in value if k not in typing.get_args(args[0])]):
+            raise RecipeError(_unknown(str(bad[0]), dict.fromkeys(typing.get_args(args[0])), path),
+                              _join(path, str(bad[0])))
         return {str(k): _coerce(v, args[1], _join(path, str(k))) for k, v in value.items()}
     if hint is bool:
         ok = isinstance(value, bool)

@@ -63,11 +63,11 @@ from unicorn_datasets.generation.base import (
     SamplingParams,
     resolve_prompt_mode,
 )
-from unicorn_datasets.recipe import InstructSection, LLMSection
+from unicorn_datasets.recipe import INSTRUCT_TASKS, InstructSection, LLMSection
 from unicorn_datasets.seeding import row_seed
 from unicorn_datasets.stages.retry import RowOutcome, generate_with_retries
 
-TASKS: tuple[str, ...] = ("mc", "qa", "reasoning")
+TASKS: tuple[str, ...] = INSTRUCT_TASKS  # the task names a recipe may use
 LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
 OPTION_LINE = "{letter}. {text}"  # one MC option line in the human turn
 IMAGE_TOKEN = "<image>"
