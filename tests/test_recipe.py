@@ -131,6 +131,16 @@ def test_an_out_of_range_value_names_its_flag() -> None:
         Recipe.from_dict({**read_recipe("demo")[0], "shard_size": 0}, source="builders/demo.yaml")
     with pytest.raises(RecipeError, match=r"unknown recipe 'nope' \(available: demo"):
         load_recipe("nope")
+    with pytest.raises(RecipeError, match=r"recipe file nope.yaml not found"):
+        load_recipe("nope.yaml")
+
+
+def test_a_bare_name_is_a_packaged_recipe_even_beside_a_folder_of_that_name(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "demo").mkdir()  # e.g. the output of an earlier `--out demo`
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("demo").name == "demo"
+    (tmp_path / "mine.yml").write_text("name: mine\nlimit: 3\n")
+    assert load_recipe("mine.yml").limit == 3
 
 
 def test_prompt_mode_has_one_meaning() -> None:

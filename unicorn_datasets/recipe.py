@@ -165,13 +165,13 @@ def available() -> list[str]:
 def read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
     """The raw mapping of a packaged recipe NAME or a user's .yaml path, and where it came from."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or "/" in name_or_path:  # a user's file; a bare NAME is a packaged recipe
         if not p.is_file():
             raise RecipeError(f"recipe file {p} not found")
         text, where, stem = p.read_text(encoding="utf-8"), str(p), p.stem
     else:
         res = _builders() / f"{name_or_path}.yaml"
-        if "/" in name_or_path or not res.is_file():
+        if not res.is_file():
             raise RecipeError(f"unknown recipe '{name_or_path}' (available: {', '.join(available())}, or a .yaml path)")
         text, where, stem = res.read_text(encoding="utf-8"), f"builders/{name_or_path}.yaml", name_or_path
     try:
