@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import prompts
 from ..generation.base import Backend, GenerationRequest, GenerationResult, SamplingParams
+from ..reserved import DEFAULT, ReservedTokens, for_backend
 from ..seeding import row_seed
 from .retry import generate_with_retries
 
@@ -105,12 +106,16 @@ def seed_overlap(seed: str, caption: str) -> float:
     return len(content & said) / len(content)
 
 
-def check(text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "") -> str | None:
+def check(
+    text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "", reserved: ReservedTokens = DEFAULT
+) -> str | None:
     """The rejection reason, or None when the caption is acceptable."""
     if not text:
         return "truncated" if finish_reason == "length" else "empty"
     if any(leak in text for leak in _LEAKS):
         return "prompt_leak"
+    if reserved.find(text):  # an `<image>` or template token would become part of a training conversation
+        return "reserved_token"
     words = text.split()
     if is_degenerate(words):
         return "repetition"
@@ -126,10 +131,11 @@ def check(text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "") -> 
 def expand_batch(batch: dict[str, list], *, backend: Backend, cfg: CaptionConfig, build_seed: int) -> dict[str, list]:
     """Batched map function over seed rows (`id`, `seed`, `source`) -> captions or rejections."""
     ids, seeds = batch["id"], batch["seed"]
+    reserved = for_backend(backend)
 
     def validate(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
         text = clean(res.text, res.finish_reason)
-        reason = check(text, cfg, res.finish_reason, seeds[i])
+        reason = check(text, cfg, res.finish_reason, seeds[i], reserved)
         return (text if reason is None else None), reason, []
 
     outcomes = generate_with_retries(
