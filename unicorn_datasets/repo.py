@@ -20,6 +20,8 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .contract import assert_table
+
 WORK = ".build"
 ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
 FILE_BYTES = 500 * 1024 * 1024
@@ -201,9 +203,12 @@ class BuildRepo:
                     writer, written = None, 0
 
         buffered = 0
+        emb = schema.field("embedding").type if "embedding" in schema.names else None
+        dim = emb.list_size if emb is not None and pa.types.is_fixed_size_list(emb) else None
         for t in tables:
             if t.num_rows == 0:
                 continue
+            assert_table(config, t, dim)  # a row that breaks the conversation contract is never published
             if not rows_per_group:
                 rows_per_group = max(1, ROW_GROUP_BYTES // max(1, t.nbytes // t.num_rows))
             pending.append(t)
