@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .progress import StageProgress
-from .recipe import fingerprint
+from .recipe import check_counts, fingerprint
 from .repo import BuildRepo, RepoError
 from .seeds import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
 
@@ -448,6 +448,7 @@ def build(
     t0 = time.monotonic()
     datasets.disable_progress_bars()  # our own bars count rows across ranks
     # Bad input fails here, before anything exists on disk.
+    check_counts(recipe)
     seeds, seed_stats = collect_seeds(recipe)
     state = _state()
     repo = BuildRepo(out)

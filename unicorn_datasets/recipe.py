@@ -79,3 +79,14 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 def fingerprint(recipe: dict[str, Any]) -> str:
     body = {k: v for k, v in recipe.items() if k not in _NOT_IN_FINGERPRINT}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_counts(recipe: dict[str, Any]) -> None:
+    """Counts that must be whole numbers >= 1: 0 or less would build nothing or never finish a shard."""
+    for key in ("limit", "shard_size", "transfer.shard_size", "llm.batch_size"):
+        node: Any = recipe
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and (isinstance(node, bool) or not isinstance(node, int) or node < 1):
+            flag = {"limit": " (--limit)", "shard_size": " (--shard-size)", "llm.batch_size": " (--batch-size)"}
+            raise RecipeError(f"{key}{flag.get(key, '')} must be a whole number >= 1, got {node!r}")

@@ -113,9 +113,11 @@ class BuildRepo:
             return
         if not self.out.is_dir():
             raise RepoError(f"--out {self.out} exists and is not a folder")
-        foreign = sorted(p.name for p in self.out.iterdir() if p.name not in OUR_FILES)
-        ours = (self.work / "state.json").exists()
-        if foreign and not ours:
+        if (self.work / "state.json").exists():
+            return  # ours
+        # Not ours: anything but our work area is the user's, even a README.md or a folder named like a config.
+        foreign = sorted(p.name for p in self.out.iterdir() if p.name != WORK)
+        if foreign:
             raise RepoError(
                 f"--out {self.out} already holds files that are not a unicorn-datasets build "
                 f"({', '.join(foreign[:5])}); choose another folder"
