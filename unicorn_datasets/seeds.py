@@ -98,16 +98,19 @@ def _texts_from_file(p: Path, column: str | None, stats: SeedStats) -> list[str]
     if suffix in (".jsonl", ".json"):
         texts = []
         lines = _decode_lines(p, stats)
+        col = None  # chosen on the first object; every later line must have it too
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SeedError(f"{p}:{lineno}: invalid JSON ({e.msg})") from e
+                raise SeedError(f"{p}:{lineno}:{e.colno}: invalid JSON ({e.msg})") from e
             if not isinstance(obj, dict):
                 raise SeedError(f"{p}:{lineno}: expected a JSON object per line")
-            col = _pick_column(list(obj), column, f"{p}:{lineno}")
+            col = col or _pick_column(list(obj), column, f"{p}:{lineno}")
+            if col not in obj:
+                raise SeedError(f"{p}:{lineno}: no column '{col}' (columns: {', '.join(obj) or 'none'})")
             texts.append(str(obj[col]) if obj[col] is not None else "")
         return texts
     if suffix in (".csv", ".tsv"):
