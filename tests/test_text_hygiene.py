@@ -137,3 +137,12 @@ def test_clean_counts_each_kind_of_change_once_per_text() -> None:
     assert clean("\ufeffA\r\nb\u200bc\x00d  e\u0301", changes) == "A bcd \u00e9"
     assert changes.as_dict() == {"bom_removed": 1, "utf16_decoded": 0, "crlf_normalised": 1, "nfc_changed": 1,
                                  "zero_width_removed": 1, "control_removed": 1, "whitespace_collapsed": 1}
+
+
+def test_stage2_item_text_is_repaired_or_rejected_per_case() -> None:
+    from unicorn_datasets.reserved import REASON, REPAIR, screen_item_text
+
+    assert screen_item_text("What colour is the car?") == ("What colour is the car?", None)
+    assert screen_item_text("What is in the <image>?") == ("What is in the image?", REPAIR)
+    assert screen_item_text("A red car.<|im_end|>") == ("A red car.<|im_end|>", REASON)
+    assert screen_item_text("<image> and <end_of_turn>")[1] == REASON

@@ -29,6 +29,7 @@ COMMON_TOKENS = (
 )
 # Any `<|word|>` is a special token in some family; a user never writes one as prose.
 _PIPE_TOKEN = r"<\|[A-Za-z0-9_.:-]{1,40}\|>"
+_SPACE_BEFORE_PUNCT = re.compile(r" ([?.!,;:])")  # "the <image>?" -> "the image?", not "the image ?"
 _MEDIA_WORD = re.compile(r"image|video|audio|vision|img")
 
 
@@ -59,8 +60,8 @@ class ReservedTokens:
         (`<image>` -> `image`), template tokens dropped. Returns (text, changed)."""
         if not self._pattern.search(text):
             return text, False
-        repaired = self._pattern.sub(lambda m: f" {_plain_words(m.group(0))} ", text)
-        return " ".join(repaired.split()), True
+        repaired = " ".join(self._pattern.sub(lambda m: f" {_plain_words(m.group(0))} ", text).split())
+        return _SPACE_BEFORE_PUNCT.sub(r"\1", repaired), True
 
 
 def _plain_words(token: str) -> str:
@@ -84,3 +85,18 @@ def for_backend(backend: Any) -> ReservedTokens:
     """The reserved tokens of a build whose LLM is `backend` (its tokenizer's, when it has one in-process)."""
     tokenizer = getattr(backend, "tokenizer", None)
     return ReservedTokens(tokenizer_tokens(tokenizer)) if tokenizer is not None else DEFAULT
+
+
+REPAIR = "escaped_reserved_token"
+
+
+def screen_item_text(text: str, reserved: ReservedTokens = DEFAULT) -> tuple[str, str | None]:
+    """For a generated question, option or answer: (text, outcome) where outcome is None (clean),
+    REPAIR (only media placeholders such as `<image>`: written as their plain word, meaning intact)
+    or REASON (a chat-template token: the model broke format; reject the row)."""
+    found = reserved.find(text)
+    if not found:
+        return text, None
+    if all(_plain_words(t) for t in found):
+        return reserved.escape(text)[0], REPAIR
+    return text, REASON
