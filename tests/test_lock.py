@@ -99,3 +99,16 @@ def test_a_dead_holder_that_never_releases_ends_in_a_clear_error(tmp_path: Path)
         held.close()
     finally:
         child.wait()
+
+
+def test_a_rerun_removes_the_temporary_files_a_killed_run_left_beside_published_ones(tmp_path: Path) -> None:
+    repo = BuildRepo(tmp_path)
+    repo.start({"name": "x"}, "fp", overwrite=False)
+    (tmp_path / "artifacts").mkdir()
+    stray = [tmp_path / ".README.md.tmp-123", tmp_path / "artifacts" / ".text_mean.npy.tmp",
+             tmp_path / "artifacts" / ".rejections.parquet.tmp-9"]
+    for p in stray:
+        p.write_text("half")
+    (tmp_path / "artifacts" / "keep.json").write_text("{}")
+    assert repo.start({"name": "x"}, "fp", overwrite=False)  # resuming
+    assert not any(p.exists() for p in stray) and (tmp_path / "artifacts" / "keep.json").exists()

@@ -164,6 +164,7 @@ class BuildRepo:
 
     def start(self, recipe: dict[str, Any], fp: str, *, overwrite: bool) -> bool:
         """Check or write the build state. Returns True when resuming an earlier build."""
+        self.remove_stale_published_tmp()  # we hold the lock: any temporary file is a dead run's
         state_path = self.work / "state.json"
         if state_path.exists():
             state = json.loads(state_path.read_text())
@@ -182,6 +183,12 @@ class BuildRepo:
             state_path, json.dumps({"fingerprint": fp, "recipe": recipe, "started": time.time()}, indent=2, default=str)
         )
         return False
+
+    def remove_stale_published_tmp(self) -> None:
+        """Temporary files an interrupted atomic write left beside what gets pushed (card, artifacts)."""
+        for folder in (self.out, self.out / "artifacts"):
+            for p in folder.glob(".*.tmp*") if folder.is_dir() else []:
+                p.unlink(missing_ok=True)
 
     def clear(self) -> None:
         for name in OUR_FILES - {WORK}:
