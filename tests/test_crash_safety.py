@@ -100,11 +100,12 @@ def reference(tiny_llm: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     end = run.finish()
     assert run.proc.returncode == 0, "".join(line for _, line in run.seen)[-3000:]
     assert None not in starts.values() and last_shard is not None
-    windows = {}
-    bounds = [starts[p] for p in PHASES] + [end]
-    for i, phase in enumerate(PHASES):
-        windows[phase] = (0.0, bounds[i + 1] - bounds[i])  # offset from the phase's own start
-    windows["assembly_and_card"] = (last_shard - starts["pretrain"], end - starts["pretrain"])
+    windows = {  # offsets from the phase's own start marker
+        "captions": (0.0, starts["instruct"]),
+        "instruct": (0.0, starts["encode"] - starts["instruct"]),
+        "encode": (0.0, last_shard - starts["encode"]),  # encode and transfer: both short, one phase
+        "assembly_and_card": (last_shard - starts["pretrain"], end - starts["pretrain"]),
+    }
     return out, windows
 
 
@@ -113,8 +114,8 @@ def test_sigkill_at_random_moments_in_every_stage_then_rerun_gives_the_same_data
 ) -> None:
     ref_out, windows = reference
     rng = np.random.default_rng(RNG_SEED)
-    plan = [(phase, float(rng.uniform(*windows[phase]))) for phase in PHASES]
-    plan.append(("pretrain", float(rng.uniform(*windows["assembly_and_card"]))))
+    plan = [(phase, float(rng.uniform(*windows[phase]))) for phase in ("captions", "instruct", "encode")]
+    plan.append(("pretrain", float(rng.uniform(*windows["assembly_and_card"]))))  # after its last shard
     out = tmp_path / "out"
     killed = []
     for phase, offset in plan:

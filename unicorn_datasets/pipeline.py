@@ -9,6 +9,7 @@ Global statistics (the Stage-3 text mean) are reduced exactly from per-shard flo
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 from . import __version__
 from .progress import StageProgress
 from .recipe import check_counts, fingerprint
-from .repo import BuildRepo, RepoError
+from .repo import BuildRepo, RepoError, atomic_write_text
 from .seeds import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
 
 
@@ -74,6 +75,8 @@ class Context:
             from .generation import make_backend
 
             self._backend = make_backend(self.recipe.get("llm", {}), device=str(self.state.device))
+            # kept for the manifest and card of a later run that finishes without loading the model
+            atomic_write_text(self.repo.work / "llm.json", json.dumps(self._backend.describe(), default=str))
         return self._backend
 
     def encoder(self) -> Any:
@@ -420,6 +423,14 @@ def _instruct_sha(ctx: Context) -> str:
     return json.dumps(ctx.provenance.get("instruct", {}).get("prompt_sha", ""), sort_keys=True)
 
 
+def _llm_describe(ctx: Context) -> dict[str, Any]:
+    """LLM provenance: from the loaded backend, or as saved by the run that loaded it."""
+    if ctx._backend is not None:
+        return ctx._backend.describe()
+    saved = ctx.repo.work / "llm.json"
+    return json.loads(saved.read_text()) if saved.exists() else {"model": _llm_id(ctx)}
+
+
 def _encoder_info(ctx: Context) -> dict[str, Any]:
     """Encoder provenance without loading the model when every shard was encoded earlier."""
     if ctx._encoder is not None:
@@ -493,7 +504,7 @@ def build(
                 len(seeds),
                 ctx.provenance,
                 stats,
-                llm=ctx._backend.describe() if ctx._backend else {"model": _llm_id(ctx)},
+                llm=_llm_describe(ctx),
                 code_version=__version__,
                 wall=time.monotonic() - t0,
             )
