@@ -92,8 +92,8 @@ def test_second_build_into_same_out_is_refused(tiny_llm: Path, tmp_path: Path) -
     [
         ("missing.txt", None, None, "seed file not found"),
         ("empty.txt", b"\n\n  \n", None, "no usable seeds"),
-        ("latin1.txt", b"A dog on a beach.\nA caf\xe9 with tables outside.\n", None, "latin1.txt:2: not UTF-8"),
-        ("big.txt", b"A cat on a mat.\n" + b"x" * (1024 * 1024) + b"\n", None, "big.txt:2: line is 1,048,577 bytes"),
+        ("latin1.txt", b"A dog on a beach.\nA caf\xe9 with tables outside.\n", None, "latin1.txt:2:6: not UTF-8"),
+        ("big.txt", b"A cat on a mat.\n" + b"x" * (1024 * 1024) + b"\n", None, "big.txt:2: line is 1,048,576 bytes"),
         ("seeds.jsonl", b'{"text": "A red car parked on a street."}\n', "caption", "no column 'caption'"),
         ("seeds.csv", b"id,text\n1,A red car parked on a street.\n", "caption", "no column 'caption'"),
     ],

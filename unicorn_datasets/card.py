@@ -110,8 +110,22 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         stages_text=_stages_text(recipe, stages) + _diversity_text(manifest.get("diversity", {})),
         provenance_table=_table(prov_rows, ("what", "value")),
         rejections_table=_table(rej_rows, ("stage", "rows in", "rows out", "rejections by reason")),
+        seeds_table=_seeds_table(manifest.get("seeds", {})),
     )
     write_text(out / CARD, body)
+
+
+def _seeds_table(seeds: dict[str, Any]) -> str:
+    """One row per seed source: read, kept, filtered and every hygiene change (only the non-zero ones)."""
+    rows = []
+    for source, st in seeds.items():
+        if not isinstance(st, dict):
+            continue  # "selected": the count after merging and --limit
+        changes = {k: v for k, v in st.items() if k not in ("read", "kept") and v}
+        rows.append((f"`{source}`", st.get("read", 0), st.get("kept", 0),
+                     ", ".join(f"{k}: {v}" for k, v in changes.items()) or "none"))
+    table = _table(rows, ("source", "read", "kept", "filtered and cleaned"))
+    return f"{table}\n\n{seeds.get('selected', 0)} seeds selected after merging the sources (and `limit`)."
 
 
 def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:

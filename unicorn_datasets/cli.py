@@ -217,10 +217,11 @@ def _report_error(exc: BaseException | None) -> int:
     from .recipe import RecipeError
     from .repo import RepoError
     from .seeds import SeedError
+    from .text import TextError
 
     try:
         raise exc  # type: ignore[misc]
-    except (SeedError, RecipeError, FileNotFoundError) as e:
+    except (SeedError, TextError, RecipeError, FileNotFoundError) as e:
         print(f"unicorn: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except (BuildError, RepoError, ValueError, RuntimeError) as e:

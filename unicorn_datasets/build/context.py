@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from ..atomic import write_text
 from ..recipe import Recipe
 from ..repo import BuildRepo
 
@@ -64,7 +66,22 @@ class Context:
             from ..generation import make_backend
 
             self.loaded_backend = make_backend(self.recipe.llm, device=str(self.state.device))
+            # kept for the manifest and card of a later run that finishes without loading the model
+            write_text(self.repo.work / "llm.json", json.dumps(self.loaded_backend.describe(), default=str))
         return self.loaded_backend
+
+    def llm_describe(self) -> dict[str, Any]:
+        """LLM provenance: from the loaded backend, or as saved by the run that loaded it."""
+        if self.loaded_backend is not None:
+            return self.loaded_backend.describe()
+        saved = self.repo.work / "llm.json"
+        return json.loads(saved.read_text()) if saved.exists() else {"model": self.llm_id()}
+
+    def reserved_tokens(self) -> Any:
+        """Tokens no seed, caption or conversation may carry: the image placeholder, the LLM's special tokens."""
+        from ..reserved import for_backend
+
+        return for_backend(self.backend())
 
     def encoder(self) -> Any:
         if self.loaded_encoder is None:

@@ -135,7 +135,7 @@ def build(
         if ctx.is_main:
             from ..assemble import finish
 
-            llm = ctx.loaded_backend.describe() if ctx.loaded_backend else {"model": ctx.llm_id()}
+            llm = ctx.llm_describe()
             summary = finish(ctx.repo, recipe.to_dict(), fp, seed_stats, len(seeds), ctx.provenance, stats, llm=llm,
                              code_version=__version__, wall=time.monotonic() - t0)
             empty = [s for s, v in summary["stages"].items() if v.get("rows_out", 1) == 0]

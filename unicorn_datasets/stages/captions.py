@@ -22,6 +22,7 @@ from ..generation.base import GenerationRequest, GenerationResult, SamplingParam
 from ..generation.engine import RowOutcome, WorkUnit
 from ..layout import REJECTIONS, artifact
 from ..recipe import CaptionsSection
+from ..reserved import DEFAULT, ReservedTokens
 from ..seeding import row_seed
 from ..seeds import Seed
 from .base import OUTCOME_FIELDS, GenerationStage, outcome_columns
@@ -118,12 +119,16 @@ def seed_overlap(seed: str, caption: str) -> float:
     return len(content & said) / len(content)
 
 
-def check(text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "") -> str | None:
+def check(
+    text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "", reserved: ReservedTokens = DEFAULT
+) -> str | None:
     """The rejection reason, or None when the caption is acceptable."""
     if not text:
         return "truncated" if finish_reason == "length" else "empty"
     if any(leak in text for leak in _LEAKS):
         return "prompt_leak"
+    if reserved.find(text):  # an `<image>` or template token would become part of a training conversation
+        return "reserved_token"
     words = text.split()
     if is_degenerate(words):
         return "repetition"
@@ -143,6 +148,8 @@ class CaptionStage(GenerationStage):
 
     def __init__(self, cfg: CaptionConfig, seeds: list[Seed], *, build_seed: int, model_id: str) -> None:
         self.cfg, self.seeds, self.build_seed, self.model_id = cfg, seeds, build_seed, model_id
+        self.reserved: ReservedTokens | None = None
+        self.ctx: Context | None = None
 
     def provenance(self) -> dict[str, Any]:
         return self.cfg.provenance()
@@ -150,6 +157,7 @@ class CaptionStage(GenerationStage):
     def run(self, ctx: Context) -> None:
         if self.cfg.prompt_mode == "auto":
             self.cfg = replace(self.cfg, prompt_mode=ctx.prompt_mode())
+        self.ctx = ctx
         super().run(ctx)
 
     def inputs(self, ctx: Context) -> datasets.Dataset:
@@ -160,10 +168,12 @@ class CaptionStage(GenerationStage):
 
     def work_unit(self, shard: int, rows: dict[str, list]) -> WorkUnit:
         ids, seeds, cfg = rows["id"], rows["seed"], self.cfg
+        if self.reserved is None:  # work exists, so the model is loaded: its own special tokens count too
+            self.reserved = self.ctx.reserved_tokens() if self.ctx is not None else DEFAULT
 
         def validate(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
             text = clean(res.text, res.finish_reason)
-            reason = check(text, cfg, res.finish_reason, seeds[i])
+            reason = check(text, cfg, res.finish_reason, seeds[i], self.reserved)
             return (text if reason is None else None), reason, []
 
         return WorkUnit(shard, list(ids), lambda i, attempt: build_request(ids[i], seeds[i], cfg, self.build_seed,
