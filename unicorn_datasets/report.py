@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path, write_text
 from .hub import config_files
-from .layout import ARTIFACTS, REJECTIONS, REPORT
+from .layout import ARTIFACTS, REJECTIONS, REPORT, artifact
 
 HASH_DIM = 512  # hashed bag-of-words width: enough to separate topics, small enough for 200k rows in memory
 CHUNK = 16384  # rows per distance block: bounds the (rows x k) matrix
@@ -336,7 +336,7 @@ def _plots(art: Path, sizes: list[int], lengths: list[int]) -> list[str]:
         with atomic_path(art / name) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
-        written.append(f"artifacts/{name}")
+        written.append(artifact(name))
 
     written: list[str] = []
     if sizes:
