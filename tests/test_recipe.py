@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from unicorn_datasets import prompts
 from unicorn_datasets.generation.base import SamplingParams, resolve_prompt_mode
 from unicorn_datasets.recipe import (
     LLMSection,
@@ -22,6 +23,8 @@ from unicorn_datasets.recipe import (
     parse_set,
     read_recipe,
 )
+from unicorn_datasets.repo import BuildRepo
+from unicorn_datasets.stages.captions import CaptionConfig, CaptionStage
 
 
 def test_every_shipped_recipe_loads_with_its_file_values() -> None:
@@ -170,3 +173,12 @@ def test_cli_refuses_a_bad_recipe_in_one_line_with_exit_3(tmp_path: Path, args: 
     assert r.returncode == 3, r.stderr
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith(expect), r.stderr
     assert not out.exists()
+
+
+def test_a_skipped_caption_stage_reports_the_prompt_mode_auto_resolved_to(tmp_path: Path) -> None:
+    repo = BuildRepo(tmp_path / "out")
+    repo.mark_stage_complete("captions", {"rows_in": 0, "rows_out": 0, "rejected": {}, "prompt_mode": "chat"})
+    stage = CaptionStage(CaptionConfig.from_recipe(Recipe().captions, "auto"), [], build_seed=0, model_id="m")
+    stage.resumed(repo)
+    prov = stage.provenance()
+    assert prov["prompt_mode"] == "chat" and prov["prompt_sha"] == prompts.template_hash(stage.cfg.chat_template)

@@ -189,7 +189,15 @@ class CaptionStage(GenerationStage):
     def assemble(self, repo: BuildRepo) -> dict[str, Any]:
         from ..assemble import assemble_captions
 
-        return assemble_captions(repo, self.model_id, self.cfg.provenance()["prompt_sha"])
+        # the resolved prompt mode is kept so that a rerun that skips this stage reports the same provenance
+        return {**assemble_captions(repo, self.model_id, self.cfg.provenance()["prompt_sha"]),
+                "prompt_mode": self.cfg.prompt_mode}
+
+    def resumed(self, repo: BuildRepo) -> None:
+        if self.cfg.prompt_mode == "auto":
+            mode = repo.stage_summary(self.name).get("prompt_mode")
+            if mode in ("chat", "completion"):
+                self.cfg = replace(self.cfg, prompt_mode=mode)
 
 
 PART_SCHEMA = pa.schema([("id", pa.string()), ("seed", pa.string()), ("source", pa.string()),
