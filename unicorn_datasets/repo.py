@@ -22,12 +22,12 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path, write_text
 from .contract import assert_table
+from .layout import ARTIFACTS, COMPLETE, LOCK, OUR_FILES, STATE, WORK
 
-WORK = ".build"
 ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
 FILE_BYTES = 500 * 1024 * 1024
-OUR_FILES = {"README.md", WORK, "artifacts", "captions", "pretrain", "instruct"}
 
 
 LOCK_WAIT_S = 60.0  # how long a rerun waits for a dead holder's lock to be released
@@ -81,23 +81,12 @@ def _sigkill_pending(pid: int) -> bool:
     return any(int(mask, 16) & (1 << 8) for mask in masks)  # bit 8: signal 9 (SIGKILL)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def write_parquet(table: pa.Table, path: Path, *, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
     """Write with row groups sized by bytes (not rows) and a page index; atomic rename at the end."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     per_row = max(1, table.nbytes // max(1, table.num_rows))
     rows_per_group = max(1, row_group_bytes // per_row)
-    pq.write_table(table, tmp, row_group_size=rows_per_group, write_page_index=True, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=rows_per_group, write_page_index=True, compression="zstd")
 
 
 class BuildRepo:
@@ -113,7 +102,7 @@ class BuildRepo:
             return
         if not self.out.is_dir():
             raise RepoError(f"--out {self.out} exists and is not a folder")
-        if (self.work / "state.json").exists():
+        if (self.work / STATE).exists():
             return  # ours
         # Not ours: anything but our work area is the user's, even a README.md or a folder named like a config.
         foreign = sorted(p.name for p in self.out.iterdir() if p.name != WORK)
@@ -129,7 +118,7 @@ class BuildRepo:
         big model can be seconds after the kill. So a holder that is dead, a zombie or exiting is waited
         for (up to `wait_s`, saying so); only a live build is refused."""
         self.work.mkdir(parents=True, exist_ok=True)
-        fd = open(self.work / "lock", "a+")
+        fd = open(self.work / LOCK, "a+")
         deadline = None
         while True:
             try:
@@ -165,7 +154,7 @@ class BuildRepo:
     def start(self, recipe: dict[str, Any], fp: str, *, overwrite: bool) -> bool:
         """Check or write the build state. Returns True when resuming an earlier build."""
         self.remove_stale_published_tmp()  # we hold the lock: any temporary file is a dead run's
-        state_path = self.work / "state.json"
+        state_path = self.work / STATE
         if state_path.exists():
             state = json.loads(state_path.read_text())
             if state["fingerprint"] == fp and not overwrite:
@@ -179,14 +168,14 @@ class BuildRepo:
         if overwrite:
             self.clear()
         self.work.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
+        write_text(
             state_path, json.dumps({"fingerprint": fp, "recipe": recipe, "started": time.time()}, indent=2, default=str)
         )
         return False
 
     def remove_stale_published_tmp(self) -> None:
         """Temporary files an interrupted atomic write left beside what gets pushed (card, artifacts)."""
-        for folder in (self.out, self.out / "artifacts"):
+        for folder in (self.out, self.out / ARTIFACTS):
             for p in folder.glob(".*.tmp*") if folder.is_dir() else []:
                 p.unlink(missing_ok=True)
 
@@ -198,7 +187,7 @@ class BuildRepo:
             elif p.exists():
                 p.unlink()
         for p in self.work.iterdir() if self.work.exists() else []:
-            if p.name != "lock":
+            if p.name != LOCK:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     # ---- shard parts -----------------------------------------------------------------------
@@ -221,7 +210,7 @@ class BuildRepo:
 
     def write_part(self, stage: str, shard: int, table: pa.Table, meta: dict[str, Any]) -> None:
         """Sidecar first, part last: a part's existence is the only 'done' signal."""
-        atomic_write_text(self.stage_dir(stage) / f"part-{shard:05d}.json", json.dumps(meta))
+        write_text(self.stage_dir(stage) / f"part-{shard:05d}.json", json.dumps(meta))
         write_parquet(table, self.part_path(stage, shard))
 
     def part_meta(self, stage: str) -> list[dict[str, Any]]:
@@ -236,13 +225,13 @@ class BuildRepo:
             yield pq.read_table(self.part_path(stage, shard), columns=columns)
 
     def stage_complete(self, stage: str) -> bool:
-        return (self.stage_dir(stage) / "COMPLETE").exists()
+        return (self.stage_dir(stage) / COMPLETE).exists()
 
     def mark_stage_complete(self, stage: str, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.stage_dir(stage) / "COMPLETE", json.dumps(summary, indent=2, default=str))
+        write_text(self.stage_dir(stage) / COMPLETE, json.dumps(summary, indent=2, default=str))
 
     def stage_summary(self, stage: str) -> dict[str, Any]:
-        p = self.stage_dir(stage) / "COMPLETE"
+        p = self.stage_dir(stage) / COMPLETE
         return json.loads(p.read_text()) if p.exists() else {}
 
     # ---- final configs ---------------------------------------------------------------------
@@ -309,7 +298,7 @@ class BuildRepo:
         return names
 
     def artifacts(self) -> Path:
-        d = self.out / "artifacts"
+        d = self.out / ARTIFACTS
         d.mkdir(parents=True, exist_ok=True)
         return d
 
