@@ -109,8 +109,8 @@ def test_build_never_publishes_a_config_with_a_bad_row(tmp_path: Path) -> None:
     assert pq.read_table(tmp_path / "out" / "instruct" / before[0]).num_rows == 3
 
 
-def test_export_refuses_a_folder_with_a_bad_row(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from unicorn_datasets.cli import main
+def test_export_refuses_a_folder_with_a_bad_row(tmp_path: Path) -> None:
+    from unicorn_datasets.export import export_bunny
 
     out = tmp_path / "ds"
     (out / "pretrain").mkdir(parents=True)
@@ -120,6 +120,7 @@ def test_export_refuses_a_folder_with_a_bad_row(tmp_path: Path, capsys: pytest.C
     pq.write_table(table, out / "pretrain" / "train-00000-of-00001.parquet")
     (out / "README.md").write_text("---\nconfigs:\n- config_name: pretrain\n  data_files:\n  - split: train\n"
                                    "    path: pretrain/train-*.parquet\n---\n")
-    assert main(["export", str(out), "--to", str(tmp_path / "bunny")]) != 0
-    assert "'b' breaks the conversation contract (image_placeholder_count" in capsys.readouterr().err
+    # own cache: `datasets` may have read HF_DATASETS_CACHE before the test fixture set it
+    with pytest.raises(ContractViolation, match="'b' breaks the conversation contract .image_placeholder_count"):
+        export_bunny(out, tmp_path / "bunny", configs=["pretrain"], cache_dir=str(tmp_path / "cache"))
     assert not any((tmp_path / "bunny").glob("pretrain*"))

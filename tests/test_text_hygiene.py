@@ -146,3 +146,28 @@ def test_stage2_item_text_is_repaired_or_rejected_per_case() -> None:
     assert screen_item_text("What is in the <image>?") == ("What is in the image?", REPAIR)
     assert screen_item_text("A red car.<|im_end|>") == ("A red car.<|im_end|>", REASON)
     assert screen_item_text("<image> and <end_of_turn>")[1] == REASON
+
+
+def test_the_card_lists_the_seed_cleaning_per_source(tmp_path: Path) -> None:
+    from unicorn_datasets.card import _seeds_table
+
+    p = tmp_path / "seeds.txt"
+    p.write_bytes(b"\xef\xbb\xbfA dog on a beach.\r\nA dog on a  beach.\r\n")
+    stats = SeedStats()
+    kept = load_caption_seeds(str(p), stats=stats)
+    table = _seeds_table({"selected": 1, str(p): {**stats.as_dict(), "kept": len(kept)}})
+    assert f"| `{p}` | 2 | 1 | bom_removed: 1, crlf_normalised: 2, whitespace_collapsed: 1, duplicates: 1 |" in table
+    assert "1 seeds selected" in table
+
+
+def test_stage2_items_are_screened_in_place() -> None:
+    from unicorn_datasets.reserved import REASON, REPAIR, screen_items
+
+    items = [{"Question": "What is in the <image>?", "Options": {"A": "a <video> still", "B": "a dog"},
+              "Answer": "B"}]
+    repairs: list[str] = []
+    assert screen_items(items, repairs) is None
+    assert items[0]["Question"] == "What is in the image?" and items[0]["Options"]["A"] == "a video still"
+    assert repairs == [REPAIR]
+    assert screen_items([{"Question": "Why?", "Answer": "Because.<|eot_id|>"}], []) == REASON
+    assert screen_items([{"Question": "Why?", "Answer": "Because."}], repairs := []) is None and repairs == []

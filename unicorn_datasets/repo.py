@@ -60,7 +60,7 @@ def holder_state(holder: str) -> str:
     An unreadable line counts as live (never steal a lock we cannot judge); a pid whose start time
     differs from the recorded one is a new process that reused the number: the holder is dead."""
     m = re.match(r"pid (\d+)(?: start (\S+))?", holder)
-    if not m:
+    if not m or not Path("/proc/self/stat").exists():  # no /proc (not Linux): cannot judge, never steal
         return "live"
     fields = _proc_stat(int(m.group(1)))
     if fields is None or fields[0] in "XxZ":

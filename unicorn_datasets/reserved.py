@@ -100,3 +100,18 @@ def screen_item_text(text: str, reserved: ReservedTokens = DEFAULT) -> tuple[str
     if all(_plain_words(t) for t in found):
         return reserved.escape(text)[0], REPAIR
     return text, REASON
+
+
+def screen_items(items: list[dict[str, Any]], repairs: list[str], reserved: ReservedTokens = DEFAULT) -> str | None:
+    """Stage 2: screen every Question, option and Answer of validated items, in place. Media placeholders
+    are repaired (REPAIR appended to `repairs`); returns REASON when a template token rejects the row."""
+    for item in items:
+        fields = [(item, key) for key in ("Question", "Answer") if isinstance(item.get(key), str)]
+        fields += [(item["Options"], letter) for letter in item.get("Options") or {}]
+        for holder, key in fields:
+            holder[key], outcome = screen_item_text(holder[key], reserved)
+            if outcome == REASON:
+                return REASON
+            if outcome and REPAIR not in repairs:
+                repairs.append(REPAIR)
+    return None
