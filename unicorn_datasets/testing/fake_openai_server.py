@@ -11,11 +11,13 @@ requests cost one task each). It behaves like a GPU server that never runs out o
   ``POST /control`` (JSON: config fields to change at run time, e.g. ``{"down": "503"}``).
 
 Determinism: a request's identity is the hash of its prompt or messages, seed, max_tokens and schema.
-Its latency and whether its answer is invalid (``invalid`` rate: too-short text / broken JSON) depend on
-that hash and the server ``seed`` only, so a retry with a new sampling seed can succeed. Faults (500,
-503, 429 + Retry-After, connection reset, hang, invalid JSON body, empty completion) depend on the hash
-and how many times the same request was received before (the attempt counter; ``duplicates`` in the
-stats counts such resends), so resending the identical request can succeed too.
+Whether its answer is invalid (``invalid`` rate: too-short text / broken JSON) depends on that hash and
+the server ``seed`` only, so a retry with a new sampling seed can succeed. Its latency depends on the
+prompt and max_tokens only, so every client (with or without per-row seeds) and every retry of a row
+meets the same work: benchmarks compare clients, not latency draws. Faults (500, 503, 429 +
+Retry-After, connection reset, hang, invalid JSON body, empty completion) depend on the hash and how
+many times the same request was received before (the attempt counter; ``duplicates`` in the stats
+counts such resends), so resending the identical request can succeed too.
 
 Run: ``python -m unicorn_datasets.testing.fake_openai_server --port 8000 --median 2 --p99 20``;
 from Python: ``with serve(median=0.1, p99=1) as server: ... server.url, server.stats()``.
@@ -263,7 +265,7 @@ class FakeOpenAIServer:
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         try:
-            delay = cfg.hang_seconds if fault == "hang" else cfg.latency(key)
+            delay = cfg.hang_seconds if fault == "hang" else cfg.latency(_work_key(body))
             if fault == "reset":
                 delay /= 2
             if fault == "hang":
@@ -305,6 +307,11 @@ def request_key(body: dict[str, Any]) -> bytes:
     ident = [request_text(body), body.get("seed"), body.get("max_tokens") or body.get("max_completion_tokens"),
              schema_of(body)]
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).digest()
+
+
+def _work_key(body: dict[str, Any]) -> bytes:
+    ident = [request_text(body), body.get("max_tokens") or body.get("max_completion_tokens")]
+    return hashlib.sha256(json.dumps(ident).encode()).digest()
 
 
 def _pick_fault(cfg: FakeServerConfig, key: bytes, attempt: int) -> str | None:
