@@ -85,6 +85,17 @@ def test_many_requests_are_in_flight_at_once() -> None:
     assert window["samples"] > 0 and window["mean"] > 32
 
 
+def test_one_keep_alive_connection_serves_requests_one_after_another() -> None:
+    async def sequential(url: str) -> list[int]:
+        limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx2.AsyncClient(timeout=10, limits=limits) as client:
+            return [(await client.post(url + route(b), json=b)).status_code for b in caption_bodies(20)]
+
+    with serve(median=0.01, p99=0.02) as server:
+        assert asyncio.run(sequential(server.url)) == [200] * 20
+        assert server.stats()["served"] == {"chat": 20}
+
+
 def test_answers_are_a_function_of_the_request_only(instant: Any) -> None:
     bodies = caption_bodies(6)
     first = asyncio.run(post_all(instant.url, bodies))

@@ -338,6 +338,8 @@ async def _wait_or_hangup(delay: float, conn: _Conn) -> bool:
     finally:
         for t in (sleeper, watcher):
             t.cancel()
+        # wait until the watcher has really stopped: the connection's next read must be the only reader
+        await asyncio.gather(sleeper, watcher, return_exceptions=True)
 
 
 def _apply_stop(text: str, finish: str, stop: Any) -> tuple[str, str]:
