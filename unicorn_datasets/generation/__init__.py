@@ -26,5 +26,6 @@ def make_backend(llm: dict[str, Any], *, device: str = "cpu") -> Backend:
     from .transformers_backend import TransformersBackend
 
     return TransformersBackend(
-        llm.get("model", "gemma3-270m-gguf"), device=device, batch_size=int(llm.get("batch_size", 8))
+        llm.get("model", "gemma3-270m-gguf"), device=device, batch_size=int(llm.get("batch_size", 8)),
+        batching=str(llm.get("batching", "static")),
     )

@@ -7,8 +7,8 @@ requests cost one task each). It behaves like a GPU server that never runs out o
   lognormal (``median``, ``p99``, times ``latency_scale``), then answers with text from
   :mod:`fake_answers` (a function of the prompt, seed and max_tokens only).
 - ``GET /v1/models``; ``GET /stats`` (counters and the in-flight time series sampled every
-  ``sample_interval`` seconds; ``?series=0`` leaves the series out); ``POST /stats/reset``;
-  ``POST /control`` (JSON: config fields to change at run time, e.g. ``{"down": "503"}``).
+  ``sample_interval`` seconds as [time, in flight, requests received]; ``?series=0`` leaves it out);
+  ``POST /stats/reset``; ``POST /control`` (JSON: config fields to change at run time, e.g. ``{"down": "503"}``).
 
 Determinism: a request's identity is the hash of its prompt or messages, seed, max_tokens and schema.
 Whether its answer is invalid (``invalid`` rate: too-short text / broken JSON) depends on that hash and
@@ -110,7 +110,7 @@ class _Stats:
         self.max_in_flight = 0
         self.first_request: float | None = None
         self.last_response: float | None = None
-        self.series: list[tuple[float, int]] = []
+        self.series: list[tuple[float, int, int]] = []  # (time, in flight, generation requests received so far)
         self.attempts: Counter[bytes] = Counter()  # body hash -> times received
 
     def now(self) -> float:
@@ -177,7 +177,8 @@ class FakeOpenAIServer:
 
     async def sample(self) -> None:
         while True:
-            self.stats.series.append((self.stats.now(), self.stats.in_flight))
+            st = self.stats
+            st.series.append((st.now(), st.in_flight, st.received["chat"] + st.received["completion"]))
             await asyncio.sleep(self.config.sample_interval)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -467,11 +468,17 @@ def serve(host: str = "127.0.0.1", **config: Any) -> Iterator[FakeServer]:
 
 def inflight_summary(series: list[list[float]], start: float, end: float) -> dict[str, float]:
     """Mean and 5th percentile of the sampled in-flight count between two server times."""
-    values = sorted(int(n) for t, n in series if start <= t <= end)
+    values = sorted(int(sample[1]) for sample in series if start <= sample[0] <= end)
     if not values:
         return {"mean": 0.0, "p5": 0.0, "samples": 0}
     return {"mean": sum(values) / len(values), "p5": float(values[int(0.05 * (len(values) - 1))]),
             "samples": len(values)}
+
+
+def drain_time(series: list[list[float]], total: int, window: int) -> float | None:
+    """When the client had sent all but its last `window` requests: after that no full window can exist,
+    so in-flight counts measure the tail of the latency distribution, not the client."""
+    return next((sample[0] for sample in series if sample[2] >= total - window), None)
 
 
 if __name__ == "__main__":
