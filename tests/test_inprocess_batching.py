@@ -63,7 +63,7 @@ def test_sampled_continuous_rows_are_reproducible_for_the_same_call(backends: di
     assert len({r.text for r in first}) > 1
 
 
-def test_schema_requests_fall_back_to_static_and_bad_modes_are_refused(tiny_llm: Path,
+def test_schema_and_penalty_calls_fall_back_to_static_and_bad_modes_are_refused(tiny_llm: Path,
                                                                      backends: dict[str, TransformersBackend]) -> None:
     backend = make_backend({"model": str(tiny_llm), "batching": "continuous"})
     assert backend.describe()["batching"] == "continuous"
@@ -72,5 +72,8 @@ def test_schema_requests_fall_back_to_static_and_bad_modes_are_refused(tiny_llm:
     reqs = [GenerationRequest(key="s", seed=1, prompt=PROMPTS[0], json_schema=schema)]
     params = SamplingParams(max_new_tokens=30, temperature=0.0)
     assert backend.generate(reqs, params)[0].text == backends["static"].generate(reqs, params)[0].text
+    penalised = SamplingParams(max_new_tokens=12, temperature=0.8, repetition_penalty=1.3)  # dropped by CB
+    assert [r.text for r in backend.generate(requests(), penalised)] == \
+        [r.text for r in backends["static"].generate(requests(), penalised)]
     with pytest.raises(ValueError, match="llm.batching"):
         make_backend({"model": str(tiny_llm), "batching": "dynamic"})

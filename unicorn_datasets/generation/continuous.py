@@ -8,7 +8,8 @@ What it cannot do (transformers 5.x), and why the static path stays the default:
   identical set of requests (the stream is seeded from all of the call's row seeds);
 - stop strings: a row runs until EOS or `max_new_tokens`; stop strings are cut afterwards (same text,
   wasted tokens);
-- JSON-schema constrained decoding: such requests go to the static path (the grammar is per-row state).
+- JSON-schema constrained decoding and the repetition penalty (transformers drops its processor under
+  continuous batching): such calls go to the static path (`continuous_supports`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import hashlib
 import math
 from typing import Any
 
-from .base import SamplingParams
+from .base import GenerationRequest, SamplingParams
 
 PAGE_SIZE = 64  # tokens per KV page: small pages waste little on short captions
+
+
+def continuous_supports(requests: list[GenerationRequest], params: SamplingParams) -> bool:
+    """Whether continuous batching can run this call as asked (otherwise the static path does)."""
+    return params.repetition_penalty == 1.0 and all(r.json_schema is None for r in requests)
 
 
 def generate_continuous(
@@ -44,7 +50,6 @@ def generate_continuous(
         temperature=params.temperature if sample else None,
         top_p=params.top_p if sample and params.top_p < 1.0 else None,
         top_k=None,
-        repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
         suppress_tokens=suppress_ids or None,

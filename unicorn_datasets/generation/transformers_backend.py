@@ -9,6 +9,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from .base import GenerationRequest, GenerationResult, SamplingParams
+from .continuous import continuous_supports, generate_continuous
 from .hf_models import load_causal_lm, resolve_model
 from .sampling import PerRowSampler
 from .stopping import StopOnStrings
@@ -73,7 +74,7 @@ class TransformersBackend:
         if not requests:
             return []
         texts = [self._render(r) for r in requests]
-        if self.batching == "continuous" and all(r.json_schema is None for r in requests):
+        if self.batching == "continuous" and continuous_supports(requests, params):
             return self._generate_continuous(requests, texts, params)
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         # Sort by prompt length so batches pad little; group by stop strings (one criteria per call).
@@ -99,8 +100,6 @@ class TransformersBackend:
     def _generate_continuous(
         self, reqs: list[GenerationRequest], texts: list[str], params: SamplingParams
     ) -> list[GenerationResult]:
-        from .continuous import generate_continuous
-
         prompts = [self.tokenizer(t)["input_ids"] for t in texts]  # special tokens included, as the static path
         rows = generate_continuous(self.model, prompts, params, eos_ids=self.eos_ids,
                                    pad_id=self.tokenizer.pad_token_id, suppress_ids=self.suppress_ids,
