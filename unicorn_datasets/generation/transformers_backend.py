@@ -63,6 +63,16 @@ class TransformersBackend:
         return {"backend": "transformers", **self.source.describe(), "chat_template": self.supports_chat,
                 "batching": self.batching}
 
+    @property
+    def max_in_flight(self) -> int:  # one batch on the device at a time
+        return self.batch_size
+
+    def check_available(self) -> None:  # loaded in __init__: a model that failed to load raised there
+        pass
+
+    def close(self) -> None:  # nothing held beyond the model, which the garbage collector frees
+        pass
+
     def _render(self, req: GenerationRequest) -> str:
         if req.prompt is not None:
             return req.prompt
