@@ -210,9 +210,12 @@ class ServerBackend:
             attempts += 1
             started = time.monotonic()
             try:
-                await self._ensure_probed(ep, session)
-                result = await send(ep, request, params, model=self.model, http=session.http[ep.url],
-                                     hf=session.hf[ep.url])
+                try:
+                    await self._ensure_probed(ep, session)
+                    result = await send(ep, request, params, model=self.model, http=session.http[ep.url],
+                                         hf=session.hf[ep.url])
+                finally:
+                    self.scheduler.release(ep)  # before any backoff sleep: a waiting request gets the slot
             except Fatal as e:
                 if e.dropped - ep.dropped:  # a strict server refused an optional field: resend without it
                     logger.warning("endpoint %s rejects %s: not sent to it again", ep.url, sorted(e.dropped))
@@ -237,8 +240,6 @@ class ServerBackend:
                 self.retries += 1
                 await asyncio.sleep(self._delay(failures - 1, e.retry_after))
                 continue
-            finally:
-                self.scheduler.release(ep)
             with self.scheduler.lock:
                 ep.record_success(time.monotonic() - started, result.n_tokens, in_flight_at_send)
                 self._failure_run = 0

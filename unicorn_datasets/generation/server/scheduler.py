@@ -44,8 +44,8 @@ class Scheduler:
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, fut))
                 recover = [ep.down_until - now for ep in self.endpoints if ep.cooling(now)]
-                # Only cooling endpoints: nothing in flight will wake us, their recovery will.
-                timeout = min(recover) if recover and len(recover) == len(self.endpoints) else None
+                # A cooling endpoint comes back without a release to wake us: look again by then.
+                timeout = min(recover) if recover else None
             try:
                 await asyncio.wait({fut}, timeout=timeout)
             except asyncio.CancelledError:
@@ -83,7 +83,10 @@ class Scheduler:
     def _wake(self) -> None:
         """Wakes as many waiters (oldest first) as there are free slots."""
         with self.lock:
-            n = self._free_slots(time.monotonic())
+            now = time.monotonic()
+            n = self._free_slots(now)
+            if n <= 0 and any(ep.cooling(now) for ep in self.endpoints):
+                n = len(self._waiters)  # an endpoint went cooling: every waiter re-reads when to look again
             woken = []
             while n > 0 and self._waiters:
                 woken.append(self._waiters.popleft())
