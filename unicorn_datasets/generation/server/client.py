@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx2
-from huggingface_hub import AsyncInferenceClient
 
 from ..base import BackendUnavailable, GenerationRequest, GenerationResult, RequestFailed, SamplingParams
 from .dialects import Fatal, Retryable, classified, probe, reported_models, send
@@ -50,25 +49,17 @@ class _Session:
     def __init__(self, backend: ServerBackend, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.http: dict[str, httpx2.AsyncClient] = {}
-        self.hf: dict[str, AsyncInferenceClient] = {}
         self.probe_locks = {ep.url: asyncio.Lock() for ep in backend.endpoints}
         b = backend
         timeout = httpx2.Timeout(b.timeout, connect=min(b.timeout, b.connect_timeout))
         limits = httpx2.Limits(max_connections=b.max_in_flight, max_keepalive_connections=b.max_in_flight)
         for ep in b.endpoints:
             # Our own client, not huggingface_hub's: its hooks refuse every URL under HF_HUB_OFFLINE
-            # (local servers included), its pool is smaller than max_in_flight, and the auth hook below
-            # keeps the saved Hugging Face token away from non-Hugging Face servers.
-            http = httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=True,
-                                      event_hooks={"request": [_auth_hook(ep.token)]})
-            client = AsyncInferenceClient(base_url=ep.url, timeout=b.timeout)
-            if hasattr(client, "_async_client"):
-                client._async_client = http
-            self.http[ep.url], self.hf[ep.url] = http, client
+            # (local servers included) and would send the saved Hugging Face token to any server.
+            self.http[ep.url] = httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=True,
+                                                   event_hooks={"request": [_auth_hook(ep.token)]})
 
     async def aclose(self) -> None:
-        for client in self.hf.values():
-            await client.close()
         for http in self.http.values():
             await http.aclose()
 
@@ -212,8 +203,7 @@ class ServerBackend:
             try:
                 try:
                     await self._ensure_probed(ep, session)
-                    result = await send(ep, request, params, model=self.model, http=session.http[ep.url],
-                                         hf=session.hf[ep.url])
+                    result = await send(ep, request, params, model=self.model, http=session.http[ep.url])
                 finally:
                     self.scheduler.release(ep)  # before any backoff sleep: a waiting request gets the slot
             except Fatal as e:

@@ -1,14 +1,14 @@
 """Wire formats: what is sent to each kind of server and how its answer is read.
 
-What is sent where (checked against huggingface_hub 2.4 and the servers' request schemas):
+Plain JSON over one pooled httpx client per endpoint (huggingface_hub's `AsyncInferenceClient` builds
+the same bodies, checked against 2.4, but costs a third more CPU per request and rewrites the OpenAI
+`response_format` into TGI's form for every URL endpoint). What is sent where:
 
-- chat mode: `chat_completion` -> POST {base}/v1/chat/completions on every server.
-- completion mode: TGI -> `text_generation(details=True)` -> POST {base}/ (TGI's native route, with
-  `grammar`); any other server -> POST {base}/v1/completions (OpenAI legacy completions) on the same
-  HTTP client, since `text_generation` only speaks TGI's protocol.
+- chat mode: POST {base}/v1/chat/completions on every server.
+- completion mode: TGI -> POST {base}/ (TGI's native route, `details: true`, with `grammar`); any other
+  server -> POST {base}/v1/completions (OpenAI legacy completions).
 - `json_schema`:
-    TGI chat:          {"type": "json_object", "value": schema}  (huggingface_hub rewrites the OpenAI
-                       form into this for every URL endpoint; TGI >= 2 enforces it)
+    TGI chat:          {"type": "json_object", "value": schema}  (TGI >= 2 enforces it)
     TGI completion:    grammar={"type": "json", "value": schema}
     OpenAI-compatible: {"type": "json_schema", "json_schema": {"name", "schema", "strict"}} sent verbatim
                        (vLLM, SGLang, llama.cpp enforce it; `transformers serve` ignores it with a warning)
@@ -33,13 +33,6 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import httpx2
-from huggingface_hub import AsyncInferenceClient
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    InferenceTimeoutError,
-    OfflineModeIsEnabled,
-    OverloadedError,
-)
 
 from ..base import GenerationRequest, GenerationResult, SamplingParams
 from .endpoints import Endpoint
@@ -54,19 +47,6 @@ _TGI_INFO_KEYS = ("model_id", "model_sha", "model_dtype", "model_pipeline_tag", 
 # Strict servers (`transformers serve`) reject fields outside the OpenAI schema with this message.
 _UNEXPECTED_FIELDS = re.compile(r"Unexpected fields in the request: \{([^}]*)\}")
 _OPTIONAL_FIELDS = {"repetition_penalty", "response_format", "json_schema", "seed", "top_p"}
-
-
-class _VerbatimResponseFormat(dict):
-    """An OpenAI `response_format` that reaches the server unchanged.
-
-    huggingface_hub (2.x) rewrites {"type": "json_schema", ...} into TGI's {"type": "json_object",
-    "value": schema} for every URL endpoint; vLLM / SGLang / llama.cpp read that as schema-less JSON
-    mode. The rewrite is keyed on `.get("type")`, so hiding `type` there skips it; the payload copy is
-    built from `.items()` and still carries it. If huggingface_hub changes, this degrades to the rewrite.
-    """
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return default if key == "type" else super().get(key, default)
 
 
 class Retryable(Exception):
@@ -129,32 +109,12 @@ async def classified(call: Awaitable[T]) -> T:
         return await call
     except (Retryable, Fatal):
         raise
-    except OfflineModeIsEnabled as e:  # only if huggingface_hub's own HTTP client got used
-        raise Fatal("HF_HUB_OFFLINE blocks the request", str(e)) from e
-    except (TimeoutError, InferenceTimeoutError, httpx2.TimeoutException) as e:
+    except (TimeoutError, httpx2.TimeoutException) as e:
         raise Retryable(f"timeout ({type(e).__name__})", overload=True) from e
-    except HfHubHTTPError as e:
-        response = getattr(e, "response", None)
-        status = getattr(response, "status_code", None)
-        if status is None:
-            raise Retryable(f"HTTP error ({type(e).__name__})") from e
-        check_status(int(status), response)
-        raise Retryable(f"HTTP {status}") from e
-    except httpx2.TransportError as e:  # refused, reset, dropped mid-response
+    except (httpx2.TransportError, OSError) as e:  # refused, reset, dropped mid-response
         raise Retryable(f"connection error ({type(e).__name__})") from e
-    except OSError as e:
-        raise Retryable(f"connection error ({type(e).__name__})") from e
-    except Exception as e:
-        cause = e.__cause__  # text_generation wraps HTTP errors in TextGenerationError subclasses
-        if isinstance(cause, HfHubHTTPError) and getattr(cause, "response", None) is not None:
-            check_status(int(cause.response.status_code), cause.response)
-            raise Retryable(f"HTTP {cause.response.status_code}") from e
-        if isinstance(e, OverloadedError):
-            raise Retryable("overloaded", overload=True) from e
-        if isinstance(e, ValueError):  # malformed or truncated response body (JSONDecodeError, no choices)
-            raise Retryable(f"bad response ({type(e).__name__}: {str(e)[:200]})") from e
-        raise
-
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # malformed or truncated body, no choices
+        raise Retryable(f"bad response ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
 
 
 # ---- probing ---------------------------------------------------------------------------------------
@@ -203,65 +163,68 @@ def payload_model(ep: Endpoint, model: str | None) -> str | None:
 
 
 async def send(ep: Endpoint, req: GenerationRequest, params: SamplingParams, *, model: str | None,
-               http: httpx2.AsyncClient, hf: AsyncInferenceClient) -> GenerationResult:
+               http: httpx2.AsyncClient) -> GenerationResult:
     """One HTTP call in the endpoint's dialect; every failure comes out as Retryable or Fatal."""
     if req.messages is not None:
-        return await classified(_chat(ep, req, params, model, hf))
+        return await classified(_chat(ep, req, params, model, http))
     if ep.kind == "tgi":
-        return await classified(_tgi_generate(req, params, hf))
+        return await classified(_tgi_generate(ep, req, params, http))
     return await classified(_completion(ep, req, params, model, http))
 
 
+async def _post(http: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> Any:
+    r = await http.post(url, json={k: v for k, v in body.items() if v is not None})
+    check_status(r.status_code, r)
+    return r.json()
+
+
 async def _chat(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
-                client: AsyncInferenceClient) -> GenerationResult:
-    kwargs: dict[str, Any] = {}
-    extra_body: dict[str, Any] = {}
-    if req.json_schema is not None and "response_format" not in ep.dropped:
-        spec = {"name": "output", "schema": req.json_schema, "strict": True}
-        rf = {"type": "json_schema", "json_schema": spec}
-        kwargs["response_format"] = rf if ep.kind == "tgi" else _VerbatimResponseFormat(rf)
+                http: httpx2.AsyncClient) -> GenerationResult:
+    body: dict[str, Any] = {
+        "model": payload_model(ep, model),
+        "messages": req.messages,
+        "max_tokens": params.max_new_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p if 0.0 < params.top_p < 1.0 else None,
+        "seed": wire_seed(req.seed),
+        "stop": list(req.stop) or None,
+    }
+    if req.json_schema is not None:
+        body["response_format"] = ({"type": "json_object", "value": req.json_schema} if ep.kind == "tgi" else
+                                   {"type": "json_schema",
+                                    "json_schema": {"name": "output", "schema": req.json_schema, "strict": True}})
     if params.repetition_penalty != 1.0 and ep.kind in ("vllm", "sglang", "llamacpp"):
         # Not an OpenAI field: TGI's chat route and `transformers serve` reject or ignore it.
-        extra_body[_penalty_name(ep.kind)] = params.repetition_penalty
-    out = await client.chat_completion(
-        req.messages,  # type: ignore[arg-type]
-        model=payload_model(ep, model),
-        max_tokens=params.max_new_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p if 0.0 < params.top_p < 1.0 and "top_p" not in ep.dropped else None,
-        seed=wire_seed(req.seed) if "seed" not in ep.dropped else None,
-        stop=list(req.stop) or None,
-        extra_body=extra_body or None,
-        **kwargs,
-    )
-    choices = _field(out, "choices") or []
-    if not choices:
+        body[_penalty_name(ep.kind)] = params.repetition_penalty
+    for name in ep.dropped:
+        body.pop(name, None)
+    data = await _post(http, ep.url + "/v1/chat/completions", body)
+    choice = (data.get("choices") or [None])[0]
+    if not isinstance(choice, dict):
         raise ValueError("response has no choices")
-    text = _field(_field(choices[0], "message"), "content") or ""
-    used = _field(_field(out, "usage"), "completion_tokens")
-    return _result(text, used, _field(choices[0], "finish_reason"), params)
+    text = _field(choice.get("message"), "content") or ""
+    return _result(text, _field(data.get("usage"), "completion_tokens"), choice.get("finish_reason"), params)
 
 
-async def _tgi_generate(req: GenerationRequest, params: SamplingParams,
-                        client: AsyncInferenceClient) -> GenerationResult:
+async def _tgi_generate(ep: Endpoint, req: GenerationRequest, params: SamplingParams,
+                        http: httpx2.AsyncClient) -> GenerationResult:
     sample = params.temperature > 0  # TGI rejects temperature=0: greedy is do_sample=False
-    assert req.prompt is not None
-    out = await client.text_generation(
-        req.prompt,
-        details=True,
-        max_new_tokens=params.max_new_tokens,
-        do_sample=sample,
-        temperature=params.temperature if sample else None,
-        top_p=params.top_p if sample and 0.0 < params.top_p < 1.0 else None,  # TGI wants 0 < top_p < 1
-        repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
-        seed=wire_seed(req.seed),
-        stop=list(req.stop) or None,
-        grammar={"type": "json", "value": req.json_schema} if req.json_schema is not None else None,  # type: ignore[arg-type]
-    )
-    if isinstance(out, str):  # huggingface_hub dropped `details` (it decided the server is not TGI)
-        return _result(out, None, None, params)
-    details = _field(out, "details")
-    return _result(_field(out, "generated_text") or "", _field(details, "generated_tokens"),
+    parameters = {
+        "details": True,
+        "max_new_tokens": params.max_new_tokens,
+        "do_sample": sample,
+        "temperature": params.temperature if sample else None,
+        "top_p": params.top_p if sample and 0.0 < params.top_p < 1.0 else None,  # TGI wants 0 < top_p < 1
+        "repetition_penalty": params.repetition_penalty if params.repetition_penalty != 1.0 else None,
+        "seed": wire_seed(req.seed),
+        "stop": list(req.stop) or None,
+        "grammar": {"type": "json", "value": req.json_schema} if req.json_schema is not None else None,
+    }
+    data = await _post(http, ep.url + "/", {
+        "inputs": req.prompt, "parameters": {k: v for k, v in parameters.items() if v is not None}})
+    out = data[0] if isinstance(data, list) else data  # TGI answers a list of one
+    details = out.get("details")
+    return _result(out.get("generated_text") or "", _field(details, "generated_tokens"),
                    _field(details, "finish_reason"), params)
 
 
@@ -290,11 +253,8 @@ async def _completion(ep: Endpoint, req: GenerationRequest, params: SamplingPara
                                        "json_schema": {"name": "output", "schema": req.json_schema}}
     for name in ep.dropped:
         body.pop(name, None)
-    body = {k: v for k, v in body.items() if v is not None}
-    r = await http.post(ep.url + "/v1/completions", json=body)
-    check_status(r.status_code, r)
-    data = r.json()
-    choice = (data.get("choices") or [None])[0] if isinstance(data, dict) else None
+    data = await _post(http, ep.url + "/v1/completions", body)
+    choice = (data.get("choices") or [None])[0]
     if not isinstance(choice, dict):
         raise ValueError("response has no choices")
     used = _field(data.get("usage"), "completion_tokens")
