@@ -189,3 +189,30 @@ def test_one_http_client_per_loop_reused_and_closed(quick: FakeServer) -> None:
     backend.close()
     assert http.is_closed and not backend._sessions
     backend.close()  # twice is fine
+
+
+def test_adaptive_limit_reads_medians_not_tails_and_counts_a_burst_once() -> None:
+    from unicorn_datasets.generation.server.concurrency import AdaptiveLimit
+
+    limit = AdaptiveLimit(64, min_window=32)
+    heavy_tail = [0.01] * 28 + [0.5] * 4  # a few answers 50x slower than the rest: not congestion
+    for _ in range(4):
+        for s in heavy_tail:
+            limit.on_success(s, in_flight=64)
+    assert limit.decreases == 0 and limit.current == 64
+    for _ in range(64):  # every answer 5x slower than the best window: the server is queueing
+        limit.on_success(0.05, in_flight=64)
+    assert limit.decreases == 1 and limit.current == 32
+    for _ in range(96):  # still 5x after the cut: the work got heavier, so that is the new baseline
+        limit.on_success(0.05, in_flight=64)
+    assert limit.decreases == 1 and limit.best_latency == 0.05 and limit.current > 32
+    limit.limit = 32.0
+    epoch = limit.epoch
+    assert limit.on_overload(epoch) and limit.current == 16
+    assert not limit.on_overload(epoch)  # a 429 answering a request sent before the cut: already counted
+    for _ in range(200):
+        limit.on_success(0.01, in_flight=1)  # nearly idle: a low limit is not tested, so it does not grow
+    assert limit.current == 16
+    for _ in range(200):
+        limit.on_success(0.01, in_flight=16)
+    assert 16 < limit.current <= 64

@@ -3,7 +3,9 @@
 The limit starts at the caller's `max_in_flight` (the user's estimate of what the servers take; LLM
 servers batch whatever they are sent, so starting low only wastes the first minutes). It is halved on an
 overload signal (429, 503, timeout) or when the median latency per token of the last window rises above
-`tolerance` x the best window seen, and grows back by `step` per window of successes while it is used.
+`tolerance` x the best window seen. If the window after such a cut is no faster, the rise was not ours
+(longer prompts, say) and that latency becomes the new baseline instead of cutting again. The limit grows
+back by `step` per window of successes while it is used.
 A burst of signals from requests sent before the last decrease counts once (the `epoch` check), so a
 hundred 429s answering one overloaded moment halve the limit once, not a hundred times.
 
@@ -28,6 +30,7 @@ class AdaptiveLimit:
         self.decreases = 0
         self.best_latency: float | None = None  # best window median, seconds per token
         self._window: list[float] = []
+        self._median_at_cut: float | None = None  # set by a latency cut until the next window tells if it helped
 
     @property
     def current(self) -> int:
@@ -39,10 +42,15 @@ class AdaptiveLimit:
         if len(self._window) >= max(self.min_window, self.current):
             median = statistics.median(self._window)
             self._window.clear()
-            if self.best_latency is None or median < self.best_latency:
+            if self._median_at_cut is not None:
+                if median > 0.8 * self._median_at_cut:  # halving did not help: not our load, a new normal
+                    self.best_latency = median
+                self._median_at_cut = None
+            elif self.best_latency is None or median < self.best_latency:
                 self.best_latency = median
             elif median > self.tolerance * self.best_latency:
                 self._decrease()
+                self._median_at_cut = median
                 return
         if 2 * in_flight >= self.current:  # an idle limit says nothing about what the server takes
             self.limit = min(float(self.max_limit), self.limit + self.step / max(self.limit, 1.0))
