@@ -86,7 +86,7 @@ def test_retries_exhausted_raise_request_failed_with_last_error(quick: FakeServe
     out = asyncio.run(_run_all(backend, _requests(3, "always500")))
     backend.close()
     assert all(isinstance(o, RequestFailed) for o in out)
-    assert out[0].error == f"{quick.url} -> HTTP 500" and "all 3 attempts failed" in str(out[0])
+    assert f"{quick.url} -> HTTP 500" in out[0].error and "all 3 attempts failed" in out[0].error
     assert backend.stats()["requests_failed"] == 3
 
 

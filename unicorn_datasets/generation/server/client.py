@@ -153,8 +153,9 @@ class ServerBackend:
         }
 
     def check_available(self) -> None:
-        """Probes every endpoint once; raises BackendUnavailable naming each one if none answers."""
-        errors = self._run(self._probe_all(fresh=True))
+        """Probes every endpoint and asks each for one token; raises BackendUnavailable naming each one
+        if none answers (a server can list its models and still refuse every generation)."""
+        errors = self._run(self._check_all())
         if len(errors) == len(self.endpoints):
             raise BackendUnavailable(_unavailable_message(self.endpoints, errors))
         self._unavailable, self._failure_run = None, 0
@@ -212,10 +213,8 @@ class ServerBackend:
                     ep.dropped |= e.dropped
                     continue
                 detail = f": {e.message}" if e.message else ""
-                error = f"{ep.url} -> {e.status}{detail}"
                 self.requests_failed += 1
-                raise RequestFailed(f"row {request.key!r}: endpoint {ep.url} answered {e.status}{detail}",
-                                    error=error) from e
+                raise RequestFailed(f"row {request.key!r}: endpoint {ep.url} answered {e.status}{detail}") from e
             except Retryable as e:
                 error = f"{ep.url} -> {e.status}"
                 errors.append(error)
@@ -226,7 +225,7 @@ class ServerBackend:
                     self.requests_failed += 1
                     names = ", ".join(sorted({ep.url for ep in self.endpoints}))
                     raise RequestFailed(f"row {request.key!r}: all {failures} attempts failed (endpoints: {names}): "
-                                        + "; ".join(errors), error=error) from e
+                                        + "; ".join(errors)) from e
                 self.retries += 1
                 await asyncio.sleep(self._delay(failures - 1, e.retry_after))
                 continue
@@ -346,6 +345,36 @@ class ServerBackend:
             except (Retryable, Fatal) as e:
                 ep.info = {"error": e.status}
                 ep.last_error = errors[ep.url] = e.status
+        return errors
+
+    async def _check_all(self) -> dict[str, str]:
+        """{url: error} for each endpoint whose probe or one-token generation failed (twice, for a blip)."""
+        errors = await self._probe_all(fresh=True)
+        session = self._session()
+        seed = random.getrandbits(31)  # never a resend of an earlier run's ping (servers count those)
+        if self.supports_chat:
+            ping = GenerationRequest(key="health-check", seed=seed, messages=[{"role": "user", "content": "Hi"}])
+        else:
+            ping = GenerationRequest(key="health-check", seed=seed, prompt="Hi")
+        params = SamplingParams(max_new_tokens=1, temperature=0.0)
+        for ep in self.endpoints:
+            if ep.url in errors:
+                continue
+            for attempt in range(2):
+                try:
+                    await send(ep, ping, params, model=self.model, http=session.http[ep.url])
+                except Fatal:  # up, and it read the request: what it refuses shows on the rows
+                    pass
+                except Retryable as e:
+                    if e.status == "HTTP 429":  # rate-limited is up
+                        errors.pop(ep.url, None)
+                        break
+                    ep.last_error = errors[ep.url] = e.status
+                    if attempt == 0:
+                        await asyncio.sleep(min(self.backoff, 1.0))
+                    continue
+                errors.pop(ep.url, None)
+                break
         return errors
 
     async def _ensure_probed(self, ep: Endpoint, session: _Session) -> None:
