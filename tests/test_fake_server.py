@@ -13,7 +13,7 @@ import pytest
 from unicorn_datasets.generation.base import GenerationRequest
 from unicorn_datasets.stages import captions, instructions
 from unicorn_datasets.testing.fake_answers import answer
-from unicorn_datasets.testing.fake_openai_server import FAULTS, FakeServerConfig, inflight_summary, serve
+from unicorn_datasets.testing.fake_openai_server import FAULTS, FakeServerConfig, drain_time, inflight_summary, serve
 
 SEEDS = ["A man riding a bicycle along a rain-soaked street lined with small shops.",
          "Two children building a sandcastle near the edge of the water on a sunny beach.",
@@ -83,6 +83,19 @@ def test_many_requests_are_in_flight_at_once() -> None:
     assert stats["served"] == {"chat": 64} and stats["in_flight"] == 0
     window = inflight_summary(stats["series"], stats["first_request"], stats["last_response"])
     assert window["samples"] > 0 and window["mean"] > 32
+    assert stats["series"][-1][2] == 64  # the third field counts the requests received
+    assert drain_time(stats["series"], 64, 8) is not None and drain_time(stats["series"], 65, 0) is None
+
+
+def test_one_keep_alive_connection_serves_requests_one_after_another() -> None:
+    async def sequential(url: str) -> list[int]:
+        limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx2.AsyncClient(timeout=10, limits=limits) as client:
+            return [(await client.post(url + route(b), json=b)).status_code for b in caption_bodies(20)]
+
+    with serve(median=0.01, p99=0.02) as server:
+        assert asyncio.run(sequential(server.url)) == [200] * 20
+        assert server.stats()["served"] == {"chat": 20}
 
 
 def test_answers_are_a_function_of_the_request_only(instant: Any) -> None:

@@ -7,7 +7,7 @@ an optional JSON schema the output must satisfy, stop strings and a per-row seed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 PromptMode = Literal["auto", "chat", "completion"]
 
@@ -75,12 +75,35 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend(Protocol):
-    """An LLM that turns requests into results, in order."""
+    """An LLM that turns requests into results.
+
+    `generate` answers a batch in order (the in-process backend batches on the GPU). Server backends
+    also answer one request at a time with `agenerate_one`, awaited concurrently by the generation
+    engine, which keeps `max_in_flight` of them open.
+    """
 
     supports_chat: bool
+    max_in_flight: int  # how many requests a caller should keep open at once
 
     def describe(self) -> dict[str, Any]:
         """Provenance: backend kind, model id, revision or file hash."""
         ...
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]: ...
+
+    def check_available(self) -> None:
+        """Raise BackendUnavailable (one line) if the backend cannot answer at all."""
+        ...
+
+    def close(self) -> None:
+        """Release connections, threads and event loops; the backend is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class AsyncBackend(Backend, Protocol):
+    """A backend the engine can drive one request at a time (the server backend)."""
+
+    async def agenerate_one(self, request: GenerationRequest, params: SamplingParams) -> GenerationResult:
+        """One request, retried on transient errors. Raises RequestFailed or BackendUnavailable."""
+        ...

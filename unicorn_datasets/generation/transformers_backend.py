@@ -9,6 +9,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from .base import GenerationRequest, GenerationResult, SamplingParams
+from .continuous import continuous_supports, generate_continuous
 from .hf_models import load_causal_lm, resolve_model
 from .sampling import PerRowSampler
 from .stopping import StopOnStrings
@@ -17,8 +18,18 @@ from .stopping import StopOnStrings
 _SPECIAL_TOKEN = re.compile(r"^<.*>$|^\[.*\]$")
 
 
+BATCHING = ("static", "continuous")
+
+
 class TransformersBackend:
-    def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 8, dtype: Any = None) -> None:
+    """`batching`: "static" (padded batches of `batch_size`, per-row seeds) or "continuous" (transformers'
+    `generate_batch`; see `continuous.py` for what it cannot honour)."""
+
+    def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 8, dtype: Any = None,
+                 batching: str = "static") -> None:
+        if batching not in BATCHING:
+            raise ValueError(f"llm.batching must be one of {', '.join(BATCHING)}, got {batching!r}")
+        self.batching = batching
         self.source = resolve_model(model)
         self.model, self.tokenizer = load_causal_lm(self.source, device=device, dtype=dtype)
         self.device = device
@@ -49,7 +60,18 @@ class TransformersBackend:
         return sorted({i for i in ids if i < vocab})
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "transformers", **self.source.describe(), "chat_template": self.supports_chat}
+        return {"backend": "transformers", **self.source.describe(), "chat_template": self.supports_chat,
+                "batching": self.batching}
+
+    @property
+    def max_in_flight(self) -> int:  # one batch on the device at a time
+        return self.batch_size
+
+    def check_available(self) -> None:  # loaded in __init__: a model that failed to load raised there
+        pass
+
+    def close(self) -> None:  # nothing held beyond the model, which the garbage collector frees
+        pass
 
     def _render(self, req: GenerationRequest) -> str:
         if req.prompt is not None:
@@ -62,6 +84,8 @@ class TransformersBackend:
         if not requests:
             return []
         texts = [self._render(r) for r in requests]
+        if self.batching == "continuous" and continuous_supports(requests, params):
+            return self._generate_continuous(requests, texts, params)
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         # Sort by prompt length so batches pad little; group by stop strings (one criteria per call).
         order = sorted(range(len(requests)), key=lambda i: (requests[i].stop, lengths[i], requests[i].key))
@@ -82,6 +106,15 @@ class TransformersBackend:
                 results[i] = res
             start += len(chunk)
         return results  # type: ignore[return-value]
+
+    def _generate_continuous(
+        self, reqs: list[GenerationRequest], texts: list[str], params: SamplingParams
+    ) -> list[GenerationResult]:
+        prompts = [self.tokenizer(t)["input_ids"] for t in texts]  # special tokens included, as the static path
+        rows = generate_continuous(self.model, prompts, params, eos_ids=self.eos_ids,
+                                   pad_id=self.tokenizer.pad_token_id, suppress_ids=self.suppress_ids,
+                                   seeds=[r.seed for r in reqs])
+        return [self._result(row, list(r.stop), params) for row, r in zip(rows, reqs, strict=True)]
 
     @torch.inference_mode()
     def _generate_batch(
@@ -116,20 +149,22 @@ class TransformersBackend:
             temperature=None,
         )
         new = out[:, enc["input_ids"].shape[1] :]
-        results = []
-        for row in new.tolist():
-            n, hit_eos = 0, False
-            for t in row:
-                if t in self.eos_ids:
-                    hit_eos = True
-                    break
-                if t == tok.pad_token_id:
-                    break
-                n += 1
-            text = tok.decode(row[:n], skip_special_tokens=True)
-            cut = min((text.find(s) for s in stop if s in text), default=-1)
-            finish = "stop" if (hit_eos or cut >= 0 or n < params.max_new_tokens) else "length"
-            if cut >= 0:
-                text = text[:cut]
-            results.append(GenerationResult(text=text, n_tokens=n, finish_reason=finish))
-        return results
+        return [self._result(row, stop, params) for row in new.tolist()]
+
+    def _result(self, row: list[int], stop: list[str], params: SamplingParams) -> GenerationResult:
+        """Generated ids -> text cut at EOS / padding / the first stop string, with its finish reason."""
+        tok = self.tokenizer
+        n, hit_eos = 0, False
+        for t in row:
+            if t in self.eos_ids:
+                hit_eos = True
+                break
+            if t == tok.pad_token_id:
+                break
+            n += 1
+        text = tok.decode(row[:n], skip_special_tokens=True)
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        finish = "stop" if (hit_eos or cut >= 0 or n < params.max_new_tokens) else "length"
+        if cut >= 0:
+            text = text[:cut]
+        return GenerationResult(text=text, n_tokens=n, finish_reason=finish)

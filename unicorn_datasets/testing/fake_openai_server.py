@@ -7,15 +7,17 @@ requests cost one task each). It behaves like a GPU server that never runs out o
   lognormal (``median``, ``p99``, times ``latency_scale``), then answers with text from
   :mod:`fake_answers` (a function of the prompt, seed and max_tokens only).
 - ``GET /v1/models``; ``GET /stats`` (counters and the in-flight time series sampled every
-  ``sample_interval`` seconds; ``?series=0`` leaves the series out); ``POST /stats/reset``;
-  ``POST /control`` (JSON: config fields to change at run time, e.g. ``{"down": "503"}``).
+  ``sample_interval`` seconds as [time, in flight, requests received]; ``?series=0`` leaves it out);
+  ``POST /stats/reset``; ``POST /control`` (JSON: config fields to change at run time, e.g. ``{"down": "503"}``).
 
 Determinism: a request's identity is the hash of its prompt or messages, seed, max_tokens and schema.
-Its latency and whether its answer is invalid (``invalid`` rate: too-short text / broken JSON) depend on
-that hash and the server ``seed`` only, so a retry with a new sampling seed can succeed. Faults (500,
-503, 429 + Retry-After, connection reset, hang, invalid JSON body, empty completion) depend on the hash
-and how many times the same request was received before (the attempt counter; ``duplicates`` in the
-stats counts such resends), so resending the identical request can succeed too.
+Whether its answer is invalid (``invalid`` rate: too-short text / broken JSON) depends on that hash and
+the server ``seed`` only, so a retry with a new sampling seed can succeed. Its latency depends on the
+prompt and max_tokens only, so every client (with or without per-row seeds) and every retry of a row
+meets the same work: benchmarks compare clients, not latency draws. Faults (500, 503, 429 +
+Retry-After, connection reset, hang, invalid JSON body, empty completion) depend on the hash and how
+many times the same request was received before (the attempt counter; ``duplicates`` in the stats
+counts such resends), so resending the identical request can succeed too.
 
 Run: ``python -m unicorn_datasets.testing.fake_openai_server --port 8000 --median 2 --p99 20``;
 from Python: ``with serve(median=0.1, p99=1) as server: ... server.url, server.stats()``.
@@ -108,7 +110,7 @@ class _Stats:
         self.max_in_flight = 0
         self.first_request: float | None = None
         self.last_response: float | None = None
-        self.series: list[tuple[float, int]] = []
+        self.series: list[tuple[float, int, int]] = []  # (time, in flight, generation requests received so far)
         self.attempts: Counter[bytes] = Counter()  # body hash -> times received
 
     def now(self) -> float:
@@ -175,7 +177,8 @@ class FakeOpenAIServer:
 
     async def sample(self) -> None:
         while True:
-            self.stats.series.append((self.stats.now(), self.stats.in_flight))
+            st = self.stats
+            st.series.append((st.now(), st.in_flight, st.received["chat"] + st.received["completion"]))
             await asyncio.sleep(self.config.sample_interval)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -263,7 +266,7 @@ class FakeOpenAIServer:
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         try:
-            delay = cfg.hang_seconds if fault == "hang" else cfg.latency(key)
+            delay = cfg.hang_seconds if fault == "hang" else cfg.latency(_work_key(body))
             if fault == "reset":
                 delay /= 2
             if fault == "hang":
@@ -307,6 +310,11 @@ def request_key(body: dict[str, Any]) -> bytes:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).digest()
 
 
+def _work_key(body: dict[str, Any]) -> bytes:
+    ident = [request_text(body), body.get("max_tokens") or body.get("max_completion_tokens")]
+    return hashlib.sha256(json.dumps(ident).encode()).digest()
+
+
 def _pick_fault(cfg: FakeServerConfig, key: bytes, attempt: int) -> str | None:
     u, edge = _uniform(key, cfg.seed, "fault", attempt), 0.0
     for name in FAULTS:
@@ -331,6 +339,8 @@ async def _wait_or_hangup(delay: float, conn: _Conn) -> bool:
     finally:
         for t in (sleeper, watcher):
             t.cancel()
+        # wait until the watcher has really stopped: the connection's next read must be the only reader
+        await asyncio.gather(sleeper, watcher, return_exceptions=True)
 
 
 def _apply_stop(text: str, finish: str, stop: Any) -> tuple[str, str]:
@@ -458,11 +468,17 @@ def serve(host: str = "127.0.0.1", **config: Any) -> Iterator[FakeServer]:
 
 def inflight_summary(series: list[list[float]], start: float, end: float) -> dict[str, float]:
     """Mean and 5th percentile of the sampled in-flight count between two server times."""
-    values = sorted(int(n) for t, n in series if start <= t <= end)
+    values = sorted(int(sample[1]) for sample in series if start <= sample[0] <= end)
     if not values:
         return {"mean": 0.0, "p5": 0.0, "samples": 0}
     return {"mean": sum(values) / len(values), "p5": float(values[int(0.05 * (len(values) - 1))]),
             "samples": len(values)}
+
+
+def drain_time(series: list[list[float]], total: int, window: int) -> float | None:
+    """When the client had sent all but its last `window` requests: after that no full window can exist,
+    so in-flight counts measure the tail of the latency distribution, not the client."""
+    return next((sample[0] for sample in series if sample[2] >= total - window), None)
 
 
 if __name__ == "__main__":
