@@ -43,6 +43,15 @@ def caption_requests(rows: int) -> list[GenerationRequest]:
     return [captions.build_request(s.id, s.seed, cfg, 0, 0) for s in seeds]
 
 
+def tiny_model() -> str:
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_models import make_tiny_llm
+
+    return str(make_tiny_llm(Path(tempfile.mkdtemp(prefix="tiny_llm_"))))
+
+
 def kept_tokens(tok: Any, texts: list[str]) -> int:
     return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
@@ -69,7 +78,7 @@ def run_bare(backend: TransformersBackend, reqs: list[GenerationRequest], params
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="gemma3-270m-gguf")
+    ap.add_argument("--model", default="gemma3-270m-gguf", help="a model spec, or 'tiny' (tests' random model)")
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=200)
@@ -81,7 +90,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     reqs = caption_requests(a.rows)
     params = SamplingParams(max_new_tokens=a.max_new_tokens, temperature=0.7, top_p=0.9)
-    backend = TransformersBackend(a.model, batch_size=a.batch_size)
+    backend = TransformersBackend(tiny_model() if a.model == "tiny" else a.model, batch_size=a.batch_size)
     best: dict[str, dict[str, Any]] = {}
     for round_ in range(a.repeat):
         for mode in a.modes.split(","):

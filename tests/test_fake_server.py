@@ -161,15 +161,15 @@ def test_faults_appear_at_their_rates_and_resending_can_succeed() -> None:
     rates = {f: 0.1 for f in FAULTS}
     with serve(latency_scale=0.0, hang_seconds=60.0, **rates) as server:
         bodies = caption_bodies(500)
-        results = asyncio.run(post_all(server.url, bodies, timeout=1.0))
+        results = asyncio.run(post_all(server.url, bodies, timeout=3.0))  # slack for a loaded box
         stats = server.stats()
         kinds = Counter(_kind(r) for r in results)
         failed = [b for b, r in zip(bodies, results, strict=True) if _kind(r) != "ok"]
-        resent = asyncio.run(post_all(server.url, failed, timeout=1.0))
+        resent = asyncio.run(post_all(server.url, failed, timeout=3.0))
     for fault in FAULTS:
         assert 25 <= stats["failed"][fault] <= 80, (fault, stats["failed"])
     assert kinds["error_500"] == stats["failed"]["error_500"] and kinds["error_429"] == stats["failed"]["error_429"]
-    assert kinds["hang"] == stats["failed"]["hang"]  # the client's 1 s timeout fired: the server never answered
+    assert kinds["hang"] == stats["failed"]["hang"]  # the client timeout fired: the server never answered
     assert kinds["reset"] == stats["failed"]["reset"] and kinds["bad_body"] == stats["failed"]["bad_body"]
     assert kinds["empty"] == stats["failed"]["empty"] and kinds["ok"] == stats["served"]["chat"]
     assert sum(_kind(r) == "ok" for r in resent) > len(failed) / 4  # the attempt counter changes the draw
