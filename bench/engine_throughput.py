@@ -49,8 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from unicorn_datasets import cli  # noqa: E402
+from unicorn_datasets.build import collect_seeds  # noqa: E402
 from unicorn_datasets.generation.server.dialects import wire_seed  # noqa: E402  (seed as sent on the wire)
-from unicorn_datasets.pipeline import collect_seeds  # noqa: E402
 from unicorn_datasets.stages import captions  # noqa: E402
 from unicorn_datasets.testing.fake_openai_server import FakeServer, drain_time, inflight_summary, serve  # noqa: E402
 
@@ -68,8 +68,8 @@ def caption_work(rows: int) -> tuple[list[Any], captions.CaptionConfig, int]:
     args = cli.parser().parse_args(["build", *build_args("http://unused", "unused", 64, rows)])
     recipe = cli._recipe_from_args(args)
     seeds, _ = collect_seeds(recipe)
-    cfg = captions.CaptionConfig.from_recipe(recipe.get("captions", {}), "chat")
-    return seeds, cfg, int(recipe.get("seed", 0))
+    cfg = captions.CaptionConfig.from_recipe(recipe.captions, "chat")
+    return seeds, cfg, recipe.seed
 
 
 def window(stats: dict[str, Any], rows: int, k: int, wall: float) -> dict[str, Any]:

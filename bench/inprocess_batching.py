@@ -29,15 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from unicorn_datasets.build import collect_seeds  # noqa: E402
 from unicorn_datasets.generation.base import GenerationRequest, SamplingParams  # noqa: E402
 from unicorn_datasets.generation.transformers_backend import TransformersBackend  # noqa: E402
-from unicorn_datasets.pipeline import collect_seeds  # noqa: E402
 from unicorn_datasets.recipe import load_recipe  # noqa: E402
 from unicorn_datasets.stages import captions  # noqa: E402
 
 
 def caption_requests(rows: int) -> list[GenerationRequest]:
-    recipe = {**load_recipe("demo"), "limit": rows}
+    recipe = load_recipe("demo", {"limit": rows})
     seeds, _ = collect_seeds(recipe)
     cfg = captions.CaptionConfig(prompt_mode="completion")
     return [captions.build_request(s.id, s.seed, cfg, 0, 0) for s in seeds]

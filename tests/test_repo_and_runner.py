@@ -55,9 +55,9 @@ def test_a_part_counts_only_once_complete(tmp_path: Path) -> None:
 
 def test_config_files_load_and_an_empty_config_is_left_out(tmp_path: Path) -> None:
     repo = BuildRepo(tmp_path)
-    schema = pa.schema([("id", pa.string()), ("x", pa.int64())])
-    files = repo.write_config("captions", iter([pa.table({"id": ["a", "b"], "x": [1, 2]}),
-                                                pa.table({"id": ["c"], "x": [3]})]), schema)
+    schema = pa.schema([("id", pa.string()), ("caption", pa.string())])
+    files = repo.write_config("captions", iter([pa.table({"id": ["a", "b"], "caption": ["x", "y"]}),
+                                                pa.table({"id": ["c"], "caption": ["z"]})]), schema)
     assert files == ["captions/train-00000-of-00001.parquet"]
     assert load_dataset("parquet", data_files=str(tmp_path / files[0]), split="train")["id"] == ["a", "b", "c"]
     assert repo.write_config("instruct", iter([schema.empty_table()]), schema) == []

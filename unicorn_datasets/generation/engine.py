@@ -184,6 +184,9 @@ class Engine:
             if batcher is not None:
                 batcher.cancel()
                 await asyncio.gather(batcher, return_exceptions=True)
+            aclose = getattr(self.backend, "aclose", None)
+            if aclose is not None:  # the HTTP clients bound to this loop close with it, cleanly
+                await aclose()
         if failure:
             raise failure[0]
         return self.stats
