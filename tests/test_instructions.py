@@ -11,17 +11,17 @@ import pytest
 
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
 from unicorn_datasets.seeding import row_seed
-from unicorn_datasets.stages import instructions as ins
-from unicorn_datasets.stages.instructions import (
+from unicorn_datasets.stages import instruct as ins
+from unicorn_datasets.stages.instruct import (
     InstructConfig,
-    build_request,
+    InstructRows,
     generate_instructions,
     json_schema,
-    revalidate,
     select_tasks,
     to_conversations,
     validate,
 )
+from unicorn_datasets.stages.instruct.prompting import fewshot
 
 CAPTION = (
     "A golden retriever sits on a green park bench beside a woman in a yellow raincoat. "
@@ -220,10 +220,15 @@ def test_schema_valid_documents_pass_validation() -> None:
 
 
 def test_fewshot_examples_pass_their_own_validation() -> None:
-    fs = ins._fewshot(None)
+    fs = fewshot()
     for task in ins.TASKS:
         v = validate(task, json.dumps(fs["examples"][task]), fs["example_caption"], CFG)
         assert v.reason is None and v.repairs == [], (task, v)
+
+
+def build_request(rid: str, caption: str, task: str, cfg: InstructConfig, seed: int, attempt: int,
+                  supports_chat: bool) -> GenerationRequest:
+    return InstructRows(cfg, seed, supports_chat).build_request({"id": rid, "caption": caption, "task": task}, attempt)
 
 
 def test_build_request_modes_and_seeds() -> None:
@@ -251,6 +256,14 @@ def test_build_request_modes_and_seeds() -> None:
 
     with pytest.raises(ValueError, match="chat"):
         build_request("r", "x", "mc", InstructConfig(prompt_mode="chat"), 0, 0, supports_chat=False)
+
+
+def test_per_row_validate_matches_the_batch() -> None:
+    ops = InstructRows(CFG, 3, supports_chat=True)
+    row = {"id": "r", "caption": CAPTION, "task": "mc"}
+    value, reason, notes = ops.validate(row, GenerationResult(text=dump(mc_items(9)), n_tokens=1))
+    assert reason is None and notes == ["truncated_items"] and value == to_conversations("mc", mc_items(8))
+    assert ops.validate(row, GenerationResult(text="junk", n_tokens=1))[:2] == (None, "bad_json")
 
 
 # --------------------------------------------------------------------------- task selection
@@ -340,19 +353,19 @@ def test_generate_retries_then_succeeds_and_rejects_after_max_attempts() -> None
     assert kept + rejected == n and kept == 2
 
 
-def test_generate_is_deterministic_and_revalidate_reproduces() -> None:
+def test_generate_is_deterministic_and_raw_output_revalidates() -> None:
     script = {"a": ["junk", dump(qa_items())], "b": [dump(mc_items(9))]}
     batch = {"id": ["a", "b"], "caption": [CAPTION, CAPTION], "task": ["qa", "mc"]}
     out1 = generate_instructions(batch, backend=ScriptedBackend(script), cfg=CFG, seed=5)
     out2 = generate_instructions(batch, backend=ScriptedBackend(script), cfg=CFG, seed=5)
     assert out1 == out2
     assert out1["repairs"][1] == ["truncated_items"]
-    again = revalidate(out1, cfg=CFG)
-    for col in ("conversations", "reject_reason", "repairs", "attempts", "n_tokens"):
-        assert again[col] == out1[col]
+    for i, task in enumerate(batch["task"]):  # the stored raw output is enough to validate again
+        v = validate(task, out1["raw_output"][i], CAPTION, CFG)
+        assert to_conversations(task, v.items or []) == out1["conversations"][i]
     # stricter rules applied later, without regenerating
-    strict = revalidate(out1, cfg=InstructConfig(truncate_extra_items=False))
-    assert strict["reject_reason"] == [None, "too_many_items"] and strict["conversations"][1] is None
+    strict = InstructConfig(truncate_extra_items=False)
+    assert validate("mc", out1["raw_output"][1], CAPTION, strict).reason == "too_many_items"
 
 
 def test_completion_mode_prefill_is_part_of_raw_output() -> None:
@@ -364,7 +377,8 @@ def test_completion_mode_prefill_is_part_of_raw_output() -> None:
     assert out["reject_reason"] == [None]
     assert out["raw_output"][0].startswith(ins.JSON_OPENING)
     assert "ignored_trailing_text" in out["repairs"][0]
-    assert revalidate(out, cfg=cfg)["conversations"] == out["conversations"]
+    v = validate("mc", out["raw_output"][0], CAPTION, cfg)
+    assert to_conversations("mc", v.items or []) == out["conversations"][0]
 
 
 def test_bad_task_value_is_a_clear_error() -> None:
@@ -372,24 +386,6 @@ def test_bad_task_value_is_a_clear_error() -> None:
         generate_instructions(
             {"id": ["r1"], "caption": ["c"], "task": ["vqa"]}, backend=ScriptedBackend({}), cfg=CFG, seed=0
         )
-
-
-def test_dataset_map_with_output_features() -> None:
-    from datasets import Dataset
-
-    ds = Dataset.from_dict({"id": ["a", "b", "c"], "caption": [CAPTION] * 3, "task": ["mc", "qa", "mc"]})
-    backend = ScriptedBackend({"a": ["x", "x", "x"], "b": [dump(qa_items())], "c": [dump(mc_items())]})
-    out = ds.map(
-        generate_instructions,
-        batched=True,
-        batch_size=1,  # the first batch is all-rejected: types must still be fixed
-        fn_kwargs={"backend": backend, "cfg": CFG, "seed": 0},
-        features=ins.output_features(ds.features),
-        load_from_cache_file=False,
-    )
-    assert out.num_rows == 3
-    assert out["reject_reason"] == ["bad_json", None, None]
-    assert out[2]["conversations"][1] == {"from": "gpt", "value": "B"}
 
 
 def test_answer_cut_by_max_length_is_trimmed_to_whole_sentences_or_rejected() -> None:

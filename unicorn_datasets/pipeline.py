@@ -9,6 +9,8 @@ Global statistics (the Stage-3 text mean) are reduced exactly from per-shard flo
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import os
 import sys
@@ -308,7 +310,7 @@ def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
 
 def stage_instruct(ctx: Context) -> None:
     from .assemble import assemble_instruct
-    from .stages.instructions import generate_instructions, select_tasks
+    from .stages.instruct import generate_instructions, select_tasks, topup_inputs
 
     section = ctx.recipe.get("instruct", {})
     cfg = _instruct_config(ctx)
@@ -317,13 +319,52 @@ def stage_instruct(ctx: Context) -> None:
     caps = accepted_captions(ctx.repo)
     mix = section.get("mix", {"mc": 1 / 3, "qa": 1 / 3, "reasoning": 1 / 3})
     chosen = select_tasks(caps["id"], mix, ctx.build_seed)
-    inputs = caps.select([i for i, rid in enumerate(caps["id"]) if rid in chosen])
-    inputs = inputs.add_column("task", [chosen[r] for r in inputs["id"]])
-    run_llm_stage(
-        ctx, "instruct", inputs,
-        lambda batch, backend: generate_instructions(batch, backend=backend, cfg=cfg, seed=ctx.build_seed),
-        lambda: assemble_instruct(ctx.repo, _llm_id(ctx), _instruct_sha(ctx), selected=len(inputs)),
-    )
+
+    def round_inputs(picked: dict[str, str]) -> datasets.Dataset:
+        ds = caps.select([i for i, rid in enumerate(caps["id"]) if rid in picked])
+        return ds.add_column("task", [picked[r] for r in ds["id"]])
+
+    def make_fn() -> Callable[[dict[str, list]], dict[str, list]]:
+        backend, enc = ctx.backend(), ctx.encoder() if cfg.needs_encoder else None
+        return lambda batch: generate_instructions(batch, backend=backend, cfg=cfg, seed=ctx.build_seed, encoder=enc)
+
+    # round 0 = the task mix; later rounds top up a requested task that has no accepted row yet.
+    # Each round's shards are numbered after the previous rounds', so a resumed build skips them.
+    rounds = [slices(round_inputs(chosen), _shard_size(ctx))]
+    while True:
+        run_sharded(ctx, "instruct", _chain_shards(rounds), make_fn, map_batch_size=_map_batch(ctx))
+        done = ((r["id"], r["task"], r["reject_reason"] is None)
+                for t in ctx.repo.read_parts("instruct", ["id", "task", "reject_reason"]) for r in t.to_pylist())
+        extra = topup_inputs(caps["id"], done, [t for t, v in mix.items() if v], chosen, ctx.build_seed,
+                             cfg.topup_budget)
+        if not extra:
+            break
+        log(f"instruct: top-up round {len(rounds)}: {len(extra)} caption(s) for {sorted(set(extra.values()))}",
+            ctx.rank)
+        rounds.append(slices(round_inputs(extra), _shard_size(ctx)))
+    if ctx.is_main:
+        selected = sum(r[0] for r in rounds)
+        summary = assemble_instruct(ctx.repo, _llm_id(ctx), _instruct_sha(ctx), selected=selected)
+        empty = [t for t, v in mix.items() if v and not summary["tasks"].get(t)]
+        if empty:
+            summary["warnings"] = [f"requested task(s) {empty} have no accepted row (top-up budget "
+                                   f"{cfg.topup_budget} caption(s) spent or no unused caption left)"]
+            log(f"WARNING instruct: {summary['warnings'][0]}", ctx.rank)
+        ctx.repo.mark_stage_complete("instruct", summary)
+    ctx.barrier()
+
+
+def _chain_shards(
+    rounds: list[tuple[int, int, Callable[[int], datasets.Dataset]]],
+) -> tuple[int, int, Callable[[int], datasets.Dataset]]:
+    """Several rounds' (rows, shards, load) as one, shard numbers continuing from round to round."""
+    starts = list(itertools.accumulate((r[1] for r in rounds), initial=0))
+
+    def load(i: int) -> datasets.Dataset:
+        k = bisect.bisect_right(starts, i) - 1
+        return rounds[k][2](i - starts[k])
+
+    return sum(r[0] for r in rounds), starts[-1], load
 
 
 def stage_pretrain(ctx: Context) -> None:
@@ -389,26 +430,21 @@ def stage_pretrain(ctx: Context) -> None:
 
 
 def _instruct_config(ctx: Context) -> Any:
-    from .generation.base import SamplingParams
-    from .stages.instructions import InstructConfig, prompt_provenance
+    from .stages.instruct import InstructConfig, prompt_provenance
 
     section = ctx.recipe.get("instruct", {})
-    keys = ("max_attempts", "max_verbatim_fraction", "min_verbatim_words", "constrained", "truncate_extra_items",
-            "max_chars")
-    cfg = InstructConfig(
-        item_bounds={t: tuple(b) for t, b in section.get("items", {}).items()},
-        prompt_mode=ctx.recipe.get("llm", {}).get("prompt_mode", "auto"),
-        sampling=SamplingParams(**section.get("sampling", {})),
-        **{k: section[k] for k in keys if k in section},
-    )
+    cfg = InstructConfig.from_recipe(section, ctx.recipe.get("llm", {}).get("prompt_mode", "auto"))
     ctx.provenance["instruct"] = {
-        "prompt_sha": prompt_provenance(cfg),
+        "prompt_sha": prompt_provenance(),
         "item_bounds": cfg.item_bounds,
         "prompt_mode": cfg.prompt_mode,
         "constrained": cfg.constrained,
         "max_attempts": cfg.max_attempts,
         "sampling": cfg.sampling.as_dict(),
         "max_verbatim_fraction": cfg.max_verbatim_fraction,
+        "max_chars": cfg.max_chars,
+        "min_answer_support_margin": cfg.min_answer_support_margin,
+        "topup_budget": cfg.topup_budget,
         "mix": section.get("mix"),
     }
     return cfg

@@ -15,11 +15,11 @@ from typing import Any
 from .. import prompts
 from ..generation.base import Backend, GenerationRequest, GenerationResult, SamplingParams
 from ..seeding import row_seed
+from ..textutil import complete_sentences
 from .retry import generate_with_retries
 
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
 _LEAKS = ("Seed:", "Description:", "Seed caption:", "Requirements:")
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 
 
 @dataclass
@@ -67,8 +67,7 @@ def clean(text: str, finish_reason: str) -> str:
     """One paragraph of prose: whitespace collapsed; a cut-off tail trimmed to the last full sentence."""
     text = " ".join(text.split())
     if finish_reason == "length":
-        ends = list(_SENTENCE_END.finditer(text))
-        text = text[: ends[-1].end()] if ends else ""
+        text = complete_sentences(text)
     return text
 
 
