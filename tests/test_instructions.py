@@ -401,3 +401,77 @@ def test_answer_cut_by_max_length_is_trimmed_to_whole_sentences_or_rejected() ->
     assert validate("qa", raw, "", cfg).reason == "answer_cut_off"
     short = json.dumps({"QA Pairs": [{"Question": "What?", "Answer": "A red book"}]})
     assert validate("qa", short, "", cfg).items[0]["Answer"] == "A red book"  # not at the limit: untouched
+
+
+# --------------------------------------------------------------------------- item drops (issue 10)
+
+
+class BagOfWordsEncoder:
+    """Deterministic stand-in for the sentence encoder: normalised word counts over a hashed vocabulary."""
+
+    def encode_text(self, texts: list[str], batch_size: int = 64) -> Any:
+        import numpy as np
+
+        from unicorn_datasets.textutil import words
+
+        out = np.zeros((len(texts), 512), np.float32)
+        for i, t in enumerate(texts):
+            for w in words(t):
+                out[i, int(row_seed(0, w)) % 512] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def test_duplicate_question_is_dropped_and_the_row_kept_when_enough_remain() -> None:
+    cfg = InstructConfig(item_bounds={"mc": (5, 8)})
+    items = [*mc_items(5), mc_item(q="question number 0 about the image.")]
+    v = validate("mc", dump(items), CAPTION, cfg)
+    assert v.reason is None and len(v.items or []) == 5 and "dropped_duplicate_question" in v.repairs
+    assert validate("mc", dump(items), CAPTION, CFG).reason == "duplicate_questions"  # 5 < min 6
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"A": "Red", "B": "red.", "C": "Green", "D": "Black"},  # equal after normalising
+        {"A": "Red", "B": "Dark red", "C": "Green", "D": "Black"},  # one inside the other
+    ],
+)
+def test_same_meaning_options_drop_the_item(options: dict[str, str]) -> None:
+    cfg = InstructConfig(item_bounds={"mc": (5, 8)})
+    v = validate("mc", dump([*mc_items(5), mc_item(q="Which color?", Options=options)]), CAPTION, cfg)
+    assert v.reason is None and len(v.items or []) == 5 and v.repairs == ["dropped_synonym_options"]
+
+
+def test_embedding_checks_drop_synonym_options_and_unsupported_answers() -> None:
+    enc = BagOfWordsEncoder()
+    cfg = InstructConfig(item_bounds={"mc": (1, 3)}, min_answer_support_margin=0.0, max_option_similarity=0.8)
+    good = mc_item(q="What color is the umbrella?", answer="B")  # B = Red: the caption says red umbrella
+    wrong = mc_item(q="Which color does the umbrella have?", answer="A")  # A = Blue: not what the caption says
+    alike = mc_item(q="Where is the dog?", Options={"A": "on the park bench", "B": "the park bench on",
+                                                    "C": "In a car", "D": "Under a table"}, answer="A")
+    v = validate("mc", dump([good, wrong, alike]), CAPTION, cfg, encoder=enc)
+    assert v.reason is None and v.items == [good]
+    assert v.repairs == ["dropped_unsupported_answer", "dropped_synonym_options"]
+    assert validate("mc", dump([wrong]), CAPTION, cfg, encoder=enc).reason == "answer_not_supported"
+    # without an encoder the embedding checks are off
+    assert validate("mc", dump([wrong]), CAPTION, cfg).reason is None
+
+
+# --------------------------------------------------------------------------- top-up (issue 9)
+
+
+def test_topup_gives_an_empty_task_unused_captions_within_the_budget() -> None:
+    ids = [f"c{i}" for i in range(10)]
+    first = {"c0": "mc", "c1": "mc", "c2": "qa"}
+    done = [("c0", "mc", False), ("c1", "mc", False), ("c2", "qa", True)]
+    extra = ins.topup_inputs(ids, done, ["mc", "qa"], first, seed=1, budget=3)
+    assert len(extra) == 2 and set(extra.values()) == {"mc"} and not set(extra) & set(first)
+    assert extra == ins.topup_inputs(ids, done, ["mc", "qa"], first, seed=1, budget=3)  # deterministic
+    assert extra != ins.topup_inputs(ids, done, ["mc", "qa"], first, seed=2, budget=3)  # from the seed
+    # second round: one caption of budget left, then none
+    done2 = done + [(i, "mc", False) for i in extra]
+    assert len(ins.topup_inputs(ids, done2, ["mc", "qa"], first, seed=1, budget=3)) == 1
+    assert ins.topup_inputs(ids, done2, ["mc", "qa"], first, seed=1, budget=2) == {}
+    # a task with rows, or no budget, needs no round
+    assert ins.topup_inputs(ids, [*done, ("c3", "mc", True)], ["mc", "qa"], first, 1, 9) == {}
+    assert ins.topup_inputs(ids, done, ["mc", "qa"], first, seed=1, budget=0) == {}
