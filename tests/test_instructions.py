@@ -475,3 +475,14 @@ def test_topup_gives_an_empty_task_unused_captions_within_the_budget() -> None:
     # a task with rows, or no budget, needs no round
     assert ins.topup_inputs(ids, [*done, ("c3", "mc", True)], ["mc", "qa"], first, 1, 9) == {}
     assert ins.topup_inputs(ids, done, ["mc", "qa"], first, seed=1, budget=0) == {}
+
+
+def test_per_task_max_chars_from_the_recipe() -> None:
+    cfg = InstructConfig.from_recipe(
+        {"max_chars": {"mc": 120, "reasoning": 600}, "min_answer_support_margin": -0.05, "topup_budget": 8}, "auto"
+    )
+    assert json_schema("mc", cfg)["properties"]["QA Pairs"]["items"]["properties"]["Question"]["maxLength"] == 120
+    assert json_schema("reasoning", cfg)["properties"]["QA Pairs"]["items"]["properties"]["Answer"]["maxLength"] == 600
+    assert cfg.chars("qa") == 2000 and cfg.needs_encoder and cfg.topup_budget == 8
+    with pytest.raises(ValueError, match="max_chars: unknown task"):
+        InstructConfig(max_chars={"vqa": 10})
