@@ -65,7 +65,7 @@ def test_task_without_rows_gets_topup_captions_or_a_clear_warning(tiny_llm: Path
     # the top-up budget on unused captions, one per round (mc had 1 caption), then say that mc stayed empty
     out = tmp_path / "out"
     args = ["--recipe", "demo", "--out", str(out), "--limit", "12", "--llm", str(tiny_llm), *TINY_FLAGS,
-            "--set", "instruct.mix={mc: 1, qa: 1}", "--set", "instruct.topup_budget=3",
+            "--stages", "captions,instruct", "--set", "instruct.mix={mc: 1, qa: 1}", "--set", "instruct.topup_budget=3",
             "--set", "instruct.min_answer_support_margin=5.0"]
     r = run_build(args)
     build = out / ".build"
