@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -58,3 +59,30 @@ def test_sigkill_during_stage2_resumes(tiny_llm: Path, tmp_path: Path) -> None:
     for name, mtime in finished.items():
         assert (parts / name).stat().st_mtime_ns == mtime
     check_instruct(out)
+
+
+def test_task_without_rows_gets_topup_captions_or_a_clear_warning(tiny_llm: Path, tmp_path: Path) -> None:
+    # an impossible answer-support margin rejects every mc row, round after round: the build must spend
+    # the top-up budget on captions no task used, then say that mc stayed empty
+    out = tmp_path / "out"
+    args = ["--recipe", "demo", "--out", str(out), "--limit", "12", "--llm", str(tiny_llm), *TINY_FLAGS,
+            "--stages", "captions,instruct", "--set", "instruct.mix={mc: 1, qa: 1}", "--set", "instruct.topup_budget=3",
+            "--set", "instruct.min_answer_support_margin=5.0"]
+    r = run_build(args)
+    build = out / ".build"
+    captions = [row for p in sorted((build / "captions").glob("part-*.parquet"))
+                for row in pq.read_table(p, columns=["reject_reason"]).to_pylist() if row["reject_reason"] is None]
+    assert len(captions) > 2, "the tiny model's captions must leave an unused pool for this test"
+    rounds = re.findall(r"instruct: top-up round (\d+): (\d+) caption\(s\) for \[([^]]*)\]", r.stderr)
+    assert rounds and "'mc'" in rounds[0][2], r.stderr[-3000:]
+    topped = sum(int(n) for _, n, _ in rounds)
+    assert topped == min(3, len(captions) - 2)  # the budget, or the captions no task used
+    assert re.search(r"WARNING instruct: requested task\(s\) \[[^]]*'mc'[^]]*\] have no accepted row", r.stderr)
+    rows = [row for p in sorted((build / "instruct").glob("part-*.parquet"))
+            for row in pq.read_table(p, columns=["id", "task", "reject_reason"]).to_pylist()]
+    assert len(rows) == 2 + topped and len({row["id"] for row in rows}) == len(rows)  # top-ups were unused
+    mc = [row for row in rows if row["task"] == "mc"]
+    assert len(mc) > 1 and all(row["reject_reason"] is not None for row in mc)
+    if r.returncode == 0:  # qa rows survived: the manifest keeps the warning
+        manifest = json.loads((out / "artifacts" / "build_manifest.json").read_text())
+        assert "mc" in manifest["stages"]["instruct"]["warnings"][0]

@@ -10,18 +10,19 @@ from typing import Any
 import pytest
 
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.generation.engine import Engine
 from unicorn_datasets.seeding import row_seed
-from unicorn_datasets.stages import instructions as ins
-from unicorn_datasets.stages.instructions import (
+from unicorn_datasets.stages import instruct as ins
+from unicorn_datasets.stages.instruct import (
     InstructConfig,
-    build_request,
-    generate_instructions,
+    InstructRows,
+    InstructStage,
     json_schema,
-    revalidate,
     select_tasks,
     to_conversations,
     validate,
 )
+from unicorn_datasets.stages.instruct.prompting import fewshot
 
 CAPTION = (
     "A golden retriever sits on a green park bench beside a woman in a yellow raincoat. "
@@ -220,10 +221,15 @@ def test_schema_valid_documents_pass_validation() -> None:
 
 
 def test_fewshot_examples_pass_their_own_validation() -> None:
-    fs = ins._fewshot(None)
+    fs = fewshot()
     for task in ins.TASKS:
         v = validate(task, json.dumps(fs["examples"][task]), fs["example_caption"], CFG)
         assert v.reason is None and v.repairs == [], (task, v)
+
+
+def build_request(rid: str, caption: str, task: str, cfg: InstructConfig, seed: int, attempt: int,
+                  supports_chat: bool) -> GenerationRequest:
+    return InstructRows(cfg, seed, supports_chat).build_request({"id": rid, "caption": caption, "task": task}, attempt)
 
 
 def test_build_request_modes_and_seeds() -> None:
@@ -251,6 +257,14 @@ def test_build_request_modes_and_seeds() -> None:
 
     with pytest.raises(ValueError, match="chat"):
         build_request("r", "x", "mc", InstructConfig(prompt_mode="chat"), 0, 0, supports_chat=False)
+
+
+def test_per_row_validate_matches_the_batch() -> None:
+    ops = InstructRows(CFG, 3, supports_chat=True)
+    row = {"id": "r", "caption": CAPTION, "task": "mc"}
+    value, reason, notes = ops.validate(row, GenerationResult(text=dump(mc_items(9)), n_tokens=1))
+    assert reason is None and notes == ["truncated_items"] and value == to_conversations("mc", mc_items(8))
+    assert ops.validate(row, GenerationResult(text="junk", n_tokens=1))[:2] == (None, "bad_json")
 
 
 # --------------------------------------------------------------------------- task selection
@@ -302,6 +316,16 @@ class ScriptedBackend:
         return [GenerationResult(text=t, n_tokens=len(t.split())) for t in texts]
 
 
+def generate_instructions(batch: dict[str, list], *, backend: Any, cfg: InstructConfig, seed: int) -> dict[str, list]:
+    """One shard of Stage 2 through the generation engine, as the build runs it: the part's columns."""
+    stage = InstructStage(cfg, mix={"mc": 1}, build_seed=seed, model_id="m")
+    stage.rows = InstructRows(cfg, seed, backend.supports_chat)
+    parts: list[dict[str, list]] = []
+    Engine(backend).run([stage.work_unit(0, batch)],
+                        lambda unit, outcomes: parts.append(stage.part_table(batch, outcomes).to_pydict()))
+    return parts[0]
+
+
 def test_generate_retries_then_succeeds_and_rejects_after_max_attempts() -> None:
     good_mc, good_qa = dump(mc_items()), dump(qa_items())
     bad = dump(mc_items(3))
@@ -328,9 +352,9 @@ def test_generate_retries_then_succeeds_and_rejects_after_max_attempts() -> None
     assert out["conversations"][2] is None and out["conversations"][3] is None
     assert out["raw_output"][:3] == [good_mc, good_qa, "not json"]
     assert out["n_tokens"][2] == 2 * len(bad.split()) + 2
-    # one backend call per round, pending rows grouped together, fresh seed each attempt
-    rounds = [[r.key for r in call] for call in backend.calls]
-    assert rounds == [["ok", "retry", "never"], ["retry", "never"], ["never"]]
+    # a failed row is retried at once (its retry goes with the next call), with a fresh seed each attempt
+    rounds = [sorted(r.key for r in call) for call in backend.calls]
+    assert rounds == [["never", "ok", "retry"], ["never", "retry"], ["never"]]
     seeds = [r.seed for call in backend.calls for r in call if r.key == "never"]
     assert len(set(seeds)) == 3
     # honest accounting: every row is either data or a recorded rejection
@@ -340,19 +364,19 @@ def test_generate_retries_then_succeeds_and_rejects_after_max_attempts() -> None
     assert kept + rejected == n and kept == 2
 
 
-def test_generate_is_deterministic_and_revalidate_reproduces() -> None:
+def test_generate_is_deterministic_and_raw_output_revalidates() -> None:
     script = {"a": ["junk", dump(qa_items())], "b": [dump(mc_items(9))]}
     batch = {"id": ["a", "b"], "caption": [CAPTION, CAPTION], "task": ["qa", "mc"]}
     out1 = generate_instructions(batch, backend=ScriptedBackend(script), cfg=CFG, seed=5)
     out2 = generate_instructions(batch, backend=ScriptedBackend(script), cfg=CFG, seed=5)
     assert out1 == out2
     assert out1["repairs"][1] == ["truncated_items"]
-    again = revalidate(out1, cfg=CFG)
-    for col in ("conversations", "reject_reason", "repairs", "attempts", "n_tokens"):
-        assert again[col] == out1[col]
+    for i, task in enumerate(batch["task"]):  # the stored raw output is enough to validate again
+        v = validate(task, out1["raw_output"][i], CAPTION, CFG)
+        assert to_conversations(task, v.items or []) == out1["conversations"][i]
     # stricter rules applied later, without regenerating
-    strict = revalidate(out1, cfg=InstructConfig(truncate_extra_items=False))
-    assert strict["reject_reason"] == [None, "too_many_items"] and strict["conversations"][1] is None
+    strict = InstructConfig(truncate_extra_items=False)
+    assert validate("mc", out1["raw_output"][1], CAPTION, strict).reason == "too_many_items"
 
 
 def test_completion_mode_prefill_is_part_of_raw_output() -> None:
@@ -364,32 +388,15 @@ def test_completion_mode_prefill_is_part_of_raw_output() -> None:
     assert out["reject_reason"] == [None]
     assert out["raw_output"][0].startswith(ins.JSON_OPENING)
     assert "ignored_trailing_text" in out["repairs"][0]
-    assert revalidate(out, cfg=cfg)["conversations"] == out["conversations"]
+    v = validate("mc", out["raw_output"][0], CAPTION, cfg)
+    assert to_conversations("mc", v.items or []) == out["conversations"][0]
 
 
 def test_bad_task_value_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="row r1: column 'task'"):
+    with pytest.raises(ValueError, match="unknown task 'vqa'"):
         generate_instructions(
             {"id": ["r1"], "caption": ["c"], "task": ["vqa"]}, backend=ScriptedBackend({}), cfg=CFG, seed=0
         )
-
-
-def test_dataset_map_with_output_features() -> None:
-    from datasets import Dataset
-
-    ds = Dataset.from_dict({"id": ["a", "b", "c"], "caption": [CAPTION] * 3, "task": ["mc", "qa", "mc"]})
-    backend = ScriptedBackend({"a": ["x", "x", "x"], "b": [dump(qa_items())], "c": [dump(mc_items())]})
-    out = ds.map(
-        generate_instructions,
-        batched=True,
-        batch_size=1,  # the first batch is all-rejected: types must still be fixed
-        fn_kwargs={"backend": backend, "cfg": CFG, "seed": 0},
-        features=ins.output_features(ds.features),
-        load_from_cache_file=False,
-    )
-    assert out.num_rows == 3
-    assert out["reject_reason"] == ["bad_json", None, None]
-    assert out[2]["conversations"][1] == {"from": "gpt", "value": "B"}
 
 
 def test_answer_cut_by_max_length_is_trimmed_to_whole_sentences_or_rejected() -> None:
@@ -405,3 +412,90 @@ def test_answer_cut_by_max_length_is_trimmed_to_whole_sentences_or_rejected() ->
     assert validate("qa", raw, "", cfg).reason == "answer_cut_off"
     short = json.dumps({"QA Pairs": [{"Question": "What?", "Answer": "A red book"}]})
     assert validate("qa", short, "", cfg).items[0]["Answer"] == "A red book"  # not at the limit: untouched
+
+
+# --------------------------------------------------------------------------- item drops (issue 10)
+
+
+class BagOfWordsEncoder:
+    """Deterministic stand-in for the sentence encoder: normalised word counts over a hashed vocabulary."""
+
+    def encode_text(self, texts: list[str], batch_size: int = 64) -> Any:
+        import numpy as np
+
+        from unicorn_datasets.textutil import words
+
+        out = np.zeros((len(texts), 512), np.float32)
+        for i, t in enumerate(texts):
+            for w in words(t):
+                out[i, int(row_seed(0, w)) % 512] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def test_duplicate_question_is_dropped_and_the_row_kept_when_enough_remain() -> None:
+    cfg = InstructConfig(item_bounds={"mc": (5, 8)})
+    items = [*mc_items(5), mc_item(q="question number 0 about the image.")]
+    v = validate("mc", dump(items), CAPTION, cfg)
+    assert v.reason is None and len(v.items or []) == 5 and "dropped_duplicate_question" in v.repairs
+    assert validate("mc", dump(items), CAPTION, CFG).reason == "duplicate_questions"  # 5 < min 6
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"A": "Red", "B": "red.", "C": "Green", "D": "Black"},  # equal after normalising
+        {"A": "Red", "B": "Dark red", "C": "Green", "D": "Black"},  # one inside the other
+    ],
+)
+def test_same_meaning_options_drop_the_item(options: dict[str, str]) -> None:
+    cfg = InstructConfig(item_bounds={"mc": (5, 8)})
+    v = validate("mc", dump([*mc_items(5), mc_item(q="Which color?", Options=options)]), CAPTION, cfg)
+    assert v.reason is None and len(v.items or []) == 5 and v.repairs == ["dropped_synonym_options"]
+
+
+def test_embedding_checks_drop_synonym_options_and_unsupported_answers() -> None:
+    enc = BagOfWordsEncoder()
+    cfg = InstructConfig(item_bounds={"mc": (1, 3)}, min_answer_support_margin=0.0, max_option_similarity=0.8)
+    good = mc_item(q="What color is the umbrella?", answer="B")  # B = Red: the caption says red umbrella
+    wrong = mc_item(q="Which color does the umbrella have?", answer="A")  # A = Blue: not what the caption says
+    alike = mc_item(q="Where is the dog?", Options={"A": "on the park bench", "B": "the park bench on",
+                                                    "C": "In a car", "D": "Under a table"}, answer="A")
+    v = validate("mc", dump([good, wrong, alike]), CAPTION, cfg, encoder=enc)
+    assert v.reason is None and v.items == [good]
+    assert v.repairs == ["dropped_unsupported_answer", "dropped_synonym_options"]
+    assert validate("mc", dump([wrong]), CAPTION, cfg, encoder=enc).reason == "answer_not_supported"
+    # without an encoder the embedding checks are off
+    assert validate("mc", dump([wrong]), CAPTION, cfg).reason is None
+
+
+# --------------------------------------------------------------------------- top-up (issue 9)
+
+
+def test_topup_gives_an_empty_task_unused_captions_within_the_budget() -> None:
+    ids = [f"c{i}" for i in range(10)]
+    first = {"c0": "mc", "c1": "mc", "c2": "qa"}
+    done = [("c0", "mc", False), ("c1", "mc", False), ("c2", "qa", True)]
+    extra = ins.topup_inputs(ids, done, ["mc", "qa"], first, seed=1, budget=3)
+    assert len(extra) == 2 and set(extra.values()) == {"mc"} and not set(extra) & set(first)
+    assert extra == ins.topup_inputs(ids, done, ["mc", "qa"], first, seed=1, budget=3)  # deterministic
+    assert extra != ins.topup_inputs(ids, done, ["mc", "qa"], first, seed=2, budget=3)  # from the seed
+    # second round: one caption of budget left, then none
+    done2 = done + [(i, "mc", False) for i in extra]
+    assert len(ins.topup_inputs(ids, done2, ["mc", "qa"], first, seed=1, budget=3)) == 1
+    assert ins.topup_inputs(ids, done2, ["mc", "qa"], first, seed=1, budget=2) == {}
+    # a task with rows, or no budget, needs no round
+    assert ins.topup_inputs(ids, [*done, ("c3", "mc", True)], ["mc", "qa"], first, 1, 9) == {}
+    assert ins.topup_inputs(ids, done, ["mc", "qa"], first, seed=1, budget=0) == {}
+
+
+def test_per_task_max_chars_from_the_recipe() -> None:
+    from unicorn_datasets.recipe import load_recipe
+
+    recipe = load_recipe("demo", {"instruct.max_chars": {"mc": 120, "reasoning": 600},
+                                  "instruct.min_answer_support_margin": -0.05, "instruct.topup_budget": 8})
+    cfg = InstructConfig.from_recipe(recipe.instruct, "auto")
+    assert json_schema("mc", cfg)["properties"]["QA Pairs"]["items"]["properties"]["Question"]["maxLength"] == 120
+    assert json_schema("reasoning", cfg)["properties"]["QA Pairs"]["items"]["properties"]["Answer"]["maxLength"] == 600
+    assert cfg.chars("qa") == 2000 and cfg.needs_encoder and cfg.topup_budget == 8
+    with pytest.raises(ValueError, match="max_chars: unknown task"):
+        InstructConfig(max_chars={"vqa": 10})

@@ -26,11 +26,11 @@ import numpy as np
 import pyarrow as pa
 
 from .contract import assert_rows
+from .textutil import IMAGE_TOKEN
 
 __all__ = ["DEFAULT_CONFIGS", "IMAGE_TOKEN", "export_bunny"]
 
 DEFAULT_CONFIGS = ("pretrain", "instruct")
-IMAGE_TOKEN = "<image>"
 _BATCH_ROWS = 4096
 
 

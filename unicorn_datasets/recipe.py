@@ -90,9 +90,15 @@ class InstructSection:
     # captions per task: ints are absolute counts, floats fractions of the Stage-1 captions
     mix: dict[InstructTask, int | float] = field(default_factory=lambda: {"mc": 1 / 3, "qa": 1 / 3, "reasoning": 1 / 3})
     items: dict[InstructTask, tuple[int, int]] = field(default_factory=dict)  # (min, max) per task; unset: built-in
-    max_chars: int = field(default=2000, metadata=_min(1))  # schema maxLength per question/option/answer
+    # schema maxLength per question/option/answer: one number, or per task ({reasoning: 600}; others 2000)
+    max_chars: int | dict[InstructTask, int] = 2000
     max_attempts: int = field(default=3, metadata=_min(1))
     max_verbatim_fraction: float = 0.6
+    max_option_similarity: float = 0.92  # MC options this similar (embedding cosine) drop their item
+    # MC answer support: the marked option must beat every other option's caption support by this margin
+    # (cosine units); None = off. Setting it loads `transfer.encoder` in Stage 2.
+    min_answer_support_margin: float | None = None
+    topup_budget: int = field(default=0, metadata=_min(0))  # extra captions for a requested task left empty
     min_verbatim_words: int = field(default=5, metadata=_min(1))
     constrained: bool = True  # send the JSON schema with each request
     truncate_extra_items: bool = True  # more than max items -> keep the first max (else reject)

@@ -214,10 +214,14 @@ class BuildRepo:
         write_parquet(table, self.part_path(stage, shard))
 
     def part_meta(self, stage: str) -> list[dict[str, Any]]:
-        out = []
+        return list(self.part_meta_by_shard(stage).values())
+
+    def part_meta_by_shard(self, stage: str) -> dict[int, dict[str, Any]]:
+        """{shard: the sidecar of its landed part}, in shard order."""
+        out = {}
         for shard in sorted(self.done_shards(stage)):
             meta_path = self.stage_dir(stage) / f"part-{shard:05d}.json"
-            out.append(json.loads(meta_path.read_text()) if meta_path.exists() else {})
+            out[shard] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         return out
 
     def read_parts(self, stage: str, columns: list[str] | None = None) -> Iterator[pa.Table]:

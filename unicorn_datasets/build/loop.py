@@ -44,8 +44,7 @@ def collect_seeds(recipe: Recipe) -> tuple[list[Any], dict[str, Any]]:
 def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage]:
     """The recipe's stages, in order, each built from its own recipe section."""
     from ..stages.captions import CaptionConfig, CaptionStage
-    from ..stages.instruct_stage import InstructStage
-    from ..stages.instructions import InstructConfig
+    from ..stages.instruct import InstructConfig, InstructStage
     from ..stages.pretrain import InstructEmbeddings, PretrainStage
     from ..stages.transfer_stage import TransferConfig
 
@@ -55,12 +54,8 @@ def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage
     ]
     instruct = None
     if "instruct" in recipe.stages:
-        section = recipe.instruct
-        keys = ("max_attempts", "max_verbatim_fraction", "min_verbatim_words", "constrained", "truncate_extra_items",
-                "max_chars", "sampling")
-        cfg = InstructConfig(item_bounds=dict(section.items), prompt_mode=mode,
-                             **{k: getattr(section, k) for k in keys})
-        instruct = InstructStage(cfg, mix=section.mix, build_seed=seed, model_id=model_id)
+        cfg = InstructConfig.from_recipe(recipe.instruct, mode)
+        instruct = InstructStage(cfg, mix=recipe.instruct.mix, build_seed=seed, model_id=model_id)
         stages.append(instruct)
     if "pretrain" in recipe.stages:
         transfer = recipe.transfer

@@ -30,16 +30,24 @@ from .context import Context, log
 
 @dataclass(frozen=True)
 class Shards:
-    """A dataset cut into consecutive fixed-size shards."""
+    """A dataset cut into consecutive fixed-size shards, numbered `first` .. `count - 1`.
+
+    `first` > 0 continues the numbering of earlier rounds of the same stage (their parts stay theirs)."""
 
     rows: int
     count: int
     load: Callable[[int], datasets.Dataset]
+    first: int = 0
 
     @classmethod
-    def of(cls, ds: datasets.Dataset, size: int) -> Shards:
+    def of(cls, ds: datasets.Dataset, size: int, *, start: int = 0) -> Shards:
         n = len(ds)
-        return cls(n, math.ceil(n / size) if n else 0, lambda i: ds.select(range(i * size, min((i + 1) * size, n))))
+
+        def load(i: int) -> datasets.Dataset:
+            k = i - start
+            return ds.select(range(k * size, min((k + 1) * size, n)))
+
+        return cls(n, start + (math.ceil(n / size) if n else 0), load, start)
 
 
 class GenerationStage(Protocol):
@@ -55,7 +63,7 @@ class GenerationStage(Protocol):
 def _plan(ctx: Context, name: str, shards: Shards) -> tuple[list[int], dict[str, Any]]:
     """This rank's unfinished shards; half-written parts of a killed run are removed first (rank 0)."""
     repo = ctx.repo
-    mine = [i for i in range(shards.count) if i % ctx.world == ctx.rank]
+    mine = [i for i in range(shards.first, shards.count) if i % ctx.world == ctx.rank]
     if ctx.is_main:
         stale = repo.remove_stale_tmp(name)
         if stale:
@@ -69,15 +77,20 @@ def _plan(ctx: Context, name: str, shards: Shards) -> tuple[list[int], dict[str,
          "rejected_run": 0, "seconds": 0.0},
     )
     stats["shards_skipped"] += len(mine) - len(todo)
-    log(f"{name}: {shards.count} shards in all; this rank has {len(mine)}: {len(mine) - len(todo)} finished earlier "
-        f"(skipped), {len(todo)} to run", ctx.rank)
+    stats["shards_total"] = max(stats["shards_total"], shards.count)
+    skipped = len(mine) - len(todo)
+    log(f"{name}: {shards.count - shards.first} shards in all; this rank has {len(mine)}: {skipped} finished "
+        f"earlier (skipped), {len(todo)} to run", ctx.rank)
     return todo, stats
 
 
 def _progress(ctx: Context, name: str, shards: Shards) -> StageProgress:
     repo = ctx.repo
-    return StageProgress(name, shards.rows, enabled=ctx.is_main,
-                         done_rows=lambda: sum(m.get("rows", 0) for m in repo.part_meta(name)))
+
+    def done_rows() -> int:  # rows of this call's shards that have landed (any rank)
+        return sum(m.get("rows", 0) for i, m in repo.part_meta_by_shard(name).items() if i >= shards.first)
+
+    return StageProgress(name, shards.rows, enabled=ctx.is_main, done_rows=done_rows)
 
 
 def _land(ctx: Context, name: str, shard: int, table: pa.Table, *, tokens: int, rejected: int, secs: float,

@@ -25,6 +25,7 @@ from ..recipe import CaptionsSection
 from ..reserved import DEFAULT, ReservedTokens
 from ..seeding import row_seed
 from ..seeds import Seed
+from ..textutil import complete_sentences
 from .base import OUTCOME_FIELDS, GenerationStage, outcome_columns
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
 _LEAKS = ("Seed:", "Description:", "Seed caption:", "Requirements:")
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 
 
 @dataclass
@@ -81,8 +81,7 @@ def clean(text: str, finish_reason: str) -> str:
     """One paragraph of prose: whitespace collapsed; a cut-off tail trimmed to the last full sentence."""
     text = " ".join(text.split())
     if finish_reason == "length":
-        ends = list(_SENTENCE_END.finditer(text))
-        text = text[: ends[-1].end()] if ends else ""
+        text = complete_sentences(text)
     return text
 
 

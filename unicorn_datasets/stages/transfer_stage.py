@@ -15,9 +15,9 @@ import numpy as np
 from .. import prompts
 from ..recipe import TransferSection
 from ..seeding import row_seed, row_seeds
+from ..textutil import IMAGE_TOKEN
 from ..transfer import METHODS, apply_transfer
 
-IMAGE_TOKEN = "<image>"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 

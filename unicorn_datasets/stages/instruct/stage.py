@@ -1,0 +1,164 @@
+"""Stage 2 as a stage: accepted captions, each given a task, -> multi-turn conversations or rejections.
+
+One LLM call per caption asks for JSON only: ``{"QA Pairs": [...]}``, whose items are
+``{"Question", "Options": {"A", "B", "C", "D"}, "Answer"}`` for ``mc`` and ``{"Question", "Answer"}``
+for ``qa`` and ``reasoning``. The generation engine retries an invalid row with a new per-attempt
+seed and, after ``max_attempts``, records it as a rejection (``reject_reason``). ``raw_output``
+always stores a whole JSON text (prefill + continuation), so validation never needs the prompt mode.
+
+Round 0 gives each selected caption its task (the recipe's mix). A requested task that ends with no
+accepted row gets unused captions in top-up rounds (`topup_budget`); each round's shards are
+numbered after the previous rounds', so a resumed build skips them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import pyarrow as pa
+
+from ...assemble import CONVERSATION
+from ...build.context import log
+from ...build.shards import Shards, run_generation
+from ...generation.base import GenerationRequest, GenerationResult
+from ...generation.engine import RowOutcome, WorkUnit
+from ...reserved import DEFAULT, ReservedTokens
+from ...seeding import row_seed
+from ..base import OUTCOME_FIELDS, outcome_columns
+from ..captions import accepted_captions
+from .config import InstructConfig
+from .conversations import to_conversations
+from .prompting import build_prompt, fewshot, prefill, prompt_provenance, resolve_mode
+from .schema import json_schema
+from .selection import select_tasks, topup_inputs
+from .support import TextEncoder
+from .validation import validate
+
+if TYPE_CHECKING:
+    from ...build.context import Context
+    from ...repo import BuildRepo
+
+Row = dict[str, Any]  # needs "id", "caption", "task"
+
+
+@dataclass(frozen=True)
+class InstructRows:
+    """The per-row pair a generation engine calls: ``build_request(row, attempt)`` and
+    ``validate(row, result) -> (conversations | None, reason, repairs)``."""
+
+    cfg: InstructConfig
+    seed: int  # the build seed
+    supports_chat: bool  # the backend has a chat template
+    encoder: TextEncoder | None = None  # the embedding checks (None = off)
+    reserved: ReservedTokens = DEFAULT  # tokens no conversation may carry
+
+    @property
+    def prefill(self) -> str:
+        return prefill(self.cfg, resolve_mode(self.cfg, self.supports_chat))
+
+    def build_request(self, row: Row, attempt: int) -> GenerationRequest:
+        mode = resolve_mode(self.cfg, self.supports_chat)
+        rid, task = str(row["id"]), row["task"]
+        prompt = build_prompt(row["caption"], task, self.cfg, mode)
+        schema = json_schema(task, self.cfg) if self.cfg.constrained else None
+        rseed = row_seed(self.seed, rid, attempt, stream="instruct")
+        if mode == "chat":
+            return GenerationRequest(
+                key=rid, seed=rseed, messages=[{"role": "user", "content": prompt}], json_schema=schema
+            )
+        stop = tuple(fewshot().get("stop", ()))
+        return GenerationRequest(key=rid, seed=rseed, prompt=prompt, json_schema=schema, stop=stop)
+
+    def validate(self, row: Row, result: GenerationResult) -> tuple[Any, str | None, list[str]]:
+        v = validate(row["task"], self.prefill + result.text, row["caption"], self.cfg, self.encoder, self.reserved)
+        return (to_conversations(row["task"], v.items) if v.items is not None else None), v.reason, v.repairs
+
+
+class InstructStage:
+    name = "instruct"
+
+    def __init__(self, cfg: InstructConfig, *, mix: dict[str, int | float], build_seed: int, model_id: str) -> None:
+        self.cfg, self.mix, self.build_seed, self.model_id = cfg, dict(mix), build_seed, model_id
+        self.selected = 0
+        self.rows: InstructRows | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"prompt_sha": prompt_provenance(), "item_bounds": c.item_bounds, "prompt_mode": c.prompt_mode,
+                "constrained": c.constrained, "max_attempts": c.max_attempts, "sampling": c.sampling.as_dict(),
+                "max_verbatim_fraction": c.max_verbatim_fraction, "max_chars": c.max_chars,
+                "min_answer_support_margin": c.min_answer_support_margin, "topup_budget": c.topup_budget,
+                "mix": self.mix}
+
+    def prompt_sha(self) -> str:
+        return json.dumps(prompt_provenance(), sort_keys=True)
+
+    def run(self, ctx: Context) -> None:
+        chat = ctx.prompt_mode() == "chat"
+        self.ctx, self.chat = ctx, chat
+        caps = accepted_captions(ctx.repo)
+        chosen = select_tasks(caps["id"], self.mix, self.build_seed)
+
+        def round_inputs(picked: dict[str, str]) -> datasets.Dataset:
+            ds = caps.select([i for i, rid in enumerate(caps["id"]) if rid in picked])
+            return ds.add_column("task", [picked[r] for r in ds["id"]])
+
+        requested = [t for t, v in self.mix.items() if v]
+        rounds = [round_inputs(chosen)]
+        start = 0
+        while True:
+            shards = Shards.of(rounds[-1], ctx.shard_size, start=start)
+            run_generation(ctx, self, shards)
+            start = shards.count
+            done = ((r["id"], r["task"], r["reject_reason"] is None)
+                    for t in ctx.repo.read_parts(self.name, ["id", "task", "reject_reason"]) for r in t.to_pylist())
+            extra = topup_inputs(caps["id"], done, requested, chosen, self.build_seed, self.cfg.topup_budget)
+            if not extra:
+                break
+            log(f"instruct: top-up round {len(rounds)}: {len(extra)} caption(s) for {sorted(set(extra.values()))}",
+                ctx.rank)
+            rounds.append(round_inputs(extra))
+        self.selected = sum(len(r) for r in rounds)
+
+    def _row_ops(self) -> InstructRows:
+        if self.rows is None:  # work exists: load the encoder only now, and only if a check needs it
+            enc = self.ctx.encoder() if self.cfg.needs_encoder else None
+            self.rows = InstructRows(self.cfg, self.build_seed, self.chat, enc, self.ctx.reserved_tokens())
+        return self.rows
+
+    def work_unit(self, shard: int, rows: dict[str, list]) -> WorkUnit:
+        ops = self._row_ops()
+        items = [{"id": str(i), "caption": "" if c is None else str(c), "task": t}
+                 for i, c, t in zip(rows["id"], rows["caption"], rows["task"], strict=True)]
+        empty = {k: RowOutcome(reason="empty_caption") for k, r in enumerate(items) if not r["caption"].strip()}
+        return WorkUnit(shard, [r["id"] for r in items], lambda k, attempt: ops.build_request(items[k], attempt),
+                        lambda k, res: ops.validate(items[k], res), self.cfg.sampling, self.cfg.max_attempts,
+                        decided=empty)
+
+    def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
+        pre = self._row_ops().prefill
+        cols = {**{k: rows[k] for k in ("id", "caption", "task")},
+                "conversations": [o.value for o in outcomes],
+                "raw_output": [pre + o.raw if o.attempts else None for o in outcomes],
+                "repairs": [o.notes if o.value is not None else [] for o in outcomes],
+                **outcome_columns(outcomes)}
+        return pa.Table.from_pydict(cols, schema=PART_SCHEMA)
+
+    def assemble(self, repo: BuildRepo) -> dict[str, Any]:
+        from ...assemble import assemble_instruct
+
+        summary = assemble_instruct(repo, self.model_id, self.prompt_sha(), selected=self.selected)
+        empty = [t for t, v in self.mix.items() if v and not summary["tasks"].get(t)]
+        if empty:
+            summary["warnings"] = [f"requested task(s) {empty} have no accepted row (top-up budget "
+                                   f"{self.cfg.topup_budget} caption(s) spent or no unused caption left)"]
+            log(f"WARNING instruct: {summary['warnings'][0]}")
+        return summary
+
+
+PART_SCHEMA = pa.schema([("id", pa.string()), ("caption", pa.string()), ("task", pa.string()),
+                         ("conversations", CONVERSATION), ("raw_output", pa.string()),
+                         ("repairs", pa.list_(pa.string())), *OUTCOME_FIELDS])

@@ -1,0 +1,29 @@
+"""Text constants and helpers shared by every stage: the image placeholder, sentence ends, word tokens."""
+
+from __future__ import annotations
+
+import re
+
+IMAGE_TOKEN = "<image>"  # LLaVA-style placeholder in the first human turn
+SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
+_WORD = re.compile(r"[0-9a-z]+(?:'[0-9a-z]+)*")
+
+
+def complete_sentences(text: str) -> str:
+    """``text`` up to its last sentence end ("" when it has none): drops a cut-off tail."""
+    ends = list(SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()].strip() if ends else ""
+
+
+def ends_sentence(text: str) -> bool:
+    return bool(SENTENCE_END.search(text[-2:] + " "))
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (letters/digits, inner apostrophes kept)."""
+    return _WORD.findall(text.casefold())
+
+
+def norm_text(s: str) -> str:
+    """Case, inner whitespace and final punctuation ignored: "Red." == "red"."""
+    return " ".join(s.casefold().split()).rstrip(" .!?")
