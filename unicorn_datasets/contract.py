@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .reserved import DEFAULT, IMAGE_TOKEN, ReservedTokens
+from .reserved import DEFAULT, ReservedTokens
+from .textutil import IMAGE_TOKEN
 
 RULES = (
     "image_placeholder_count",

@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-IMAGE_TOKEN = "<image>"
 REASON = "reserved_token"
 
 # Media placeholders (written as their plain word when repaired) and the chat-template tokens of
