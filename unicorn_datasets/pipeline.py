@@ -263,6 +263,8 @@ def stage_captions(ctx: Context, seeds: list[Any]) -> None:
     llm = ctx.recipe.get("llm", {})
     cfg = CaptionConfig.from_recipe(ctx.recipe.get("captions", {}), llm.get("prompt_mode", "chat"))
     ctx.provenance["captions"] = cfg.provenance()
+    if cfg.min_seed_cosine > 0:  # the off-seed check embeds with the Stage-3 text encoder
+        ctx.provenance["captions"]["seed_check_encoder"] = ctx.recipe.get("transfer", {}).get("encoder", "minilm")
     if _already_complete(ctx, "captions"):
         return
     inputs = datasets.Dataset.from_dict(
@@ -270,7 +272,8 @@ def stage_captions(ctx: Context, seeds: list[Any]) -> None:
     )
     run_llm_stage(
         ctx, "captions", inputs,
-        lambda batch, backend: expand_batch(batch, backend=backend, cfg=cfg, build_seed=ctx.build_seed),
+        lambda batch, backend: expand_batch(batch, backend=backend, cfg=cfg, build_seed=ctx.build_seed,
+                                            encoder=ctx.encoder() if cfg.min_seed_cosine > 0 else None),
         lambda: assemble_captions(ctx.repo, _llm_id(ctx), cfg.provenance()["prompt_sha"]),
     )
 

@@ -2,13 +2,17 @@
 
 Two prompt modes: `chat` (instruction-tuned models: the paper's requirements with the seed
 appended) and `completion` (base models: a few-shot prefix ending in "Description:", stopped at
-a blank line). Outputs that are empty, out of the word bounds, cut off or degenerate are retried
-and finally recorded as rejections with the reason.
+a blank line). Outputs that are empty, out of the word bounds, cut off by `max_new_tokens`,
+degenerate or off their seed (content-word overlap and, with the recipe's text encoder, cosine)
+are retried and finally recorded as rejections with the reason; every attempt's reason is kept.
+A cut-off caption is rejected (`truncated`) unless `keep_truncated`, which keeps it trimmed to its
+last full sentence and flags it in the `truncated` column: it is never trimmed silently.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +20,7 @@ from .. import prompts
 from ..generation.base import Backend, GenerationRequest, GenerationResult, SamplingParams
 from ..seeding import row_seed
 from .retry import generate_with_retries
+from .seed_check import SeedCosine
 
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
 _LEAKS = ("Seed:", "Description:", "Seed caption:", "Requirements:")
@@ -26,6 +31,8 @@ _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 class CaptionConfig:
     min_words: int = 51
     min_seed_overlap: float = 0.0  # share of the seed's content words the caption must mention (0 = off)
+    min_seed_cosine: float = 0.0  # seed-caption cosine with the recipe's text encoder, else off_seed (0 = off)
+    keep_truncated: bool = False  # keep captions cut by max_new_tokens (trimmed, flagged) instead of rejecting
     max_words: int = 483
     max_attempts: int = 3
     prompt_mode: str = "chat"  # "chat" | "completion"
@@ -36,7 +43,7 @@ class CaptionConfig:
     @classmethod
     def from_recipe(cls, section: dict[str, Any], prompt_mode: str) -> CaptionConfig:
         sampling = SamplingParams(**section.get("sampling", {}))
-        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap")
+        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap", "min_seed_cosine", "keep_truncated")
         return cls(prompt_mode=prompt_mode, sampling=sampling, **{k: section[k] for k in keys if k in section})
 
     @property
@@ -51,6 +58,8 @@ class CaptionConfig:
             "max_words": self.max_words,
             "max_attempts": self.max_attempts,
             "min_seed_overlap": self.min_seed_overlap,
+            "min_seed_cosine": self.min_seed_cosine,
+            "keep_truncated": self.keep_truncated,
             "sampling": self.sampling.as_dict(),
         }
 
@@ -63,10 +72,11 @@ def build_request(row_id: str, seed_text: str, cfg: CaptionConfig, build_seed: i
     return GenerationRequest(key=row_id, seed=seed, prompt=prompt, stop=COMPLETION_STOPS)
 
 
-def clean(text: str, finish_reason: str) -> str:
-    """One paragraph of prose: whitespace collapsed; a cut-off tail trimmed to the last full sentence."""
+def clean(text: str, finish_reason: str, keep_truncated: bool = True) -> str:
+    """One paragraph of prose: whitespace collapsed; a cut-off tail trimmed to the last full sentence
+    when it is to be kept (`check` rejects it otherwise)."""
     text = " ".join(text.split())
-    if finish_reason == "length":
+    if finish_reason == "length" and keep_truncated:
         ends = list(_SENTENCE_END.finditer(text))
         text = text[: ends[-1].end()] if ends else ""
     return text
@@ -105,9 +115,17 @@ def seed_overlap(seed: str, caption: str) -> float:
     return len(content & said) / len(content)
 
 
-def check(text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "") -> str | None:
-    """The rejection reason, or None when the caption is acceptable."""
-    if not text:
+def check(
+    text: str,
+    cfg: CaptionConfig,
+    finish_reason: str,
+    seed: str = "",
+    seed_cosine: Callable[[str], float] | None = None,
+) -> str | None:
+    """The rejection reason, or None when the caption is acceptable.
+
+    `seed_cosine(caption)` (an encoder call) runs last, only for captions every cheap check passed."""
+    if not text or (finish_reason == "length" and not cfg.keep_truncated):
         return "truncated" if finish_reason == "length" else "empty"
     if any(leak in text for leak in _LEAKS):
         return "prompt_leak"
@@ -120,17 +138,28 @@ def check(text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "") -> 
         return "too_long"
     if cfg.min_seed_overlap > 0 and seed_overlap(seed, text) < cfg.min_seed_overlap:
         return "drifted_from_seed"
+    if cfg.min_seed_cosine > 0:
+        if seed_cosine is None:
+            raise ValueError("captions.min_seed_cosine is set but no text encoder was given to the check")
+        if seed_cosine(text) < cfg.min_seed_cosine:
+            return "off_seed"
     return None
 
 
-def expand_batch(batch: dict[str, list], *, backend: Backend, cfg: CaptionConfig, build_seed: int) -> dict[str, list]:
-    """Batched map function over seed rows (`id`, `seed`, `source`) -> captions or rejections."""
+def expand_batch(
+    batch: dict[str, list], *, backend: Backend, cfg: CaptionConfig, build_seed: int, encoder: Any = None
+) -> dict[str, list]:
+    """Batched map function over seed rows (`id`, `seed`, `source`) -> captions or rejections.
+
+    `encoder` (the recipe's text encoder) is needed when `cfg.min_seed_cosine` > 0."""
     ids, seeds = batch["id"], batch["seed"]
+    cosine = SeedCosine(encoder, seeds) if cfg.min_seed_cosine > 0 and encoder is not None else None
 
     def validate(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
-        text = clean(res.text, res.finish_reason)
-        reason = check(text, cfg, res.finish_reason, seeds[i])
-        return (text if reason is None else None), reason, []
+        text = clean(res.text, res.finish_reason, cfg.keep_truncated)
+        reason = check(text, cfg, res.finish_reason, seeds[i], (lambda c: cosine(i, c)) if cosine else None)
+        notes = ["truncated"] if reason is None and res.finish_reason == "length" else []
+        return (text if reason is None else None), reason, notes
 
     outcomes = generate_with_retries(
         len(ids),
@@ -148,4 +177,6 @@ def expand_batch(batch: dict[str, list], *, backend: Backend, cfg: CaptionConfig
         "attempts": [o.attempts for o in outcomes],
         "n_tokens": [o.n_tokens for o in outcomes],
         "gen_seed": [o.seed for o in outcomes],
+        "truncated": [o.value is not None and "truncated" in o.notes for o in outcomes],
+        "attempt_reasons": [o.reasons for o in outcomes],
     }

@@ -654,6 +654,7 @@ def generate_instructions(
         reject_reason=[o.reason if o.value is None else None for o in rows],
         raw_output=[prefill + o.raw if o.attempts else None for o in rows],
         attempts=[o.attempts for o in rows],
+        attempt_reasons=[o.reasons for o in rows],
         n_tokens=[o.n_tokens for o in rows],
         repairs=[o.notes if o.value is not None else [] for o in rows],
     )

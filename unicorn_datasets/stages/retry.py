@@ -2,7 +2,8 @@
 
 All pending rows of a round go to the backend in one call (so it can batch them); rows whose
 output fails validation are retried with a new per-attempt seed, up to `max_attempts`, and then
-recorded as rejected with the last reason. Nothing is dropped silently.
+recorded as rejected with the last reason. The reason of every failed attempt is kept in
+`RowOutcome.reasons`, so an accepted row shows why it needed retries. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..generation.base import Backend, GenerationRequest, GenerationResult, Samp
 class RowOutcome:
     value: Any = None  # the validated output, None when rejected
     reason: str | None = None  # rejection reason of the last attempt
+    reasons: list[str] = field(default_factory=list)  # the reason of every failed attempt, in order
     raw: str = ""  # last raw model text, kept so validation can be re-run without regenerating
     attempts: int = 0
     n_tokens: int = 0
@@ -51,6 +53,7 @@ def generate_with_retries(
                 o.value, o.reason, o.notes = value, None, notes
             else:
                 o.reason = reason
+                o.reasons.append(reason)
                 still.append(i)
         pending = still
     return outcomes
