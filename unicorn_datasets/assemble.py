@@ -285,6 +285,11 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _reasons(counts: dict[str, int], rows_in: int | None) -> str:
+    """`reason=count (rate)` per reason; the rate is of the stage's rows in."""
+    return ", ".join(f"{k}={v}" + (f" ({v / rows_in:.1%})" if rows_in else "") for k, v in sorted(counts.items()))
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     lines = [
         "",
@@ -306,8 +311,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         lines.append(
             f"{stage:<10}{s.get('rows_in', r.get('rows_run', 0)):>9}{s.get('rows_out', '-'):>10}"
             f"{sum(rejected.values()):>10}  {shards:<20}{tokens:>9}{secs:>9.1f}{rate:>8}  "
-            + (", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "-")
+            + (_reasons(rejected, s.get("rows_in", 0)) or "-")
         )
+        if s.get("attempt_reasons"):
+            lines.append(f"{'':<10}failed attempts (retries included): {_reasons(s['attempt_reasons'], None)}")
     pre = summary["stages"].get("pretrain", {})
     if pre:
         lines.append(f"Stage 3: {pre.get('dim')}-d embeddings, {pre.get('truncated_by_encoder', 0)} caption(s) "
