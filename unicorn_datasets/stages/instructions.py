@@ -597,6 +597,7 @@ def output_features(input_features: Any) -> Any:
             "reject_reason": Value("string"),
             "raw_output": Value("string"),
             "attempts": Value("int32"),
+            "attempt_reasons": List(Value("string")),
             "n_tokens": Value("int64"),
             "repairs": List(Value("string")),
         }
