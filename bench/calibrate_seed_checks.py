@@ -26,11 +26,12 @@ from unicorn_datasets.stages.seed_check import seed_caption_cosine
 
 
 def pairs(folder: Path) -> tuple[list[str], list[str]]:
-    """(seeds, captions) of the accepted Stage-1 rows of a build folder."""
-    files = sorted((folder / "captions").glob("*.parquet"))
+    """(seeds, captions) of the accepted Stage-1 rows of a build folder (or of its finished shards, while the
+    build is still running)."""
+    files = sorted((folder / "captions").glob("*.parquet")) or sorted(folder.glob(".build/captions/part-*.parquet"))
     if not files:
         raise SystemExit(f"{folder} has no captions config: build it first (see this script's docstring)")
-    rows = [r for f in files for r in pq.read_table(f, columns=["seed", "caption"]).to_pylist()]
+    rows = [r for f in files for r in pq.read_table(f, columns=["seed", "caption"]).to_pylist() if r["caption"]]
     return [r["seed"] for r in rows], [r["caption"] for r in rows]
 
 
