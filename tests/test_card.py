@@ -90,6 +90,7 @@ def test_other_license_and_local_models_are_never_named_by_path(tmp_path: Path) 
     assert llm_name({"model": "Qwen/Qwen2.5-72B-Instruct", "hub_id": "Qwen/Qwen2.5-72B-Instruct"}).startswith(
         "[`Qwen/Qwen2.5-72B-Instruct`](https://huggingface.co/Qwen/Qwen2.5-72B-Instruct)")
     assert "local model" in llm_name({"model": "/srv/weights/llm.gguf"})
+    assert "google/gemma-3-270m" in llm_name({"backend": "server", "model": "gemma3-270m-gguf"})  # the demo alias
     recipe.pop("license")
     write_card(out, _manifest(recipe, local))
     assert _card(out)[0]["license"] == "unknown"

@@ -170,8 +170,10 @@ def _is_path(spec: str) -> bool:
 
 def llm_name(llm: dict[str, Any]) -> str:
     """The LLM by its Hub id (and GGUF file), or "a local model" when only a path is known: never the path."""
-    hub = llm.get("hub_id")
+    from .generation.hf_models import OFFLINE_GEMMA, OFFLINE_GEMMA_HUB_ID
+
     model = str(llm.get("model") or "")
+    hub = llm.get("hub_id") or (OFFLINE_GEMMA_HUB_ID if model == OFFLINE_GEMMA else None)
     if hub:
         return f"[`{hub}`](https://huggingface.co/{hub})" + (f" (`{llm['file']}`)" if llm.get("file") else "")
     if model and not _is_path(model):
