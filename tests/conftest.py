@@ -15,7 +15,8 @@ from tiny_models import make_tiny_llm  # noqa: E402
 # Small, fast settings for the tiny random model: it writes word salad, so word bounds are loose.
 TINY_FLAGS = [
     "--set", "captions.min_words=5", "--set", "captions.sampling.max_new_tokens=60",
-    "--set", "captions.min_seed_overlap=0",
+    "--set", "captions.min_seed_overlap=0", "--set", "captions.min_seed_cosine=0",
+    "--set", "captions.keep_truncated=true",  # the tiny model always runs to max_new_tokens
     "--set", "instruct.sampling.max_new_tokens=400", "--set", "instruct.max_chars=24",
     "--set", "instruct.items={mc: [1, 2], qa: [1, 2], reasoning: [1, 1]}", "--shard-size", "3",
     "--set", "instruct.mix={mc: 0.34, qa: 0.33, reasoning: 0.33}",

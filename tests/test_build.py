@@ -116,10 +116,13 @@ def test_every_row_rejected_is_a_clear_failure_with_the_rejections_kept(tiny_llm
     out = tmp_path / "out"
     r = run_build(["--recipe", "demo", "--out", str(out), "--limit", "3", "--llm", str(tiny_llm),
                    "--stages", "captions", *TINY_FLAGS, "--set", "captions.min_words=400",
-                   "--set", "captions.max_attempts=1"])
+                   "--set", "captions.max_attempts=2"])
     assert r.returncode == 4
     assert "captions: every row was rejected" in r.stderr and "build summary" in r.stderr
     assert len(rejected(out, "captions")) == 3
+    for row in pq.read_table(out / "artifacts" / "rejections.parquet").to_pylist():  # every attempt's reason kept
+        assert row["attempts"] == len(row["attempt_reasons"]) == 2 and row["attempt_reasons"][-1] == row["reason"]
+    assert "(100.0%)" in r.stderr  # the rate beside the count
     assert not (out / "captions").exists() and "config_name: captions" not in (out / "README.md").read_text()
 
 

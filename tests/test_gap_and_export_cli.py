@@ -47,7 +47,7 @@ def test_gap_stats_missing_columns_is_a_clear_error(tmp_path: Path, capsys: pyte
     assert "caption" in capsys.readouterr().err
 
 
-def test_export_bunny_from_a_built_folder(tmp_path: Path) -> None:
+def test_export_bunny_from_a_built_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "ds"
     (out / "pretrain").mkdir(parents=True)
     emb = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float16)
@@ -58,9 +58,12 @@ def test_export_bunny_from_a_built_folder(tmp_path: Path) -> None:
     pq.write_table(table, out / "pretrain" / "train-00000-of-00001.parquet")
     (out / "README.md").write_text("---\nconfigs:\n- config_name: pretrain\n  data_files:\n  - split: train\n"
                                    "    path: pretrain/train-*.parquet\n---\n")
-    assert main(["export", str(out), "--format", "bunny", "--to", str(tmp_path / "bunny")]) == 0
+    args = ["export", str(out), "--format", "bunny", "--to", str(tmp_path / "bunny")]
+    assert main(args) != 0  # 8-d embeddings: the trainer's projector takes 1280
+    assert "--allow-dim-mismatch" in capsys.readouterr().err
+    assert main([*args, "--allow-dim-mismatch"]) == 0
     rows = json.loads((tmp_path / "bunny" / "pretrain.json").read_text())
-    with open(tmp_path / "bunny" / "pretrain_embeds.pkl", "rb") as f:
+    with open(tmp_path / "bunny" / "embeds" / "embeds_00000.pkl", "rb") as f:
         embeds = pickle.load(f)
     assert [r["id"] for r in rows] == [e["id"] for e in embeds] == ["a", "b", "c"]
     assert rows[0]["conversations"][0]["value"].startswith("<image>")

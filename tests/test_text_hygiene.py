@@ -149,13 +149,13 @@ def test_stage2_item_text_is_repaired_or_rejected_per_case() -> None:
 
 
 def test_the_card_lists_the_seed_cleaning_per_source(tmp_path: Path) -> None:
-    from unicorn_datasets.card import _seeds_table
+    from unicorn_datasets.card import seeds_table
 
     p = tmp_path / "seeds.txt"
     p.write_bytes(b"\xef\xbb\xbfA dog on a beach.\r\nA dog on a  beach.\r\n")
     stats = SeedStats()
     kept = load_caption_seeds(str(p), stats=stats)
-    table = _seeds_table({"selected": 1, str(p): {**stats.as_dict(), "kept": len(kept)}})
+    table = seeds_table({"selected": 1, str(p): {**stats.as_dict(), "kept": len(kept)}})
     assert f"| `{p}` | 2 | 1 | bom_removed: 1, crlf_normalised: 2, whitespace_collapsed: 1, duplicates: 1 |" in table
     assert "1 seeds selected" in table
 

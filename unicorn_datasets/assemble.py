@@ -33,6 +33,8 @@ CAPTIONS_SCHEMA = pa.schema(
         ("prompt_sha", pa.string()),
         ("gen_seed", pa.uint64()),
         ("attempts", pa.int32()),
+        ("truncated", pa.bool_()),  # cut by max_new_tokens, kept trimmed (captions.keep_truncated)
+        ("attempt_reasons", pa.list_(pa.string())),  # why earlier attempts of this row were rejected
     ]
 )
 INSTRUCT_COLUMNS = [
@@ -45,6 +47,16 @@ INSTRUCT_COLUMNS = [
     ("repairs", pa.list_(pa.string())),
 ]
 REJECT_INPUT = {"captions": "seed", "instruct": "caption"}
+# Columns that parts written before they existed lack (a resumed build): value for such rows.
+_PART_DEFAULTS = {"truncated": (pa.bool_(), False), "attempt_reasons": (pa.list_(pa.string()), []),
+                  "server_error": (pa.string(), None)}
+
+
+def _with_defaults(table: pa.Table) -> pa.Table:
+    for name, (typ, value) in _PART_DEFAULTS.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([value] * table.num_rows, typ))
+    return table
 
 
 def _constant(table: pa.Table, name: str, value: str) -> pa.Table:
@@ -64,9 +76,19 @@ def _rejection_counts(repo: BuildRepo, stage: str) -> tuple[int, dict[str, int]]
     return rows, dict(reasons)
 
 
+def attempt_reason_counts(repo: BuildRepo, stage: str) -> dict[str, int]:
+    """Failed attempts by reason over all rows of a stage, accepted rows' retries included."""
+    counts: Counter[str] = Counter()
+    for t in repo.read_parts(stage):
+        if "attempt_reasons" in t.column_names:
+            counts.update(r for rs in t.column("attempt_reasons").to_pylist() for r in rs or [])
+    return dict(counts)
+
+
 REJECTIONS_SCHEMA = pa.schema(
     [("stage", pa.string()), ("id", pa.string()), ("reason", pa.string()), ("input", pa.string()),
-     ("raw_output", pa.string()), ("attempts", pa.int32())]
+     ("raw_output", pa.string()), ("attempts", pa.int32()), ("attempt_reasons", pa.list_(pa.string())),
+     ("server_error", pa.string())]  # the server's last error when a request failed for good
 )
 
 
@@ -75,9 +97,10 @@ def write_rejections(repo: BuildRepo) -> int:
     tables = [REJECTIONS_SCHEMA.empty_table()]
     for stage, input_col in REJECT_INPUT.items():
         for t in repo.read_parts(stage) if (repo.work / stage).exists() else []:
-            r = t.filter(pc.is_valid(t.column("reject_reason")))
+            r = _with_defaults(t.filter(pc.is_valid(t.column("reject_reason"))))
             columns = [pa.array([stage] * r.num_rows), r.column("id"), r.column("reject_reason"),
-                       r.column(input_col), r.column("raw_output"), r.column("attempts")]
+                       r.column(input_col), r.column("raw_output"), r.column("attempts"),
+                       r.column("attempt_reasons").cast(pa.list_(pa.string())), r.column("server_error")]
             tables.append(pa.Table.from_arrays(columns, names=REJECTIONS_SCHEMA.names).cast(REJECTIONS_SCHEMA))
     table = pa.concat_tables(tables)
     write_parquet(table, repo.artifacts() / REJECTIONS)
@@ -87,14 +110,17 @@ def write_rejections(repo: BuildRepo) -> int:
 def assemble_captions(repo: BuildRepo, model: str, prompt_sha: str) -> dict[str, Any]:
     def tables():
         for t in repo.read_parts("captions"):
-            a = _accepted(t, "caption")
+            a = _with_defaults(_accepted(t, "caption"))
             a = _constant(_constant(a, "model", model), "prompt_sha", prompt_sha)
             yield a.select(CAPTIONS_SCHEMA.names)
 
     files = repo.write_config("captions", tables(), CAPTIONS_SCHEMA)
     rows_in, reasons = _rejection_counts(repo, "captions")
     write_rejections(repo)
-    return {"rows_in": rows_in, "rows_out": rows_in - sum(reasons.values()), "rejected": reasons, "files": files}
+    truncated = sum(pc.sum(_with_defaults(t).column("truncated")).as_py() or 0 for t in repo.read_parts("captions"))
+    return {"rows_in": rows_in, "rows_out": rows_in - sum(reasons.values()), "rejected": reasons, "files": files,
+            "attempt_reasons": attempt_reason_counts(repo, "captions"), "kept_truncated": int(truncated)}
+
 
 
 def assemble_instruct(
@@ -141,6 +167,7 @@ def assemble_instruct(
         "rows_out": rows_in - sum(reasons.values()),
         "rejected": reasons,
         "tasks": dict(tasks),
+        "attempt_reasons": attempt_reason_counts(repo, "instruct"),
         "files": files,
     }
 
@@ -260,6 +287,11 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _reasons(counts: dict[str, int], rows_in: int | None) -> str:
+    """`reason=count (rate)` per reason; the rate is of the stage's rows in."""
+    return ", ".join(f"{k}={v}" + (f" ({v / rows_in:.1%})" if rows_in else "") for k, v in sorted(counts.items()))
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     lines = [
         "",
@@ -281,8 +313,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         lines.append(
             f"{stage:<10}{s.get('rows_in', r.get('rows_run', 0)):>9}{s.get('rows_out', '-'):>10}"
             f"{sum(rejected.values()):>10}  {shards:<20}{tokens:>9}{secs:>9.1f}{rate:>8}  "
-            + (", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "-")
+            + (_reasons(rejected, s.get("rows_in", 0)) or "-")
         )
+        if s.get("attempt_reasons"):
+            lines.append(f"{'':<10}failed attempts (retries included): {_reasons(s['attempt_reasons'], None)}")
     for stage, r in summary["run"].items():
         if "requests" in r:
             lines.append(f"{stage}: {r['requests']} request(s) sent, {r.get('replayed', 0)} generation(s) replayed "

@@ -24,27 +24,29 @@ ABOUT = {
 }
 
 
+def arrow_nbytes(files: list[Path]) -> int:
+    """The split's Arrow in-memory size, as `datasets` records num_bytes (push_to_hub sums the shards'
+    Arrow `nbytes`); read one row group at a time so memory stays one group."""
+    total = 0
+    for f in files:
+        pf = pq.ParquetFile(f)
+        total += sum(pf.read_row_group(i).nbytes for i in range(pf.num_row_groups))
+    return total
+
+
 def _config_info(out: Path, config: str) -> dict[str, Any] | None:
     files = sorted((out / config).glob("*.parquet"))
     if not files:
         return None
     meta = [pq.ParquetFile(f).metadata for f in files]
     features = datasets.Features.from_arrow_schema(pq.read_schema(files[0]))
+    num_bytes = arrow_nbytes(files)
     return {
         "config_name": config,
         "features": features._to_yaml_list(),
-        "splits": [
-            {
-                "name": "train",
-                "num_bytes": int(
-                    sum(
-                        m.serialized_size + sum(m.row_group(i).total_byte_size for i in range(m.num_row_groups))
-                        for m in meta
-                    )
-                ),
-                "num_examples": int(sum(m.num_rows for m in meta)),
-            }
-        ],
+        "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": int(sum(m.num_rows for m in meta))}],
+        "download_size": int(sum(f.stat().st_size for f in files)),  # the Parquet files a user downloads
+        "dataset_size": num_bytes,
     }
 
 
@@ -68,6 +70,7 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
     recipe = manifest["recipe"]
     header = {
         "pretty_name": f"{recipe.get('name')} (unicorn-datasets)",
+        **_license(recipe),
         "language": ["en"],
         "tags": ["synthetic", "text-only-vlm", "unicorn", "image-embeddings"],
         "task_categories": ["image-text-to-text"],
@@ -76,25 +79,16 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         "dataset_info": infos,
     }
     stages = manifest.get("stages", {})
-    rej_rows = [
-        (
-            stage,
-            s.get("rows_in", 0),
-            s.get("rows_out", 0),
-            ", ".join(f"{k}: {v}" for k, v in sorted(s.get("rejected", {}).items())) or "none",
-        )
-        for stage, s in stages.items()
-        if stage in ("captions", "instruct")
-    ]
     prov = manifest.get("provenance", {})
     llm = manifest.get("llm", {})
     prov_rows = [
-        ("LLM", f"`{llm.get('model')}` ({llm.get('backend', 'server')})"),
+        ("LLM", f"{llm_name(llm)} ({llm.get('backend', 'server')})"),
         ("LLM weights", f"`{llm.get('file_sha256') or llm.get('revision') or 'n/a'}`"),
+        ("license", f"`{header['license']}`" + (f" ({header['license_name']})" if "license_name" in header else "")),
         ("build seed", str(recipe.get("seed", 0))),
     ]
     for stage, p in prov.items():
-        prov_rows.append((stage, "`" + json.dumps(p, sort_keys=True, default=str) + "`"))
+        prov_rows.append((stage, "`" + json.dumps(_no_paths(p), sort_keys=True, default=str) + "`"))
     body = Template((shipped("cards") / TEMPLATE).read_text(encoding="utf-8")).substitute(
         yaml=yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(),
         title=f"{recipe.get('name')}: synthetic vision-language training data",
@@ -109,13 +103,15 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         ),
         stages_text=_stages_text(recipe, stages) + _diversity_text(manifest.get("diversity", {})),
         provenance_table=_table(prov_rows, ("what", "value")),
-        rejections_table=_table(rej_rows, ("stage", "rows in", "rows out", "rejections by reason")),
-        seeds_table=_seeds_table(manifest.get("seeds", {})),
+        seeds_table=seeds_table(manifest.get("seeds", {})),
+        task_mix_table=task_mix_table(recipe, stages),
+        rejections_table=rejections_table(stages),
+        plots=_plots(out),
     )
     write_text(out / CARD, body)
 
 
-def _seeds_table(seeds: dict[str, Any]) -> str:
+def seeds_table(seeds: dict[str, Any]) -> str:
     """One row per seed source: read, kept, filtered and every hygiene change (only the non-zero ones)."""
     rows = []
     for source, st in seeds.items():
@@ -170,3 +166,83 @@ def _size_category(n: int) -> str:
         if n < limit:
             return name
     return "1M<n<10M"
+
+
+# ---- license, model names, seeds, task mix, rejections, plots ----------------------------------------------------
+def _license(recipe: dict[str, Any]) -> dict[str, str]:
+    """The recipe's `license` (a Hub license id; outputs of a model carry its terms, e.g. `gemma`), with
+    `license_name` / `license_link` for `other`. Unknown when the recipe states none."""
+    out = {"license": str(recipe.get("license") or "unknown")}
+    for key in ("license_name", "license_link"):
+        if recipe.get(key):
+            out[key] = str(recipe[key])
+    return out
+
+
+def _is_path(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or spec.endswith(".gguf") or Path(spec).expanduser().exists()
+
+
+def llm_name(llm: dict[str, Any]) -> str:
+    """The LLM by its Hub id (and GGUF file), or "a local model" when only a path is known: never the path."""
+    from .generation.hf_models import OFFLINE_GEMMA, OFFLINE_GEMMA_HUB_ID
+
+    model = str(llm.get("model") or "")
+    hub = llm.get("hub_id") or (OFFLINE_GEMMA_HUB_ID if model == OFFLINE_GEMMA else None)
+    if hub:
+        return f"[`{hub}`](https://huggingface.co/{hub})" + (f" (`{llm['file']}`)" if llm.get("file") else "")
+    if model and not _is_path(model):
+        return f"`{model}`"
+    return "a local model (no Hub id recorded; identified by the weights hash below)"
+
+
+def _no_paths(value: Any) -> Any:
+    """Provenance for the card with local file paths left out (they name the builder's disk, not the model)."""
+    if isinstance(value, dict):
+        return {k: _no_paths(v) for k, v in value.items() if k != "path"}
+    if isinstance(value, list):
+        return [_no_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return "(local path)"
+    return value
+
+
+def task_mix_table(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
+    """Requested (recipe `instruct.mix`) beside delivered (accepted instruct rows) per task."""
+    if "instruct" not in stages:
+        return "No instruction data in this build."
+    mix = recipe.get("instruct", {}).get("mix") or {}
+    delivered = stages["instruct"].get("tasks", {})
+    total = sum(delivered.values()) or 1
+    rows = []
+    for task in sorted(set(mix) | set(delivered)):
+        want = mix.get(task, 0)
+        asked = f"{want:.0%} of captions" if isinstance(want, float) and want < 1 else str(want)
+        got = delivered.get(task, 0)
+        rows.append((task, asked, got, f"{got / total:.1%}"))
+    return _table(rows, ("task", "requested", "delivered rows", "delivered share"))
+
+
+def rejections_table(stages: dict[str, Any]) -> str:
+    rows = []
+    for stage in ("captions", "instruct"):
+        s = stages.get(stage)
+        if not s:
+            continue
+        n = s.get("rows_in", 0) or 1
+        final = s.get("rejected", {})
+        tried = s.get("attempt_reasons", {})
+        for reason in sorted(set(final) | set(tried)):
+            rows.append((stage, f"`{reason}`", final.get(reason, 0), f"{final.get(reason, 0) / n:.1%}",
+                         tried.get(reason, 0)))
+        rows.append((stage, "**accepted**", s.get("rows_out", 0), f"{s.get('rows_out', 0) / n:.1%}", ""))
+    return _table(rows, ("stage", "reason", "rows rejected", "rate (of rows in)", "failed attempts (retries included)"))
+
+
+PLOTS = (("cluster_sizes.png", "k-means cluster sizes of the captions"), ("caption_lengths.png", "caption lengths"))
+
+
+def _plots(out: Path) -> str:
+    """Images under artifacts/, linked relatively so the Hub renders them in the card."""
+    shown = [f"![{alt}](artifacts/{name})" for name, alt in PLOTS if (out / "artifacts" / name).exists()]
+    return "\n\n".join(shown) if shown else "(no plots: install matplotlib and rerun `unicorn report`)"

@@ -111,7 +111,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_bunny
 
     summary = export_bunny(args.folder, args.to, configs=args.configs.split(",") if args.configs else None,
-                           chunk_size=args.chunk_size)
+                           chunk_size=args.chunk_size, allow_dim_mismatch=args.allow_dim_mismatch)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -164,7 +164,12 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("folder")
     ex.add_argument("--format", choices=["bunny"], default="bunny")
     ex.add_argument("--to", required=True)
-    ex.add_argument("--chunk-size", type=int, help="rows per embedding pickle (default: one file per config)")
+    ex.add_argument("--chunk-size", type=int, help="rows per embedding pickle (default: 200000)")
+    ex.add_argument(
+        "--allow-dim-mismatch",
+        action="store_true",
+        help="export embeddings that are not 1280-d: the trainer's mm_hidden_size (projector input) must be set to D",
+    )
     ex.add_argument("--configs", help="comma-separated configs (default: pretrain and instruct, those present)")
     em = sub.add_parser("embed-images", help="encode real images with the encoder's image tower, centred")
     em.add_argument("source", help="a folder of images or a dataset with an `image` column")

@@ -36,7 +36,7 @@ InstructTask = Literal["mc", "qa", "reasoning"]
 INSTRUCT_TASKS: tuple[str, ...] = typing.get_args(InstructTask)
 
 # Fields that do not change a single row: excluded from the fingerprint.
-_NOT_IN_FINGERPRINT = ("description",)
+_NOT_IN_FINGERPRINT = ("description", "license", "license_name", "license_link")
 
 
 class RecipeError(ValueError):
@@ -81,6 +81,8 @@ class CaptionsSection:
     min_words: int = field(default=51, metadata=_min(1))
     max_words: int = field(default=483, metadata=_min(1))
     min_seed_overlap: float = field(default=0.0, metadata=_min(0.0))  # share of seed content words to mention
+    min_seed_cosine: float = field(default=0.0, metadata=_min(0.0))  # seed-caption cosine (transfer.encoder); 0: off
+    keep_truncated: bool = False  # keep a caption cut by max_new_tokens (trimmed, flagged) instead of rejecting
     max_attempts: int = field(default=3, metadata=_min(1))
     sampling: SamplingParams = SamplingParams(max_new_tokens=768)
 
@@ -128,6 +130,11 @@ class TransferSection:
 class Recipe:
     name: str = ""  # default: the file's stem
     description: str = ""
+    # the card's license: outputs of a model carry that model's terms (the demo's Gemma outputs: `gemma`);
+    # `other` with license_name / license_link for terms the Hub has no id for
+    license: str | None = None
+    license_name: str | None = None
+    license_link: str | None = None
     seed: int = 0  # build seed (sampling, selection, shuffles)
     limit: int | None = field(default=None, metadata=_min(1))  # number of seeds; None: all
     shard_size: int = field(default=64, metadata=_min(1))  # rows per shard: the unit of resume and of work

@@ -50,7 +50,8 @@ def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage
 
     seed, model_id, mode = recipe.seed, recipe.llm.model, recipe.llm.prompt_mode
     stages: list[Stage] = [
-        CaptionStage(CaptionConfig.from_recipe(recipe.captions, mode), seeds, build_seed=seed, model_id=model_id)
+        CaptionStage(CaptionConfig.from_recipe(recipe.captions, mode), seeds, build_seed=seed, model_id=model_id,
+                     seed_check_encoder=recipe.transfer.encoder)
     ]
     instruct = None
     if "instruct" in recipe.stages:

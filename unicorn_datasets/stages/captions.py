@@ -9,6 +9,7 @@ and finally recorded as rejections with the reason.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from ..seeding import row_seed
 from ..seeds import Seed
 from ..textutil import complete_sentences
 from .base import OUTCOME_FIELDS, GenerationStage, outcome_columns
+from .seed_check import SeedCosine
 
 if TYPE_CHECKING:
     from ..build.context import Context
@@ -41,6 +43,8 @@ class CaptionConfig:
     # defaults: the recipe's (one default per key, in recipe.py)
     min_words: int = CaptionsSection.min_words
     min_seed_overlap: float = CaptionsSection.min_seed_overlap  # share of the seed's content words to mention (0: off)
+    min_seed_cosine: float = CaptionsSection.min_seed_cosine  # seed-caption cosine with the text encoder (0: off)
+    keep_truncated: bool = CaptionsSection.keep_truncated  # keep captions cut by max_new_tokens, trimmed and flagged
     max_words: int = CaptionsSection.max_words
     max_attempts: int = CaptionsSection.max_attempts
     prompt_mode: str = "chat"  # "chat" | "completion" | "auto" (resolved from the backend when the stage runs)
@@ -50,7 +54,8 @@ class CaptionConfig:
 
     @classmethod
     def from_recipe(cls, section: CaptionsSection, prompt_mode: str) -> CaptionConfig:
-        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap", "sampling")
+        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap", "min_seed_cosine", "keep_truncated",
+                "sampling")
         return cls(prompt_mode=prompt_mode, **{k: getattr(section, k) for k in keys})
 
     @property
@@ -65,6 +70,8 @@ class CaptionConfig:
             "max_words": self.max_words,
             "max_attempts": self.max_attempts,
             "min_seed_overlap": self.min_seed_overlap,
+            "min_seed_cosine": self.min_seed_cosine,
+            "keep_truncated": self.keep_truncated,
             "sampling": self.sampling.as_dict(),
         }
 
@@ -77,10 +84,11 @@ def build_request(row_id: str, seed_text: str, cfg: CaptionConfig, build_seed: i
     return GenerationRequest(key=row_id, seed=seed, prompt=prompt, stop=COMPLETION_STOPS)
 
 
-def clean(text: str, finish_reason: str) -> str:
-    """One paragraph of prose: whitespace collapsed; a cut-off tail trimmed to the last full sentence."""
+def clean(text: str, finish_reason: str, keep_truncated: bool = True) -> str:
+    """One paragraph of prose: whitespace collapsed; a cut-off tail trimmed to the last full sentence
+    when it is to be kept (`check` rejects it otherwise)."""
     text = " ".join(text.split())
-    if finish_reason == "length":
+    if finish_reason == "length" and keep_truncated:
         text = complete_sentences(text)
     return text
 
@@ -119,10 +127,18 @@ def seed_overlap(seed: str, caption: str) -> float:
 
 
 def check(
-    text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "", reserved: ReservedTokens = DEFAULT
+    text: str,
+    cfg: CaptionConfig,
+    finish_reason: str,
+    seed: str = "",
+    seed_cosine: Callable[[str], float] | None = None,
+    *,
+    reserved: ReservedTokens = DEFAULT,
 ) -> str | None:
-    """The rejection reason, or None when the caption is acceptable."""
-    if not text:
+    """The rejection reason, or None when the caption is acceptable.
+
+    `seed_cosine(caption)` (an encoder call) runs last, only for captions every cheap check passed."""
+    if not text or (finish_reason == "length" and not cfg.keep_truncated):
         return "truncated" if finish_reason == "length" else "empty"
     if any(leak in text for leak in _LEAKS):
         return "prompt_leak"
@@ -137,6 +153,11 @@ def check(
         return "too_long"
     if cfg.min_seed_overlap > 0 and seed_overlap(seed, text) < cfg.min_seed_overlap:
         return "drifted_from_seed"
+    if cfg.min_seed_cosine > 0:
+        if seed_cosine is None:
+            raise ValueError("captions.min_seed_cosine is set but no text encoder was given to the check")
+        if seed_cosine(text) < cfg.min_seed_cosine:
+            return "off_seed"
     return None
 
 
@@ -145,13 +166,18 @@ class CaptionStage(GenerationStage):
 
     name = "captions"
 
-    def __init__(self, cfg: CaptionConfig, seeds: list[Seed], *, build_seed: int, model_id: str) -> None:
+    def __init__(self, cfg: CaptionConfig, seeds: list[Seed], *, build_seed: int, model_id: str,
+                 seed_check_encoder: str = "") -> None:
         self.cfg, self.seeds, self.build_seed, self.model_id = cfg, seeds, build_seed, model_id
+        self.seed_check_encoder = seed_check_encoder  # the encoder of the off-seed check (transfer.encoder)
         self.reserved: ReservedTokens | None = None
         self.ctx: Context | None = None
 
     def provenance(self) -> dict[str, Any]:
-        return self.cfg.provenance()
+        prov = self.cfg.provenance()
+        if self.cfg.min_seed_cosine > 0:
+            prov["seed_check_encoder"] = self.seed_check_encoder
+        return prov
 
     def run(self, ctx: Context) -> None:
         if self.cfg.prompt_mode == "auto":
@@ -169,11 +195,16 @@ class CaptionStage(GenerationStage):
         ids, seeds, cfg = rows["id"], rows["seed"], self.cfg
         if self.reserved is None:  # work exists, so the model is loaded: its own special tokens count too
             self.reserved = self.ctx.reserved_tokens() if self.ctx is not None else DEFAULT
+        cosine = None
+        if cfg.min_seed_cosine > 0:  # the off-seed check embeds with the Stage-3 text encoder
+            cosine = SeedCosine(self.ctx.encoder(), seeds) if self.ctx is not None else None
 
         def validate(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
-            text = clean(res.text, res.finish_reason)
-            reason = check(text, cfg, res.finish_reason, seeds[i], self.reserved)
-            return (text if reason is None else None), reason, []
+            text = clean(res.text, res.finish_reason, cfg.keep_truncated)
+            reason = check(text, cfg, res.finish_reason, seeds[i], (lambda c: cosine(i, c)) if cosine else None,
+                           reserved=self.reserved)
+            notes = ["truncated"] if reason is None and res.finish_reason == "length" else []
+            return (text if reason is None else None), reason, notes
 
         return WorkUnit(shard, list(ids), lambda i, attempt: build_request(ids[i], seeds[i], cfg, self.build_seed,
                                                                            attempt), validate, cfg.sampling,
@@ -182,6 +213,7 @@ class CaptionStage(GenerationStage):
     def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
         cols = {**{k: rows[k] for k in ("id", "seed", "source")},
                 "caption": [o.value for o in outcomes], "raw_output": [o.raw for o in outcomes],
+                "truncated": [o.value is not None and "truncated" in o.notes for o in outcomes],
                 **outcome_columns(outcomes)}
         return pa.Table.from_pydict(cols, schema=PART_SCHEMA)
 
@@ -200,7 +232,8 @@ class CaptionStage(GenerationStage):
 
 
 PART_SCHEMA = pa.schema([("id", pa.string()), ("seed", pa.string()), ("source", pa.string()),
-                         ("caption", pa.string()), ("raw_output", pa.string()), *OUTCOME_FIELDS])
+                         ("caption", pa.string()), ("raw_output", pa.string()), ("truncated", pa.bool_()),
+                         *OUTCOME_FIELDS])
 
 
 def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
