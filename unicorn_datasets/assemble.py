@@ -253,7 +253,7 @@ def _diversity(repo: BuildRepo) -> dict[str, Any]:
     r = report(repo.out)
     return {"k": r.get("k"), "top5_share": r.get("top5_share"), "entropy": r.get("entropy"),
             "entropy_normalised": r.get("entropy_normalised"), "ttr": r.get("text", {}).get("ttr_mean_per_caption"),
-            "n_captions": r.get("n_captions")}
+            "n_captions": r.get("n_captions"), "seed_balance": r.get("seed_balance")}
 
 
 def _num(x: float | None) -> str:

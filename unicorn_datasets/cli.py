@@ -35,6 +35,8 @@ def _build_parser(sub: Any) -> None:
         help="re-normalise after the mean shift (paper v2; the released code does not)",
     )
     b.add_argument("--noise-sigma", type=float, help="c3: Gaussian noise sigma")
+    b.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
+                   help="select --limit seeds round-robin across semantic clusters (recipe: balance.enabled)")
     b.add_argument("--embedding-dtype", choices=["float16", "float32"])
     b.add_argument("--stages", help="comma-separated subset of captions,instruct,pretrain")
     b.add_argument("--shard-size", type=int, help="rows per shard (the unit of resume and of work per process)")
@@ -66,6 +68,7 @@ def _recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "transfer.renormalize": args.renormalize,
         "transfer.noise_sigma": args.noise_sigma,
         "transfer.embedding_dtype": args.embedding_dtype,
+        "balance.enabled": args.balance,
     }
     if args.llm_endpoint:
         overrides["llm.endpoints"] = [u.strip() for u in args.llm_endpoint.split(",") if u.strip()]

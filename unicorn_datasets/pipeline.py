@@ -27,7 +27,7 @@ from . import __version__
 from .progress import StageProgress
 from .recipe import fingerprint
 from .repo import BuildRepo, RepoError
-from .seeds import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
+from .seeds import SeedStats, load_caption_seeds, load_domain_seeds
 
 
 class BuildError(RuntimeError):
@@ -88,7 +88,10 @@ class Context:
 
 
 # ---- seeds -----------------------------------------------------------------------------------
-def collect_seeds(recipe: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+def collect_seeds(recipe: dict[str, Any], trust_remote_code: bool = False) -> tuple[list[Any], dict[str, Any], Any]:
+    """(seeds, per-source stats, seed-cluster table or None); see balance.py for the selection."""
+    from .balance import BalanceConfig, select
+
     groups, stats = [], {}
     for spec in recipe.get("seeds", []):
         st = SeedStats()
@@ -113,8 +116,10 @@ def collect_seeds(recipe: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     if not groups:
         raise BuildError("the recipe names no seed sources")
     limit = recipe.get("limit")
-    chosen = merge_and_limit(groups, limit=int(limit) if limit is not None else None, seed=int(recipe.get("seed", 0)))
-    return chosen, stats
+    selection = select(groups, limit=int(limit) if limit is not None else None, seed=int(recipe.get("seed", 0)),
+                       cfg=BalanceConfig.from_recipe(recipe), trust_remote_code=trust_remote_code)
+    stats["balance"] = selection.summary
+    return selection.seeds, stats, selection.clusters
 
 
 # ---- the sharded map ------------------------------------------------------------------------
@@ -448,7 +453,7 @@ def build(
     t0 = time.monotonic()
     datasets.disable_progress_bars()  # our own bars count rows across ranks
     # Bad input fails here, before anything exists on disk.
-    seeds, seed_stats = collect_seeds(recipe)
+    seeds, seed_stats, seed_clusters = collect_seeds(recipe, trust_remote_code)
     state = _state()
     repo = BuildRepo(out)
     fp = fingerprint(recipe)
@@ -458,6 +463,11 @@ def build(
             repo.check_target(overwrite)
             repo.acquire_lock()
             resumed = repo.start(recipe, fp, overwrite=overwrite)
+            if seed_clusters is not None:  # the balanced selection, for the report's histograms
+                from .balance import CLUSTERS_FILE
+                from .repo import write_parquet
+
+                write_parquet(seed_clusters, repo.artifacts() / CLUSTERS_FILE)
         except RepoError as e:
             error = str(e)
     if state.num_processes > 1:
