@@ -64,7 +64,8 @@ def _rejection_counts(repo: BuildRepo, stage: str) -> tuple[int, dict[str, int]]
 
 REJECTIONS_SCHEMA = pa.schema(
     [("stage", pa.string()), ("id", pa.string()), ("reason", pa.string()), ("input", pa.string()),
-     ("raw_output", pa.string()), ("attempts", pa.int32())]
+     ("raw_output", pa.string()), ("attempts", pa.int32()),
+     ("duplicate_of", pa.string())]  # near_duplicate rows: the id of the kept caption they repeat (near_dup.py)
 )
 
 
@@ -75,7 +76,8 @@ def write_rejections(repo: BuildRepo) -> int:
         for t in repo.read_parts(stage) if (repo.work / stage).exists() else []:
             r = t.filter(pc.is_valid(t.column("reject_reason")))
             columns = [pa.array([stage] * r.num_rows), r.column("id"), r.column("reject_reason"),
-                       r.column(input_col), r.column("raw_output"), r.column("attempts")]
+                       r.column(input_col), r.column("raw_output"), r.column("attempts"),
+                       r.column("duplicate_of") if "duplicate_of" in r.column_names else pa.nulls(r.num_rows)]
             tables.append(pa.Table.from_arrays(columns, names=REJECTIONS_SCHEMA.names).cast(REJECTIONS_SCHEMA))
     table = pa.concat_tables(tables)
     write_parquet(table, repo.artifacts() / "rejections.parquet")

@@ -241,14 +241,19 @@ def run_llm_stage(
     inputs: datasets.Dataset,
     batch_fn: Callable[..., dict[str, list]],
     assemble: Callable[[], dict[str, Any]],
+    after_map: Callable[[], None] | None = None,
 ) -> None:
-    """An LLM stage: `batch_fn(batch, backend)` as a sharded map, then rank 0 assembles the config."""
+    """An LLM stage: `batch_fn(batch, backend)` as a sharded map, then rank 0 assembles the config.
+
+    `after_map()` runs on every rank between the two (e.g. rejecting near-duplicate captions)."""
 
     def make_fn() -> Callable[[dict[str, list]], dict[str, list]]:
         backend = ctx.backend()  # loaded only when this rank has shards left to run
         return lambda batch: batch_fn(batch, backend)
 
     run_sharded(ctx, stage, slices(inputs, _shard_size(ctx)), make_fn, map_batch_size=_map_batch(ctx))
+    if after_map is not None:
+        after_map()
     if ctx.is_main:
         ctx.repo.mark_stage_complete(stage, assemble())
     ctx.barrier()
@@ -263,11 +268,15 @@ def _already_complete(ctx: Context, stage: str) -> bool:
 
 def stage_captions(ctx: Context, seeds: list[Any]) -> None:
     from .assemble import assemble_captions
+    from .near_dup import NearDupConfig, reject_near_duplicates
     from .stages.captions import CaptionConfig, expand_batch
 
     llm = ctx.recipe.get("llm", {})
     cfg = CaptionConfig.from_recipe(ctx.recipe.get("captions", {}), llm.get("prompt_mode", "chat"))
     ctx.provenance["captions"] = cfg.provenance()
+    near_dup = NearDupConfig.from_recipe(ctx.recipe)
+    if near_dup.enabled:
+        ctx.provenance["captions"]["near_dup"] = near_dup.provenance()
     if _already_complete(ctx, "captions"):
         return
     inputs = datasets.Dataset.from_dict(
@@ -277,6 +286,7 @@ def stage_captions(ctx: Context, seeds: list[Any]) -> None:
         ctx, "captions", inputs,
         lambda batch, backend: expand_batch(batch, backend=backend, cfg=cfg, build_seed=ctx.build_seed),
         lambda: assemble_captions(ctx.repo, _llm_id(ctx), cfg.provenance()["prompt_sha"]),
+        after_map=(lambda: reject_near_duplicates(ctx, "captions", near_dup)) if near_dup.enabled else None,
     )
 
 
@@ -454,6 +464,9 @@ def build(
     datasets.disable_progress_bars()  # our own bars count rows across ranks
     # Bad input fails here, before anything exists on disk.
     seeds, seed_stats, seed_clusters = collect_seeds(recipe, trust_remote_code)
+    from .near_dup import NearDupConfig
+
+    NearDupConfig.from_recipe(recipe)  # a bad near_dup section fails here too, before anything is written
     state = _state()
     repo = BuildRepo(out)
     fp = fingerprint(recipe)

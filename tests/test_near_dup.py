@@ -1,0 +1,108 @@
+"""Near-duplicate captions: known duplicates found, pointers to the kept row, order-independent, accounted for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from unicorn_datasets.assemble import assemble_captions
+from unicorn_datasets.near_dup import (
+    NearDupConfig,
+    NearDupError,
+    candidate_probability,
+    mark_parts,
+    near_duplicates,
+    reject_near_duplicates,
+)
+from unicorn_datasets.repo import BuildRepo
+
+BUS = ("A red double-decker bus drives along a wet city street at dusk while pedestrians with umbrellas wait at "
+       "the crossing and shop windows glow with warm light behind them on the corner.")
+DOG = ("A small brown dog sleeps on a blue couch next to a window with white curtains and a potted plant on the "
+       "sill in the afternoon sun while a cat watches from the rug.")
+BOAT = ("Three fishing boats are tied to a wooden dock in a calm harbor, their hulls painted green and white, "
+        "with nets piled on the planks and gulls circling above the masts.")
+# a BUS-like scene (same template words) that is a different caption: must not be flagged
+BUS_OTHER = ("A yellow school bus waits outside a brick school on a sunny morning while children with backpacks "
+             "line up at the door and teachers in coats stand on the steps beside them.")
+
+CFG = NearDupConfig(enabled=True, threshold=0.5)
+
+
+def _rows() -> tuple[list[str], list[str]]:
+    texts = {
+        "a-bus": BUS,
+        "b-dog": DOG,
+        "c-bus-copy": BUS,  # exact duplicate of a-bus
+        "d-bus-edit": BUS.replace("wet", "rainy").replace("warm", "soft"),  # near-duplicate of a-bus
+        "e-boat": BOAT,
+        "f-bus-other": BUS_OTHER,
+        "g-dog-edit": DOG.replace("afternoon", "morning"),
+    }
+    return list(texts), list(texts.values())
+
+
+def test_known_duplicates_point_at_the_kept_caption() -> None:
+    ids, texts = _rows()
+    dup = near_duplicates(ids, texts, CFG)
+    assert set(dup) == {"c-bus-copy", "d-bus-edit", "g-dog-edit"}
+    assert dup["c-bus-copy"] == ("a-bus", 1.0)
+    assert dup["d-bus-edit"][0] in {"a-bus"}  # never a rejected row (c-bus-copy)
+    assert dup["g-dog-edit"][0] == "b-dog" and CFG.threshold <= dup["g-dog-edit"][1] < 1.0
+
+
+def test_result_does_not_depend_on_input_order() -> None:
+    ids, texts = _rows()
+    perm = np.random.default_rng(0).permutation(len(ids))
+    assert near_duplicates([ids[i] for i in perm], [texts[i] for i in perm], CFG) == near_duplicates(ids, texts, CFG)
+
+
+def test_recipe_section_is_checked() -> None:
+    cfg = NearDupConfig.from_recipe({"near_dup": {"enabled": True, "threshold": 0.6}})
+    assert cfg.enabled and cfg.threshold == 0.6 and cfg.provenance()["recall_at_threshold"] > 0.9
+    assert not NearDupConfig.from_recipe({}).enabled
+    assert candidate_probability(0.95, cfg) > 0.999 and candidate_probability(0.2, cfg) < 0.05
+    bad_sections = (({"threshold": 1.5}, "threshold"), ({"method": "embedding"}, "minhash"), ({"thresold": 1}, "unknown"))
+    for bad, msg in bad_sections:
+        with pytest.raises(NearDupError, match=msg):
+            NearDupConfig.from_recipe({"near_dup": bad})
+
+
+def _part(ids: list[str], texts: list[str | None], reasons: list[str | None]) -> pa.Table:
+    n = len(ids)
+    return pa.table({"id": ids, "seed": [f"seed {i}" for i in ids], "source": ["t"] * n,
+                     "caption": pa.array(texts, pa.string()), "reject_reason": pa.array(reasons, pa.string()),
+                     "raw_output": [t or "raw" for t in texts], "attempts": pa.array([1] * n, pa.int32()),
+                     "n_tokens": [10] * n, "gen_seed": pa.array([7] * n, pa.uint64())})
+
+
+def test_build_hook_rejects_and_accounts_for_every_row(tmp_path: Path) -> None:
+    """The hook on Stage-1 parts: captions config excludes the duplicates, rejections list them with a pointer,
+    rows in = rows out + rejections, and running it again changes nothing (resume)."""
+    repo = BuildRepo(tmp_path / "out")
+    ids, texts = _rows()
+    # shard 0: a-bus b-dog c-bus-copy (+ one row Stage 1 already rejected); shard 1: the rest
+    repo.write_part("captions", 0, _part([*ids[:3], "a0-short"], [*texts[:3], None], [None, None, None, "too_short"]),
+                    {"rows": 4})
+    repo.write_part("captions", 1, _part(ids[3:], texts[3:], [None] * 4), {"rows": 4})
+    ctx = SimpleNamespace(repo=repo, world=1, rank=0, is_main=True, run_stats={}, barrier=lambda: None)
+    reject_near_duplicates(ctx, "captions", CFG)
+    summary = assemble_captions(repo, "m", "sha")
+    assert summary["rows_in"] == 8 and summary["rejected"] == {"too_short": 1, "near_duplicate": 3}
+    assert summary["rows_out"] == 4
+    kept = pq.read_table(repo.out / "captions").column("id").to_pylist()
+    assert sorted(kept) == ["a-bus", "b-dog", "e-boat", "f-bus-other"]
+    rej = {r["id"]: r for r in pq.read_table(repo.out / "artifacts" / "rejections.parquet").to_pylist()}
+    assert rej["c-bus-copy"]["reason"] == "near_duplicate" and rej["c-bus-copy"]["duplicate_of"] == "a-bus"
+    assert rej["g-dog-edit"]["duplicate_of"] == "b-dog" and rej["a0-short"]["duplicate_of"] is None
+    meta = json.loads((repo.stage_dir("captions") / "part-00000.json").read_text())
+    assert meta == {"rows": 4}
+    # a rerun (resume) finds the same duplicates and marks nothing new
+    dup = near_duplicates(ids, texts, CFG)
+    assert mark_parts(repo, "captions", dup) == 0
