@@ -68,7 +68,8 @@ def test_recipe_section_is_checked() -> None:
     assert cfg.enabled and cfg.threshold == 0.6 and cfg.provenance()["recall_at_threshold"] > 0.9
     assert not NearDupConfig.from_recipe({}).enabled
     assert candidate_probability(0.95, cfg) > 0.999 and candidate_probability(0.2, cfg) < 0.05
-    bad_sections = (({"threshold": 1.5}, "threshold"), ({"method": "embedding"}, "minhash"), ({"thresold": 1}, "unknown"))
+    bad_sections = (({"threshold": 1.5}, "threshold"), ({"method": "embedding"}, "minhash"),
+                    ({"thresold": 1}, "unknown"))
     for bad, msg in bad_sections:
         with pytest.raises(NearDupError, match=msg):
             NearDupConfig.from_recipe({"near_dup": bad})
