@@ -107,3 +107,25 @@ def test_build_hook_rejects_and_accounts_for_every_row(tmp_path: Path) -> None:
     # a rerun (resume) finds the same duplicates and marks nothing new
     dup = near_duplicates(ids, texts, CFG)
     assert mark_parts(repo, "captions", dup) == 0
+
+
+def test_build_with_balanced_seeds_and_near_dup(tiny_llm: Path, tmp_path: Path) -> None:
+    """The hooks end to end: balanced selection + near-dup pass in a real build; card and report show both."""
+    from conftest import TINY_FLAGS, run_build
+
+    out = tmp_path / "b"
+    r = run_build(["--recipe", "demo", "--out", str(out), "--limit", "8", "--llm", str(tiny_llm),
+                   "--stages", "captions", "--balance", "--set", "balance.encoder=hashed", "--set", "balance.k=4",
+                   "--set", "near_dup.enabled=true", *TINY_FLAGS])
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((out / "artifacts" / "build_manifest.json").read_text())
+    captions = manifest["stages"]["captions"]
+    rejections = pq.read_table(out / "artifacts" / "rejections.parquet")
+    assert captions["rows_in"] == 8 == captions["rows_out"] + rejections.num_rows
+    assert "duplicate_of" in rejections.column_names
+    assert manifest["provenance"]["captions"]["near_dup"]["threshold"] == 0.5
+    report = json.loads((out / "artifacts" / "report.json").read_text())
+    sb = report["seed_balance"]
+    assert sb["k"] == 4 and sum(sb["seeds_balanced"]["cluster_sizes"]) == 8 == sum(sb["seeds_uniform"]["cluster_sizes"])
+    assert sum(sb["captions_balanced"]["cluster_sizes"]) == captions["rows_out"]
+    assert "Concept-balanced seeds" in (out / "README.md").read_text()
