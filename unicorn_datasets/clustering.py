@@ -18,6 +18,7 @@ import numpy as np
 
 # faiss trains on at most this many points per centroid (a seeded subsample); assignment uses all rows
 MAX_POINTS_PER_CENTROID = 256
+SMALL_WORK = 2_000_000  # rows x clusters below which one thread is faster than several on a shared machine
 
 
 def set_threads(n: int | None = None) -> int:
@@ -59,7 +60,7 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, normalised:
     n = len(x)
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be between 1 and the number of rows ({n})")
-    set_threads()
+    set_threads(1 if n * k < SMALL_WORK else None)  # small jobs: OpenMP wake-ups cost more than they save
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) % (2**31), verbose=False,
                       max_points_per_centroid=MAX_POINTS_PER_CENTROID, min_points_per_centroid=1,
                       init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
