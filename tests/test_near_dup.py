@@ -129,3 +129,22 @@ def test_build_with_balanced_seeds_and_near_dup(tiny_llm: Path, tmp_path: Path) 
     assert sb["k"] == 4 and sum(sb["seeds_balanced"]["cluster_sizes"]) == 8 == sum(sb["seeds_uniform"]["cluster_sizes"])
     assert sum(sb["captions_balanced"]["cluster_sizes"]) == captions["rows_out"]
     assert "Concept-balanced seeds" in (out / "README.md").read_text()
+
+
+def test_two_processes_reject_the_same_rows_as_one(tmp_path: Path) -> None:
+    """Signature shards split over 2 ranks (rank 1 runs first, then rank 0 finishes): same rejections as 1 rank."""
+    ids, texts = _rows()
+    results = []
+    for world in (1, 2):
+        repo = BuildRepo(tmp_path / f"w{world}")
+        for shard, sl in enumerate((slice(0, 2), slice(2, 4), slice(4, 7))):
+            repo.write_part("captions", shard, _part(ids[sl], texts[sl], [None] * len(ids[sl])), {"rows": 2})
+        for rank in reversed(range(world)):
+            ctx = SimpleNamespace(repo=repo, world=world, rank=rank, is_main=rank == 0, run_stats={},
+                                  barrier=lambda: None)
+            reject_near_duplicates(ctx, "captions", CFG)
+        metas = [json.loads(p.read_text()) for p in sorted(repo.stage_dir("near_dup").glob("part-*.json"))]
+        assert sorted(m["rank"] for m in metas) == ([0, 0, 0] if world == 1 else [0, 0, 1])
+        results.append(sorted((r["id"], r["duplicate_of"]) for t in repo.read_parts("captions")
+                              for r in t.to_pylist() if r["reject_reason"]))
+    assert results[0] == results[1] == [("c-bus-copy", "a-bus"), ("d-bus-edit", "a-bus"), ("g-dog-edit", "b-dog")]
