@@ -182,7 +182,7 @@ def reject_near_duplicates(ctx: Any, stage: str, cfg: NearDupConfig) -> None:
 
     def make_fn() -> Any:
         def fn(batch: dict[str, list]) -> dict[str, list]:
-            return {"id": batch["id"], "signature": [list(s) for s in signatures(batch["caption"], cfg)]}
+            return {"id": batch["id"], "signature": signatures(batch["caption"], cfg)}  # list<uint32> parts
         return fn
 
     n_rows = sum(m.get("rows", 0) for m in repo.part_meta(stage))
