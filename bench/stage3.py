@@ -47,11 +47,10 @@ def synthetic_captions(n: int, seed: int = 0) -> list[str]:
 
 def prepare(out: Path, captions: list[str], shard_size: int) -> list[str]:
     """A build folder with Stage 1 finished: parts + COMPLETE marker, as the pipeline leaves them."""
-    recipe = load_recipe("demo")
-    recipe.update({"stages": ["captions", "pretrain"], "shard_size": shard_size})
-    recipe["transfer"]["embedding_dtype"] = "float32"
+    recipe = load_recipe("demo", {"stages": ["captions", "pretrain"], "shard_size": shard_size,
+                                  "transfer.embedding_dtype": "float32"})
     repo = BuildRepo(out)
-    repo.start(recipe, fingerprint(recipe), overwrite=False)
+    repo.start(recipe.to_dict(), fingerprint(recipe), overwrite=False)
     ids = [f"bench-{i:07d}" for i in range(len(captions))]
     for shard, start in enumerate(range(0, len(captions), shard_size)):
         sl = slice(start, start + shard_size)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unicorn_datasets.balance import BalanceConfig, BalanceError, balance_report, select
-from unicorn_datasets.pipeline import collect_seeds
+from unicorn_datasets.balance import BalanceConfig, balance_report, select
+from unicorn_datasets.build import collect_seeds
+from unicorn_datasets.recipe import Recipe, RecipeError
 from unicorn_datasets.seeds import load_caption_seeds, load_domain_seeds
 
 CONCEPTS = {
@@ -94,13 +95,13 @@ def test_domain_seeds_cover_every_label_before_repeating_one(tmp_path: Path) -> 
 def test_recipe_section_and_errors(tmp_path: Path) -> None:
     p = tmp_path / "s.txt"
     p.write_text("\n".join(_skewed_texts(80)) + "\n")
-    recipe = {"seed": 0, "limit": 20, "seeds": [{"kind": "captions", "path": str(p)}],
-              "balance": {"enabled": True, "encoder": "hashed", "k": 4}}
+    recipe = Recipe.from_dict({"seed": 0, "limit": 20, "seeds": [{"kind": "captions", "path": str(p)}],
+                               "balance": {"enabled": True, "encoder": "hashed", "k": 4}})
     seeds, stats, clusters = collect_seeds(recipe)
     assert len(seeds) == 20 and stats["balance"]["k"] == 4 and clusters.num_rows == 80
-    cfg = BalanceConfig.from_recipe({"transfer": {"encoder": "minilm"}, "balance": {"enabled": True}})
-    assert cfg.encoder == "minilm"
-    with pytest.raises(BalanceError, match="unknown keys"):
-        BalanceConfig.from_recipe({"balance": {"enabeld": True}})
-    with pytest.raises(BalanceError, match="mapping"):
-        BalanceConfig.from_recipe({"balance": True})
+    cfg = BalanceConfig.from_recipe(Recipe.from_dict({"transfer": {"encoder": "minilm"}, "balance": {"enabled": True}}))
+    assert cfg.encoder == "minilm" and cfg.enabled
+    with pytest.raises(RecipeError, match="enabeld"):
+        Recipe.from_dict({"balance": {"enabeld": True}})
+    with pytest.raises(RecipeError, match="balance.k"):
+        Recipe.from_dict({"balance": {"k": 0}})

@@ -11,14 +11,12 @@ import pytest
 from conftest import TINY_FLAGS, kill_after_parts, run_build, start_build
 from datasets import load_dataset
 
-from unicorn_datasets.pipeline import collect_seeds
+from unicorn_datasets.build import collect_seeds
 from unicorn_datasets.recipe import load_recipe
 
 
 def seed_ids(limit: int) -> set[str]:
-    recipe = load_recipe("demo")
-    recipe["limit"] = limit
-    return {s.id for s in collect_seeds(recipe)[0]}
+    return {s.id for s in collect_seeds(load_recipe("demo", {"limit": limit}))[0]}
 
 
 def rejected(out: Path, stage: str) -> dict[str, str]:
@@ -94,8 +92,8 @@ def test_second_build_into_same_out_is_refused(tiny_llm: Path, tmp_path: Path) -
     [
         ("missing.txt", None, None, "seed file not found"),
         ("empty.txt", b"\n\n  \n", None, "no usable seeds"),
-        ("latin1.txt", b"A dog on a beach.\nA caf\xe9 with tables outside.\n", None, "latin1.txt:2: not UTF-8"),
-        ("big.txt", b"A cat on a mat.\n" + b"x" * (1024 * 1024) + b"\n", None, "big.txt:2: line is 1,048,577 bytes"),
+        ("latin1.txt", b"A dog on a beach.\nA caf\xe9 with tables outside.\n", None, "latin1.txt:2:6: not UTF-8"),
+        ("big.txt", b"A cat on a mat.\n" + b"x" * (1024 * 1024) + b"\n", None, "big.txt:2: line is 1,048,576 bytes"),
         ("seeds.jsonl", b'{"text": "A red car parked on a street."}\n', "caption", "no column 'caption'"),
         ("seeds.csv", b"id,text\n1,A red car parked on a street.\n", "caption", "no column 'caption'"),
     ],
@@ -123,3 +121,34 @@ def test_every_row_rejected_is_a_clear_failure_with_the_rejections_kept(tiny_llm
     assert "captions: every row was rejected" in r.stderr and "build summary" in r.stderr
     assert len(rejected(out, "captions")) == 3
     assert not (out / "captions").exists() and "config_name: captions" not in (out / "README.md").read_text()
+
+
+def test_sigkill_mid_shard_replays_the_journal_and_gives_the_same_rows(tiny_llm: Path, tmp_path: Path) -> None:
+    """One big shard: without the journal a kill would throw every finished generation of it away."""
+    import time
+
+    args = ["--recipe", "demo", "--limit", "10", "--llm", str(tiny_llm), "--stages", "captions", *TINY_FLAGS,
+            "--shard-size", "10", "--batch-size", "1", "--set", "llm.batches_per_call=1"]
+    clean = tmp_path / "clean"
+    assert run_build([*args, "--out", str(clean)]).returncode == 0
+
+    out = tmp_path / "out"
+    proc = start_build([*args, "--out", str(out)])
+    journal = out / ".build" / "journal" / "captions" / "unit-00000.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not journal.exists() or journal.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    from conftest import kill_tree
+
+    kill_tree(proc)
+    journaled = journal.read_text().count("\n")
+    assert journaled >= 3 and not (out / ".build" / "captions" / "part-00000.parquet").exists()
+
+    r = run_build([*args, "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((out / ".build" / "captions" / "part-00000.json").read_text())
+    clean_meta = json.loads((clean / ".build" / "captions" / "part-00000.json").read_text())
+    assert meta["replayed"] >= journaled and meta["requests"] + meta["replayed"] == clean_meta["requests"]
+    a = load_dataset(str(out), "captions", split="train").to_list()
+    b = load_dataset(str(clean), "captions", split="train").to_list()
+    assert a == b

@@ -73,7 +73,7 @@ def test_dual_encoder_text(dual: tuple[str, Encoder]) -> None:
     a = enc.encode_text(TEXTS, batch_size=64)
     assert a.dtype == np.float32 and a.shape == (len(TEXTS), DIMS[kind])
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
-    assert enc.last_truncated == 1 and enc.truncated == before + 1  # only the repeated phrase is too long
+    assert enc.truncated_mask(TEXTS).sum() == 1 and enc.truncated == before + 1  # only the repeated phrase is too long
     for bs in (1, 2, 4):
         np.testing.assert_allclose(enc.encode_text(TEXTS, batch_size=bs), a, atol=1e-5)
     assert enc.truncated == before + 4  # accumulates over calls
@@ -100,8 +100,7 @@ def test_dual_encoder_images(dual: tuple[str, Encoder]) -> None:
 def test_max_length_override(dual: tuple[str, Encoder]) -> None:
     _, enc = dual
     short = load_encoder(enc.path, max_length=6)
-    short.encode_text(TEXTS)
-    assert short.max_length == 6 and short.last_truncated == 2  # "two dogs play in the snow" too, now
+    assert short.max_length == 6 and short.truncated_mask(TEXTS).sum() == 2  # "two dogs play in the snow" too, now
     with pytest.raises(EncoderError, match="exceeds"):
         load_encoder(enc.path, max_length=TEXT_LIMIT + 1)
 

@@ -14,12 +14,12 @@ import pytest
 from unicorn_datasets.assemble import assemble_captions
 from unicorn_datasets.near_dup import (
     NearDupConfig,
-    NearDupError,
     candidate_probability,
     mark_parts,
     near_duplicates,
     reject_near_duplicates,
 )
+from unicorn_datasets.recipe import Recipe, RecipeError
 from unicorn_datasets.repo import BuildRepo
 
 BUS = ("A red double-decker bus drives along a wet city street at dusk while pedestrians with umbrellas wait at "
@@ -64,15 +64,15 @@ def test_result_does_not_depend_on_input_order() -> None:
 
 
 def test_recipe_section_is_checked() -> None:
-    cfg = NearDupConfig.from_recipe({"near_dup": {"enabled": True, "threshold": 0.6}})
+    cfg = NearDupConfig.from_recipe(Recipe.from_dict({"near_dup": {"enabled": True, "threshold": 0.6}}))
     assert cfg.enabled and cfg.threshold == 0.6 and cfg.provenance()["recall_at_threshold"] > 0.9
-    assert not NearDupConfig.from_recipe({}).enabled
+    assert not NearDupConfig.from_recipe(Recipe.from_dict({})).enabled
     assert candidate_probability(0.95, cfg) > 0.999 and candidate_probability(0.2, cfg) < 0.05
-    bad_sections = (({"threshold": 1.5}, "threshold"), ({"method": "embedding"}, "minhash"),
-                    ({"thresold": 1}, "unknown"))
-    for bad, msg in bad_sections:
-        with pytest.raises(NearDupError, match=msg):
-            NearDupConfig.from_recipe({"near_dup": bad})
+    with pytest.raises(RecipeError, match="at most 1"):
+        NearDupConfig.from_recipe(Recipe.from_dict({"near_dup": {"threshold": 1.5}}))
+    for bad, msg in (({"method": "embedding"}, "method"), ({"thresold": 1}, "thresold")):
+        with pytest.raises(RecipeError, match=msg):
+            Recipe.from_dict({"near_dup": bad})
 
 
 def _part(ids: list[str], texts: list[str | None], reasons: list[str | None]) -> pa.Table:

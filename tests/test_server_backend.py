@@ -24,6 +24,7 @@ import pytest
 from unicorn_datasets.generation import make_backend
 from unicorn_datasets.generation.base import GenerationRequest, SamplingParams
 from unicorn_datasets.generation.server_backend import ServerBackend
+from unicorn_datasets.recipe import LLMSection
 
 SCHEMA = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}
 FAST = {"backoff": 0.02, "max_backoff": 0.1, "cooldown": 0.5}  # keep retry sleeps tiny in tests
@@ -349,7 +350,7 @@ def test_one_dead_endpoint_all_served(servers: list[_Server]) -> None:
     srv = FakeLLM("openai")
     servers.append(srv)
     dead = _dead_url()
-    llm = {"endpoints": f"{dead},{srv.url}", "max_in_flight": 6, "timeout": 2, "max_retries": 3}
+    llm = LLMSection(endpoints=(dead, srv.url), max_in_flight=6, timeout=2, max_retries=3)
     backend = make_backend(llm)
     assert isinstance(backend, ServerBackend)
     backend.backoff, backend.cooldown = 0.02, 30.0

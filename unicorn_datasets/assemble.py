@@ -17,8 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .atomic import atomic_path, write_text
 from .card import write_card
-from .repo import BuildRepo, atomic_write_text, write_parquet
+from .layout import CONFIGS, ENCODER, MANIFEST, REJECTIONS, REPORT, TEXT_MEAN, TRANSFER, artifact
+from .repo import BuildRepo, write_parquet
 
 CONVERSATION = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 CAPTIONS_SCHEMA = pa.schema(
@@ -80,7 +82,7 @@ def write_rejections(repo: BuildRepo) -> int:
                        r.column("duplicate_of") if "duplicate_of" in r.column_names else pa.nulls(r.num_rows)]
             tables.append(pa.Table.from_arrays(columns, names=REJECTIONS_SCHEMA.names).cast(REJECTIONS_SCHEMA))
     table = pa.concat_tables(tables)
-    write_parquet(table, repo.artifacts() / "rejections.parquet")
+    write_parquet(table, repo.artifacts() / REJECTIONS)
     return table.num_rows
 
 
@@ -200,18 +202,16 @@ def assemble_pretrain(repo: BuildRepo, cfg: Any, transfer_info: dict[str, Any]) 
 
 def save_transfer_artifacts(repo: BuildRepo, mean: np.ndarray, info: dict[str, Any]) -> None:
     art = repo.artifacts()
-    tmp = art / ".text_mean.npy.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_path(art / TEXT_MEAN) as tmp, open(tmp, "wb") as f:
         np.save(f, np.asarray(mean, dtype=np.float64))
-    tmp.replace(art / "text_mean.npy")
-    atomic_write_text(
-        art / "transfer.json",
+    write_text(
+        art / TRANSFER,
         json.dumps(
-            {**info, "mean_file": "artifacts/text_mean.npy", "mean_dtype": "float64", "dim": int(mean.shape[0])},
+            {**info, "mean_file": artifact(TEXT_MEAN), "mean_dtype": "float64", "dim": int(mean.shape[0])},
             indent=2,
         ),
     )
-    atomic_write_text(repo.work / "encoder.json", json.dumps(info.get("encoder", {})))
+    write_text(repo.work / ENCODER, json.dumps(info.get("encoder", {})))
 
 
 def finish(
@@ -227,7 +227,7 @@ def finish(
     code_version: str,
     wall: float,
 ) -> dict[str, Any]:
-    stages = {s: repo.stage_summary(s) for s in ("captions", "instruct", "pretrain") if repo.stage_complete(s)}
+    stages = {s: repo.stage_summary(s) for s in CONFIGS if repo.stage_complete(s)}
     manifest = {
         "recipe": recipe,
         "fingerprint": fp,
@@ -239,7 +239,7 @@ def finish(
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "diversity": _diversity(repo),
     }
-    atomic_write_text(repo.artifacts() / "build_manifest.json", json.dumps(manifest, indent=2, default=str))
+    write_text(repo.artifacts() / MANIFEST, json.dumps(manifest, indent=2, default=str))
     write_card(repo.out, manifest)
     summary = {"stages": stages, "run": run_stats, "wall_seconds": wall, "diversity": manifest["diversity"]}
     print_summary(summary)
@@ -285,6 +285,11 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{sum(rejected.values()):>10}  {shards:<20}{tokens:>9}{secs:>9.1f}{rate:>8}  "
             + (", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) or "-")
         )
+    for stage, r in summary["run"].items():
+        if "requests" in r:
+            lines.append(f"{stage}: {r['requests']} request(s) sent, {r.get('replayed', 0)} generation(s) replayed "
+                         f"from the journal, {r.get('retries', 0)} retries, {r.get('server_errors', 0)} server "
+                         f"error(s), at most {r.get('max_in_flight_seen', 0)} in flight")
     pre = summary["stages"].get("pretrain", {})
     if pre:
         lines.append(f"Stage 3: {pre.get('dim')}-d embeddings, {pre.get('truncated_by_encoder', 0)} caption(s) "
@@ -293,6 +298,6 @@ def print_summary(summary: dict[str, Any]) -> None:
     if div.get("k"):
         lines.append(f"diversity: k={div['k']} clusters, top-5 share {_num(div.get('top5_share'))}, normalised "
                      f"entropy {_num(div.get('entropy_normalised'))}, mean per-caption TTR {_num(div.get('ttr'))} "
-                     "(artifacts/report.json)")
+                     f"({artifact(REPORT)})")
     lines.append(f"wall time {summary['wall_seconds']:.1f}s (tokens and tok/s count this run's generation only)")
     print("\n".join(lines), file=sys.stderr, flush=True)

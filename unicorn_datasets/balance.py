@@ -26,17 +26,14 @@ import numpy as np
 import pyarrow as pa
 
 from .clustering import default_k, kmeans
-from .seeds import Seed, SeedError, _stable_int, merge_seeds, uniform_draw
+from .recipe import Recipe
+from .seeds import Seed, _stable_int, merge_seeds, uniform_draw
 
 CLUSTERS_FILE = "seed_clusters.parquet"
 CLUSTERS_SCHEMA = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("cluster", pa.int32()), ("balanced", pa.bool_()),
      ("uniform", pa.bool_())]
 )
-
-
-class BalanceError(SeedError):
-    """A balance section the build cannot use (a seed error: it fails before anything is written)."""
 
 
 @dataclass
@@ -47,19 +44,9 @@ class BalanceConfig:
     batch_size: int = 256  # encoder batch
 
     @classmethod
-    def from_recipe(cls, recipe: dict[str, Any]) -> BalanceConfig:
-        section = recipe.get("balance") or {}
-        if not isinstance(section, dict):
-            raise BalanceError(f"balance: expected a mapping such as {{enabled: true}}, got {section!r}")
-        unknown = set(section) - {"enabled", "encoder", "k", "batch_size"}
-        if unknown:
-            raise BalanceError(f"balance: unknown keys {sorted(unknown)} (known: enabled, encoder, k, batch_size)")
-        k = section.get("k")
-        if k is not None and int(k) < 1:
-            raise BalanceError(f"balance.k must be at least 1, got {k}")
-        encoder = section.get("encoder") or recipe.get("transfer", {}).get("encoder", "minilm")
-        return cls(enabled=bool(section.get("enabled", False)), encoder=str(encoder),
-                   k=int(k) if k is not None else None, batch_size=int(section.get("batch_size", 256)))
+    def from_recipe(cls, recipe: Recipe) -> BalanceConfig:
+        b = recipe.balance
+        return cls(enabled=b.enabled, encoder=b.encoder or recipe.transfer.encoder, k=b.k, batch_size=b.batch_size)
 
 
 @dataclass

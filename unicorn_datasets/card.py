@@ -11,9 +11,11 @@ import datasets
 import pyarrow.parquet as pq
 import yaml
 
-from .repo import atomic_write_text
+from .atomic import write_text
+from .layout import CARD, REPORT, TEXT_MEAN, artifact
+from .packaged import shipped
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "cards" / "dataset_card.md"
+TEMPLATE = "dataset_card.md"  # in cards/ (shipped inside the package)
 CONFIG_ORDER = ("pretrain", "instruct", "captions")
 ABOUT = {
     "captions": "Stage 1: one dense, objective caption per seed (`id`, `seed`, `source`, `caption`).",
@@ -93,7 +95,7 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
     ]
     for stage, p in prov.items():
         prov_rows.append((stage, "`" + json.dumps(p, sort_keys=True, default=str) + "`"))
-    body = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
+    body = Template((shipped("cards") / TEMPLATE).read_text(encoding="utf-8")).substitute(
         yaml=yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(),
         title=f"{recipe.get('name')}: synthetic vision-language training data",
         description=recipe.get("description", ""),
@@ -109,8 +111,22 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         + _balance_text(manifest.get("diversity", {}).get("seed_balance")),
         provenance_table=_table(prov_rows, ("what", "value")),
         rejections_table=_table(rej_rows, ("stage", "rows in", "rows out", "rejections by reason")),
+        seeds_table=_seeds_table(manifest.get("seeds", {})),
     )
-    atomic_write_text(out / "README.md", body)
+    write_text(out / CARD, body)
+
+
+def _seeds_table(seeds: dict[str, Any]) -> str:
+    """One row per seed source: read, kept, filtered and every hygiene change (only the non-zero ones)."""
+    rows = []
+    for source, st in seeds.items():
+        if not isinstance(st, dict):
+            continue  # "selected": the count after merging and --limit
+        changes = {k: v for k, v in st.items() if k not in ("read", "kept") and v}
+        rows.append((f"`{source}`", st.get("read", 0), st.get("kept", 0),
+                     ", ".join(f"{k}: {v}" for k, v in changes.items()) or "none"))
+    table = _table(rows, ("source", "read", "kept", "filtered and cleaned"))
+    return f"{table}\n\n{seeds.get('selected', 0)} seeds selected after merging the sources (and `limit`)."
 
 
 def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
@@ -134,7 +150,7 @@ def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
             f"3. **Transfer**: captions encoded with `{enc.get('encoder', enc.get('path'))}` "
             f"({stages['pretrain'].get('dim')}-d, "
             f"L2-normalised), method `{t.get('method')}` (renormalise: {t.get('renormalize')}, noise sigma: "
-            f"{t.get('noise_sigma')}); the text mean over {t.get('count')} captions is in `artifacts/text_mean.npy`; "
+            f"{t.get('noise_sigma')}); the text mean over {t.get('count')} captions is in `{artifact(TEXT_MEAN)}`; "
             f"{stages['pretrain'].get('truncated_by_encoder', 0)} caption(s) were cut by the encoder's token limit. "
             "At inference on real images, subtract the mean of the image set (`unicorn embed-images`)."
         )
@@ -144,7 +160,7 @@ def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
 def _diversity_text(div: dict[str, Any]) -> str:
     if not div.get("k") or div.get("top5_share") is None:
         return ""
-    return (f"\n\n**Diversity and balance** (Synth²-style, `artifacts/report.json`): {div.get('n_captions')} captions "
+    return (f"\n\n**Diversity and balance** (Synth²-style, `{artifact(REPORT)}`): {div.get('n_captions')} captions "
             f"in k={div.get('k')} k-means clusters; the 5 largest hold {div.get('top5_share', 0):.1%}; cluster-size "
             f"entropy {div.get('entropy', 0):.2f} (normalised {div.get('entropy_normalised', 0):.2f}); mean "
             f"per-caption type-token ratio {div.get('ttr', 0):.2f}.")

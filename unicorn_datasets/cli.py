@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+
 EXIT_USAGE, EXIT_INPUT, EXIT_BUILD = 2, 3, 4
 
 
@@ -52,38 +54,48 @@ def _build_parser(sub: Any) -> None:
     b.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (LLM2CLIP)")
 
 
-def _recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    from .recipe import apply_overrides, load_recipe, parse_set
+# build flags that set a recipe key: (flag, key path)
+_FLAG_KEYS = (
+    ("limit", "--limit", "limit"),
+    ("seed", "--seed", "seed"),
+    ("llm", "--llm", "llm.model"),
+    ("prompt_mode", "--prompt-mode", "llm.prompt_mode"),
+    ("batch_size", "--batch-size", "llm.batch_size"),
+    ("shard_size", "--shard-size", "shard_size"),
+    ("encoder", "--encoder", "transfer.encoder"),
+    ("transfer", "--transfer", "transfer.method"),
+    ("renormalize", "--renormalize", "transfer.renormalize"),
+    ("noise_sigma", "--noise-sigma", "transfer.noise_sigma"),
+    ("embedding_dtype", "--embedding-dtype", "transfer.embedding_dtype"),
+    ("llm_endpoint", "--llm-endpoint", "llm.endpoints"),
+    ("stages", "--stages", "stages"),
+    ("balance", "--balance", "balance.enabled"),
+)
 
-    recipe = load_recipe(args.recipe)
-    overrides: dict[str, Any] = {
-        "limit": args.limit,
-        "seed": args.seed,
-        "llm.model": args.llm,
-        "llm.prompt_mode": args.prompt_mode,
-        "llm.batch_size": args.batch_size,
-        "shard_size": args.shard_size,
-        "transfer.encoder": args.encoder,
-        "transfer.method": args.transfer,
-        "transfer.renormalize": args.renormalize,
-        "transfer.noise_sigma": args.noise_sigma,
-        "transfer.embedding_dtype": args.embedding_dtype,
-        "balance.enabled": args.balance,
-    }
-    if args.llm_endpoint:
-        overrides["llm.endpoints"] = [u.strip() for u in args.llm_endpoint.split(",") if u.strip()]
-    if args.stages:
-        overrides["stages"] = [s.strip() for s in args.stages.split(",")]
-    recipe = apply_overrides(recipe, overrides)
+
+def _recipe_from_args(args: argparse.Namespace) -> Any:
+    """The recipe file, then the flags, then `--set`s: validated once; an error names the flag or --set at fault."""
+    from .recipe import RecipeError, load_recipe, parse_set
+
+    overrides: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for attr, flag, key in _FLAG_KEYS:
+        value = getattr(args, attr)
+        if value is not None:
+            overrides[key], origins[key] = value, f"{flag} {value}"
     if args.seeds:
-        recipe["seeds"] = [{"kind": "captions", "path": args.seeds, "column": args.seed_column}]
+        overrides["seeds"] = [{"kind": "captions", "path": args.seeds, "column": args.seed_column}]
+        origins["seeds"] = f"--seeds {args.seeds}"
     elif args.seed_column:
-        raise SystemExit("--seed-column needs --seeds")
-    return apply_overrides(recipe, parse_set(args.set))
+        raise RecipeError("--seed-column needs --seeds")
+    for item in args.set:
+        key, value = parse_set(item)
+        overrides[key], origins[key] = value, f"--set {item}"
+    return load_recipe(args.recipe, overrides, origins)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .pipeline import build
+    from .build import build
 
     recipe = _recipe_from_args(args)
     build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
@@ -129,11 +141,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_gap_stats(args: argparse.Namespace) -> int:
     from .encoders import load_encoder
     from .gap import gap_report
+    from .layout import ARTIFACTS, TEXT_MEAN
 
     enc = load_encoder(args.encoder, device=args.device, trust_remote_code=args.trust_remote_code)
     mean = args.text_mean
     if mean is None and args.dataset:
-        mean = str(Path(args.dataset) / "artifacts" / "text_mean.npy")
+        mean = str(Path(args.dataset) / ARTIFACTS / TEXT_MEAN)
     result = gap_report(args.pairs, enc, text_mean=mean, renormalize=args.renormalize, noise_sigma=args.noise_sigma)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -141,6 +154,7 @@ def cmd_gap_stats(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unicorn", description="Build vision-language training data without images.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _build_parser(sub)
     push = sub.add_parser("push", help="push a built dataset folder to the Hub (the viewer shows every config)")
@@ -202,14 +216,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report_error(exc: BaseException | None) -> int:
-    from .pipeline import BuildError
+    from .errors import BuildError
     from .recipe import RecipeError
     from .repo import RepoError
     from .seeds import SeedError
+    from .text import TextError
 
     try:
         raise exc  # type: ignore[misc]
-    except (SeedError, RecipeError, FileNotFoundError) as e:
+    except (SeedError, TextError, RecipeError, FileNotFoundError) as e:
         print(f"unicorn: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except (BuildError, RepoError, ValueError, RuntimeError) as e:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path
 from .transfer import l2_normalize
 
 if TYPE_CHECKING:
@@ -114,19 +114,8 @@ def write_embeddings_parquet(
     if paths is not None:
         cols["path"] = pa.array(paths, type=pa.string())
     table = pa.table(cols)
-    _atomic_write(Path(path), lambda f: pq.write_table(table, f))
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(Path(path)) as tmp:
+        pq.write_table(table, tmp)
 
 
 def embed_images(
@@ -203,7 +192,8 @@ def embed_images(
     out_path = Path(out_path)
     write_embeddings_parquet(out_path, ids, out.astype(np.float32), paths if keep_path else None)
     mean_path = out_path.with_name(out_path.name + ".mean.npy")
-    _atomic_write(mean_path, lambda f: np.save(f, mean))
+    with atomic_path(mean_path) as tmp, open(tmp, "wb") as f:
+        np.save(f, mean)
     return {
         "source": str(src),
         "source_kind": "dataset" if is_dataset else "folder",

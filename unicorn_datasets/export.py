@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .contract import assert_rows
+
 __all__ = ["DEFAULT_CONFIGS", "IMAGE_TOKEN", "export_bunny"]
 
 DEFAULT_CONFIGS = ("pretrain", "instruct")
@@ -125,6 +127,7 @@ def _write_config(
         for table in _batches(ds):
             ids = [str(x) for x in table.column("id").to_pylist()]
             convs = table.column("conversations").to_pylist()
+            tasks = table.column("task").to_pylist() if "task" in table.column_names else [None] * len(ids)
             emb = _embeddings(table.column("embedding"), f"config {config!r}, rows {n}..{n + len(ids) - 1}")
             if dim is None:
                 dim = int(emb.shape[1])
@@ -137,6 +140,7 @@ def _write_config(
                 seen.add(rid)
                 turns, was_added = _conversations(conv, where)
                 added += was_added
+                assert_rows(config, [{"id": rid, "task": tasks[k], "conversations": turns, "embedding": emb[k]}], dim)
                 record = json.dumps({"id": rid, "conversations": turns}, ensure_ascii=False)
                 f.write((b",\n" if n else b"\n") + record.encode())
                 pending.append({"id": rid, "embed": emb[k].astype(dtype, copy=True)})

@@ -12,10 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from .text import TextChanges, TextError, clean, read_lines
 
-def load_pairs(path: str) -> tuple[list[str], np.ndarray | None, list[str] | None]:
+
+def load_pairs(
+    path: str, changes: TextChanges | None = None
+) -> tuple[list[str], np.ndarray | None, list[str] | None]:
+    """Captions (cleaned like seeds, changes counted in `changes`) and image embeddings or image paths."""
     import pyarrow.parquet as pq
 
+    changes = changes if changes is not None else TextChanges()
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"pairs file not found: {path}")
@@ -24,10 +30,16 @@ def load_pairs(path: str) -> tuple[list[str], np.ndarray | None, list[str] | Non
     else:
         import json
 
-        rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not rows or "caption" not in rows[0]:
+        rows = []
+        for lineno, line in enumerate(read_lines(p, changes), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise TextError(f"{path}:{lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+    if not rows or not isinstance(rows[0], dict) or "caption" not in rows[0]:
         raise ValueError(f"{path}: needs a 'caption' column and 'image_embedding' or 'image' (paths)")
-    captions = [str(r["caption"]) for r in rows]
+    captions = [clean(str(r.get("caption") or ""), changes) for r in rows]
     if "image_embedding" in rows[0]:
         return captions, np.asarray([r["image_embedding"] for r in rows], dtype=np.float64), None
     if "image" in rows[0]:
@@ -39,7 +51,8 @@ def gap_report(pairs: str, encoder: Any, *, text_mean: str | None = None, batch_
                renormalize: bool = False, noise_sigma: float = 0.0) -> dict[str, Any]:
     from .transfer import gap_statistics
 
-    captions, image_emb, image_paths = load_pairs(pairs)
+    changes = TextChanges()
+    captions, image_emb, image_paths = load_pairs(pairs, changes)
     text = encoder.encode_text(captions, batch_size=batch_size)
     if image_emb is None:
         from PIL import Image
@@ -47,4 +60,5 @@ def gap_report(pairs: str, encoder: Any, *, text_mean: str | None = None, batch_
         image_emb = encoder.encode_images([Image.open(p).convert("RGB") for p in image_paths or []], batch_size)
     image_emb = image_emb / np.maximum(np.linalg.norm(image_emb, axis=1, keepdims=True), 1e-12)
     mean = np.load(text_mean) if text_mean else None  # a build's artifacts/text_mean.npy: the mean used in training
-    return gap_statistics(text, image_emb, mean, renormalize=renormalize, noise_sigma=noise_sigma)
+    stats = gap_statistics(text, image_emb, mean, renormalize=renormalize, noise_sigma=noise_sigma)
+    return {**stats, "caption_cleaning": changes.as_dict()}

@@ -22,9 +22,8 @@ from typing import Any
 
 import yaml
 
-WORK = ".build"
-CARD = "README.md"
-ARTIFACTS = "artifacts"
+from .layout import ARTIFACTS, CARD, LOCK, WORK
+
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 
@@ -124,7 +123,7 @@ def _is_hidden(rel: Path) -> bool:
 
 
 def _is_lock(rel: Path) -> bool:
-    return rel.name == "lock" or rel.suffix == ".lock"
+    return rel.name == LOCK or rel.suffix == ".lock"
 
 
 def _walk(folder: Path) -> Iterable[Path]:
@@ -169,7 +168,7 @@ def build_in_progress(folder: str | Path) -> str | None:
     A shared lock can be taken unless a build holds its exclusive one; flock dies with its
     process, so a killed build leaves no stale lock behind.
     """
-    lock = Path(folder) / WORK / "lock"
+    lock = Path(folder) / WORK / LOCK
     if not lock.exists():
         return None
     with open(lock) as fd:

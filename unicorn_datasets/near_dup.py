@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .recipe import RecipeError
+from .recipe import Recipe, RecipeError
 
 STAGE = "near_dup"  # the signature parts' stage name in the work area
 REASON = "near_duplicate"
@@ -38,10 +38,6 @@ SIGNATURE_SEED = 1  # fixed: signatures must not change with the build seed, or 
 # false positive costs one comparison while a false negative is a missed duplicate; weigh misses heavily
 LSH_WEIGHTS = (0.05, 0.95)
 BUCKET_CAP = 64  # compare a row with at most this many earlier rows per LSH bucket (bounds exact-dup floods)
-
-
-class NearDupError(RecipeError):
-    """A near_dup section the build cannot use."""
 
 
 @dataclass
@@ -53,23 +49,12 @@ class NearDupConfig:
     shingle: int = 3  # words per shingle
 
     @classmethod
-    def from_recipe(cls, recipe: dict[str, Any]) -> NearDupConfig:
-        section = recipe.get("near_dup") or {}
-        if not isinstance(section, dict):
-            raise NearDupError(f"near_dup: expected a mapping such as {{enabled: true}}, got {section!r}")
-        known = {"enabled", "method", "threshold", "num_perm", "shingle"}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise NearDupError(f"near_dup: unknown keys {unknown} (known: {', '.join(sorted(known))})")
-        cfg = cls(**{k: section[k] for k in known if k in section})
-        if cfg.method != "minhash":
-            raise NearDupError(f"near_dup.method: only 'minhash' is supported (got {cfg.method!r}); "
-                               "bench/README.md says why embedding cosine was not chosen")
-        if not 0.0 < float(cfg.threshold) <= 1.0:
-            raise NearDupError(f"near_dup.threshold must be in (0, 1], got {cfg.threshold}")
-        if int(cfg.num_perm) < 8 or int(cfg.shingle) < 1:
-            raise NearDupError("near_dup.num_perm must be >= 8 and near_dup.shingle >= 1")
-        return cfg
+    def from_recipe(cls, recipe: Recipe) -> NearDupConfig:
+        n = recipe.near_dup
+        if n.threshold > 1.0:
+            raise RecipeError(f"near_dup.threshold must be at most 1 (a Jaccard similarity), got {n.threshold}",
+                              "near_dup.threshold")
+        return cls(enabled=n.enabled, method=n.method, threshold=n.threshold, num_perm=n.num_perm, shingle=n.shingle)
 
     def provenance(self) -> dict[str, Any]:
         b, r = lsh_params(self)
@@ -171,7 +156,8 @@ def reject_near_duplicates(ctx: Any, stage: str, cfg: NearDupConfig) -> None:
     import datasets
     import pyarrow.parquet as pq
 
-    from .pipeline import log, run_sharded
+    from .build.context import log
+    from .build.shards import Shards, run_map
 
     repo = ctx.repo
     shards = sorted(repo.done_shards(stage))
@@ -186,7 +172,7 @@ def reject_near_duplicates(ctx: Any, stage: str, cfg: NearDupConfig) -> None:
         return fn
 
     n_rows = sum(m.get("rows", 0) for m in repo.part_meta(stage))
-    run_sharded(ctx, STAGE, (n_rows, n_shards, load), make_fn, map_batch_size=1024)
+    run_map(ctx, STAGE, Shards(n_rows, n_shards, load), make_fn, batch_size=1024)
     if ctx.is_main:
         ids: list[str] = []
         sigs: list[np.ndarray] = []

@@ -20,16 +20,18 @@ class StageProgress:
         self.bar.refresh()
         self._last = 0.0
 
-    def advance(self, rows: int) -> None:
+    def advance(self, rows: int, postfix: str | None = None) -> None:
         self.own += rows
         now = time.monotonic()
         if now - self._last > 0.5:
             self._last = now
+            if postfix:
+                self.bar.set_postfix_str(postfix, refresh=False)
             self._refresh()
 
-    def shard_finished(self) -> None:
+    def shard_finished(self, rows: int) -> None:
         """The shard's part file now counts in done_rows(): stop counting its rows as our own."""
-        self.own = 0
+        self.own = max(0, self.own - rows)
         self._refresh()
 
     def _refresh(self) -> None:
@@ -37,5 +39,6 @@ class StageProgress:
         self.bar.refresh()
 
     def close(self) -> None:
-        self.shard_finished()
+        self.own = 0
+        self._refresh()
         self.bar.close()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,33 +22,71 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-WORK = ".build"
+from .atomic import atomic_path, write_text
+from .contract import assert_table
+from .layout import ARTIFACTS, COMPLETE, LOCK, OUR_FILES, STATE, WORK
+
 ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
 FILE_BYTES = 500 * 1024 * 1024
-OUR_FILES = {"README.md", WORK, "artifacts", "captions", "pretrain", "instruct"}
+
+
+LOCK_WAIT_S = 60.0  # how long a rerun waits for a dead holder's lock to be released
 
 
 class RepoError(RuntimeError):
     pass
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat fields after the command name (state first), or None when there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def _start_time(pid: int) -> str:
+    fields = _proc_stat(pid)
+    return fields[19] if fields else "?"  # field 22 of stat: start time in clock ticks since boot
+
+
+_PF_EXITING = 0x4  # task flag set from the start of do_exit()
+
+
+def holder_state(holder: str) -> str:
+    """'live', 'dead', 'zombie' or 'exiting' for the lock line `pid N start T ...` of a lock holder.
+
+    An unreadable line counts as live (never steal a lock we cannot judge); a pid whose start time
+    differs from the recorded one is a new process that reused the number: the holder is dead."""
+    m = re.match(r"pid (\d+)(?: start (\S+))?", holder)
+    if not m:
+        return "live"
+    fields = _proc_stat(int(m.group(1)))
+    if fields is None or fields[0] in "XxZ":
+        return "dead" if fields is None or fields[0] in "Xx" else "zombie"
+    if m.group(2) not in (None, "?") and fields[19] != m.group(2):
+        return "dead"
+    if int(fields[6]) & _PF_EXITING or _sigkill_pending(int(m.group(1))):
+        return "exiting"
+    return "live"
+
+
+def _sigkill_pending(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    masks = re.findall(r"^(?:SigPnd|ShdPnd):\s*([0-9a-f]+)", status, re.MULTILINE)
+    return any(int(mask, 16) & (1 << 8) for mask in masks)  # bit 8: signal 9 (SIGKILL)
 
 
 def write_parquet(table: pa.Table, path: Path, *, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
     """Write with row groups sized by bytes (not rows) and a page index; atomic rename at the end."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     per_row = max(1, table.nbytes // max(1, table.num_rows))
     rows_per_group = max(1, row_group_bytes // per_row)
-    pq.write_table(table, tmp, row_group_size=rows_per_group, write_page_index=True, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=rows_per_group, write_page_index=True, compression="zstd")
 
 
 class BuildRepo:
@@ -62,30 +102,46 @@ class BuildRepo:
             return
         if not self.out.is_dir():
             raise RepoError(f"--out {self.out} exists and is not a folder")
-        foreign = sorted(p.name for p in self.out.iterdir() if p.name not in OUR_FILES)
-        ours = (self.work / "state.json").exists()
-        if foreign and not ours:
+        if (self.work / STATE).exists():
+            return  # ours
+        # Not ours: anything but our work area is the user's, even a README.md or a folder named like a config.
+        foreign = sorted(p.name for p in self.out.iterdir() if p.name != WORK)
+        if foreign:
             raise RepoError(
                 f"--out {self.out} already holds files that are not a unicorn-datasets build "
                 f"({', '.join(foreign[:5])}); choose another folder"
             )
 
-    def acquire_lock(self) -> None:
-        """One build per OUT at a time. flock dies with its process, so kill -9 leaves no stale lock."""
+    def acquire_lock(self, wait_s: float = LOCK_WAIT_S) -> None:
+        """One build per OUT at a time. flock dies with its process, so kill -9 leaves no stale lock; but
+        the kernel releases it only when the dying process's files close, which for a process holding a
+        big model can be seconds after the kill. So a holder that is dead, a zombie or exiting is waited
+        for (up to `wait_s`, saying so); only a live build is refused."""
         self.work.mkdir(parents=True, exist_ok=True)
-        fd = open(self.work / "lock", "a+")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fd.seek(0)
-            holder = fd.read().strip()
-            fd.close()
-            raise RepoError(
-                f"another build is writing into {self.out} ({holder or 'pid unknown'}); wait for it or kill it"
-            ) from None
+        fd = open(self.work / LOCK, "a+")
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                fd.seek(0)
+                holder = fd.read().strip()
+                state = holder_state(holder)
+                if state == "live" or (deadline is not None and time.monotonic() > deadline):
+                    fd.close()
+                    why = "wait for it or kill it" if state == "live" else f"still not released after {wait_s:.0f} s"
+                    who = holder or "pid unknown"
+                    raise RepoError(f"another build is writing into {self.out} ({who}); {why}") from None
+                if deadline is None:
+                    deadline = time.monotonic() + wait_s
+                    print(f"[unicorn] the build that held {self.out} ({holder}) is {state}; waiting up to "
+                          f"{wait_s:.0f} s for the system to release its lock, then resuming", file=sys.stderr,
+                          flush=True)
+                time.sleep(0.2)
         fd.seek(0)
         fd.truncate()
-        fd.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fd.write(f"pid {os.getpid()} start {_start_time(os.getpid())} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         fd.flush()
         self._lock_fd = fd
 
@@ -97,7 +153,8 @@ class BuildRepo:
 
     def start(self, recipe: dict[str, Any], fp: str, *, overwrite: bool) -> bool:
         """Check or write the build state. Returns True when resuming an earlier build."""
-        state_path = self.work / "state.json"
+        self.remove_stale_published_tmp()  # we hold the lock: any temporary file is a dead run's
+        state_path = self.work / STATE
         if state_path.exists():
             state = json.loads(state_path.read_text())
             if state["fingerprint"] == fp and not overwrite:
@@ -111,10 +168,16 @@ class BuildRepo:
         if overwrite:
             self.clear()
         self.work.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
+        write_text(
             state_path, json.dumps({"fingerprint": fp, "recipe": recipe, "started": time.time()}, indent=2, default=str)
         )
         return False
+
+    def remove_stale_published_tmp(self) -> None:
+        """Temporary files an interrupted atomic write left beside what gets pushed (card, artifacts)."""
+        for folder in (self.out, self.out / ARTIFACTS):
+            for p in folder.glob(".*.tmp*") if folder.is_dir() else []:
+                p.unlink(missing_ok=True)
 
     def clear(self) -> None:
         for name in OUR_FILES - {WORK}:
@@ -124,7 +187,7 @@ class BuildRepo:
             elif p.exists():
                 p.unlink()
         for p in self.work.iterdir() if self.work.exists() else []:
-            if p.name != "lock":
+            if p.name != LOCK:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     # ---- shard parts -----------------------------------------------------------------------
@@ -147,7 +210,7 @@ class BuildRepo:
 
     def write_part(self, stage: str, shard: int, table: pa.Table, meta: dict[str, Any]) -> None:
         """Sidecar first, part last: a part's existence is the only 'done' signal."""
-        atomic_write_text(self.stage_dir(stage) / f"part-{shard:05d}.json", json.dumps(meta))
+        write_text(self.stage_dir(stage) / f"part-{shard:05d}.json", json.dumps(meta))
         write_parquet(table, self.part_path(stage, shard))
 
     def part_meta(self, stage: str) -> list[dict[str, Any]]:
@@ -162,13 +225,13 @@ class BuildRepo:
             yield pq.read_table(self.part_path(stage, shard), columns=columns)
 
     def stage_complete(self, stage: str) -> bool:
-        return (self.stage_dir(stage) / "COMPLETE").exists()
+        return (self.stage_dir(stage) / COMPLETE).exists()
 
     def mark_stage_complete(self, stage: str, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.stage_dir(stage) / "COMPLETE", json.dumps(summary, indent=2, default=str))
+        write_text(self.stage_dir(stage) / COMPLETE, json.dumps(summary, indent=2, default=str))
 
     def stage_summary(self, stage: str) -> dict[str, Any]:
-        p = self.stage_dir(stage) / "COMPLETE"
+        p = self.stage_dir(stage) / COMPLETE
         return json.loads(p.read_text()) if p.exists() else {}
 
     # ---- final configs ---------------------------------------------------------------------
@@ -201,9 +264,12 @@ class BuildRepo:
                     writer, written = None, 0
 
         buffered = 0
+        emb = schema.field("embedding").type if "embedding" in schema.names else None
+        dim = emb.list_size if emb is not None and pa.types.is_fixed_size_list(emb) else None
         for t in tables:
             if t.num_rows == 0:
                 continue
+            assert_table(config, t, dim)  # a row that breaks the conversation contract is never published
             if not rows_per_group:
                 rows_per_group = max(1, ROW_GROUP_BYTES // max(1, t.nbytes // t.num_rows))
             pending.append(t)
@@ -232,7 +298,7 @@ class BuildRepo:
         return names
 
     def artifacts(self) -> Path:
-        d = self.out / "artifacts"
+        d = self.out / ARTIFACTS
         d.mkdir(parents=True, exist_ok=True)
         return d
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import zlib
 from collections import Counter
@@ -25,8 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path, write_text
 from .clustering import balance_stats, default_k, kmeans, normalise
 from .hub import config_files
+from .layout import ARTIFACTS, REJECTIONS, REPORT
 
 HASH_DIM = 512  # hashed bag-of-words width: enough to separate topics, small enough for 200k rows in memory
 WORD = re.compile(r"\w+(?:['’]\w+)*")
@@ -187,7 +188,7 @@ def _seed_balance(folder: Path, cap_files: list[Path]) -> dict[str, Any] | None:
     """Balanced vs uniform seed histograms when the build selected its seeds by concept (balance.py)."""
     from .balance import CLUSTERS_FILE, balance_report
 
-    path = folder / "artifacts" / CLUSTERS_FILE
+    path = folder / ARTIFACTS / CLUSTERS_FILE
     if not path.is_file():
         return None
     ids = ({i for arr in _iter_column(cap_files, "id") for i in arr.to_pylist()}
@@ -198,15 +199,8 @@ def _seed_balance(folder: Path, cap_files: list[Path]) -> dict[str, Any] | None:
 # ---- writing ---------------------------------------------------------------------------------
 
 
-def _tmp(path: Path) -> Path:
-    # `.name.tmp-<pid>`: the pattern the push excludes, so a crash never leaks a half file to the Hub
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _plots(art: Path, sizes: list[int], lengths: list[int]) -> list[str]:
@@ -225,10 +219,9 @@ def _plots(art: Path, sizes: list[int], lengths: list[int]) -> list[str]:
         ax.set_ylabel("captions")
         ax.set_title(title)
         fig.tight_layout()
-        path = art / name
-        fig.savefig(_tmp(path), format="png", dpi=100)
+        with atomic_path(art / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
-        os.replace(_tmp(path), path)
         written.append(f"artifacts/{name}")
 
     written: list[str] = []
@@ -315,14 +308,14 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
     out["per_task"] = _counts(ins_files, "task") if _has_column(ins_files, "task") else {}
     out["rows"] = {c: _num_rows(f) for c, f in
                    (("captions", cap_files), ("pretrain", pre_files), ("instruct", ins_files)) if f}
-    out["rejections"] = _rejections(folder / "artifacts" / "rejections.parquet")
+    out["rejections"] = _rejections(folder / ARTIFACTS / REJECTIONS)
     out["seed_balance"] = _seed_balance(folder, cap_files)
 
     if write:
-        art = folder / "artifacts"
+        art = folder / ARTIFACTS
         art.mkdir(exist_ok=True)
         out["plots"] = _plots(art, clustering.get("cluster_sizes", []), lengths)
-        _write_json(art / "report.json", out)
+        _write_json(art / REPORT, out)
     else:
         out["plots"] = []
     return out

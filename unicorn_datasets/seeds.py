@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from .reserved import escape_seed
+from .text import TextChanges, TextError, clean, dedup_key, read_lines
+
 SHIPPED = Path(__file__).parent / "data" / "seeds"
-MAX_LINE_BYTES = 64 * 1024  # no caption seed is this long: such a line is a broken file, not a seed
 TEXT_COLUMNS = ("caption", "text", "seed", "sentence")
 
 
@@ -35,20 +37,23 @@ class Seed:
 
 
 @dataclass
-class SeedStats:
+class SeedStats(TextChanges):
+    """What happened to a source's texts: the hygiene changes (TextChanges) and the filters."""
+
     read: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # detected after cleaning: case, NFC, invisible characters and spacing never hide one
     too_short: int = 0
     too_long: int = 0
     empty: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+    reserved_escaped: int = 0  # seeds with a reserved token (`<image>`, `<|im_end|>`, ...) written as plain text
 
 
-def normalize(text: str) -> str:
-    """Collapse all whitespace runs (including newlines and tabs) to single spaces."""
-    return " ".join(text.split())
+def normalize(text: str, stats: SeedStats | None = None) -> str:
+    """A seed as the LLM sees it: clean text (see text.clean) with reserved tokens repaired."""
+    stats = stats if stats is not None else SeedStats()
+    text, escaped = escape_seed(clean(text, stats))
+    stats.reserved_escaped += escaped
+    return text
 
 
 def seed_id(source: str, text: str) -> str:
@@ -68,18 +73,12 @@ def _resolve(path: str) -> Path:
     return p
 
 
-def _decode_lines(p: Path) -> list[str]:
-    """Read a text file line by line, naming the line of any non-UTF-8 byte or absurd length."""
-    out = []
-    with open(p, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if len(raw) > MAX_LINE_BYTES:
-                raise SeedError(f"{p}:{lineno}: line is {len(raw):,} bytes (limit {MAX_LINE_BYTES:,}); not a caption")
-            try:
-                out.append(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise SeedError(f"{p}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from e
-    return out
+def _decode_lines(p: Path, stats: SeedStats) -> list[str]:
+    """A text file's lines; a NUL, non-UTF-8 byte or absurd length is named by line and column."""
+    try:
+        return read_lines(p, stats)
+    except TextError as e:
+        raise SeedError(str(e)) from None
 
 
 def _pick_column(available: list[str], column: str | None, where: str) -> str:
@@ -93,30 +92,30 @@ def _pick_column(available: list[str], column: str | None, where: str) -> str:
     raise SeedError(f"{where}: say which column holds the seeds with --seed-column (columns: {', '.join(available)})")
 
 
-def _texts_from_file(p: Path, column: str | None) -> list[str]:
+def _texts_from_file(p: Path, column: str | None, stats: SeedStats) -> list[str]:
     suffix = p.suffix.lower()
     if suffix in (".txt", ""):
-        return _decode_lines(p)
+        return _decode_lines(p, stats)
     if suffix in (".jsonl", ".json"):
         texts = []
-        lines = _decode_lines(p)
+        lines = _decode_lines(p, stats)
+        col = None  # chosen on the first object; every later line must have it too
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SeedError(f"{p}:{lineno}: invalid JSON ({e.msg})") from e
+                raise SeedError(f"{p}:{lineno}:{e.colno}: invalid JSON ({e.msg})") from e
             if not isinstance(obj, dict):
                 raise SeedError(f"{p}:{lineno}: expected a JSON object per line")
-            col = _pick_column(list(obj), column, f"{p}:{lineno}")
+            col = col or _pick_column(list(obj), column, f"{p}:{lineno}")
+            if col not in obj:
+                raise SeedError(f"{p}:{lineno}: no column '{col}' (columns: {', '.join(obj) or 'none'})")
             texts.append(str(obj[col]) if obj[col] is not None else "")
         return texts
     if suffix in (".csv", ".tsv"):
-        lines = _decode_lines(p)
-        reader = csv.DictReader(io.StringIO("".join(lines)), delimiter="\t" if suffix == ".tsv" else ",")
-        col = _pick_column(list(reader.fieldnames or []), column, str(p))
-        return [row[col] or "" for row in reader]
+        return _texts_from_csv(p, column, "\t" if suffix == ".tsv" else ",", stats)
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -127,6 +126,20 @@ def _texts_from_file(p: Path, column: str | None) -> list[str]:
         col = _pick_column(table.column_names, column, str(p))
         return [str(v) if v is not None else "" for v in table.column(col).to_pylist()]
     raise SeedError(f"{p}: unsupported seed file type '{suffix}' (use .txt, .jsonl, .csv, .tsv, .parquet or a dataset)")
+
+
+def _texts_from_csv(p: Path, column: str | None, delimiter: str, stats: SeedStats) -> list[str]:
+    reader = csv.DictReader(io.StringIO("\n".join(_decode_lines(p, stats))), delimiter=delimiter)
+    try:
+        col = _pick_column(list(reader.fieldnames or []), column, str(p))
+        texts = []
+        for row in reader:
+            if row[col] is None:  # a short row: the column is missing, not empty
+                raise SeedError(f"{p}:{reader.line_num}: no value for column '{col}' (row has {len(row) - 1} field(s))")
+            texts.append(row[col])
+        return texts
+    except csv.Error as e:
+        raise SeedError(f"{p}:{reader.line_num}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
 
 
 def _texts_from_dataset(name: str, column: str | None) -> list[str]:
@@ -158,14 +171,14 @@ def load_caption_seeds(
     stats = stats if stats is not None else SeedStats()
     p = _builtin(path) if path.startswith("builtin:") else Path(path).expanduser()
     if p.is_file():
-        texts = _texts_from_file(p, column)
+        texts = _texts_from_file(p, column, stats)
         source = source or p.stem
     elif p.is_dir() or ("/" in path and not path.startswith((".", "/", "~"))):
         texts = _texts_from_dataset(path, column)
         source = source or Path(path).name
     else:
         raise SeedError(f"seed file not found: {path}")
-    seeds = _filter([normalize(t) for t in texts], source, min_words, max_words, stats)
+    seeds = _filter([normalize(t, stats) for t in texts], source, min_words, max_words, stats)
     if not seeds:
         raise SeedError(f"{path}: no usable seeds ({stats.read} read: {stats.as_dict()})")
     return seeds
@@ -183,10 +196,10 @@ def _filter(texts: list[str], source: str, min_words: int, max_words: int, stats
             stats.too_short += 1
         elif n > max_words:
             stats.too_long += 1
-        elif text.lower() in seen:
+        elif dedup_key(text) in seen:
             stats.duplicates += 1
         else:
-            seen.add(text.lower())
+            seen.add(dedup_key(text))
             out.append(Seed(seed_id(source, text), text, source))
     return out
 
@@ -207,7 +220,7 @@ def load_domain_seeds(
     stats = stats if stats is not None else SeedStats()
     p = _resolve(path)
     try:
-        spec = json.loads("".join(_decode_lines(p)))
+        spec = json.loads("\n".join(_decode_lines(p, stats)))
     except json.JSONDecodeError as e:
         raise SeedError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from e
     domains = spec.get("domains") if isinstance(spec, dict) else None
@@ -225,16 +238,16 @@ def load_domain_seeds(
         for label in labels:
             rng = np.random.default_rng(_stable_int(seed, name, label))
             for j in rng.choice(len(templates), size=k, replace=False):
-                text = normalize(templates[int(j)].replace("{label}", label))
-                texts_by_source.append((f"domain_{name}", text, label))
+                text = normalize(templates[int(j)].replace("{label}", str(label)), stats)
+                texts_by_source.append((f"domain_{name}", text, str(label)))
     out: list[Seed] = []
     seen: set[str] = set()
     for source, text, label in texts_by_source:
         stats.read += 1
-        if text.lower() in seen:
+        if dedup_key(text) in seen:
             stats.duplicates += 1
             continue
-        seen.add(text.lower())
+        seen.add(dedup_key(text))
         out.append(Seed(seed_id(source, text), text, source, label))
     if not out:
         raise SeedError(f"{p}: no domain seeds")
@@ -247,8 +260,8 @@ def merge_seeds(groups: list[list[Seed]]) -> list[Seed]:
     merged: list[Seed] = []
     for group in groups:
         for s in group:
-            if s.seed.lower() not in seen:
-                seen.add(s.seed.lower())
+            if dedup_key(s.seed) not in seen:
+                seen.add(dedup_key(s.seed))
                 merged.append(s)
     merged.sort(key=lambda s: s.id)
     return merged

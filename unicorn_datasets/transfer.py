@@ -16,13 +16,13 @@ Methods (``apply_transfer``):
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path
 from .seeding import row_seeds
 
 __all__ = [
@@ -117,19 +117,13 @@ class MeanAccumulator:
         """Write the state atomically as .npz (sum float64 [D], count int64)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    sum=self.sum if self.sum is not None else np.zeros(0, np.float64),
-                    count=np.int64(self.count),
-                    dim=np.int64(-1 if self.dim is None else self.dim),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                sum=self.sum if self.sum is not None else np.zeros(0, np.float64),
+                count=np.int64(self.count),
+                dim=np.int64(-1 if self.dim is None else self.dim),
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MeanAccumulator:

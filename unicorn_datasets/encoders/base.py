@@ -106,7 +106,8 @@ class Encoder:
 
     Subclasses implement ``_token_lengths`` and ``_embed_text_batch`` (and ``_embed_image_batch`` when
     ``supports_images``). Attributes: ``dim``, ``family``, ``max_length`` (token limit for text),
-    ``truncated`` (texts cut by the token limit, accumulated over calls), ``last_truncated`` (last call).
+    ``truncated`` (texts cut by the token limit, accumulated over calls). ``truncated_mask(texts)`` says which
+    texts of a call the limit cuts, without state left between calls.
     """
 
     family: str = ""
@@ -138,7 +139,6 @@ class Encoder:
         self.dtype = dtype
         self.extra = dict(extra or {})
         self.truncated = 0
-        self.last_truncated = 0
 
     def describe(self) -> dict[str, Any]:
         """Provenance for the card/manifest (device excluded: it must not change row identity)."""
@@ -169,6 +169,11 @@ class Encoder:
         raise NotImplementedError
 
     # -- public --------------------------------------------------------------------------------
+    def truncated_mask(self, texts: Sequence[str]) -> np.ndarray:
+        """Per text, in input order: longer than ``max_length`` tokens (its tail does not count)."""
+        texts = list(texts)
+        return np.asarray(self._token_lengths(texts), dtype=np.int64) > self.max_length if texts else np.zeros(0, bool)
+
     def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Encode texts -> float32 [N, dim], rows L2-normalised, input order.
 
@@ -181,14 +186,10 @@ class Encoder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise EncoderError(f"text at position {i} is {type(t).__name__}, expected str")
-        self.last_truncated = 0
-        self.last_truncated_mask = np.zeros(len(texts), dtype=bool)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         lengths = self._token_lengths(texts)
-        self.last_truncated_mask = np.asarray(lengths) > self.max_length  # per row, in input order
-        self.last_truncated = int(self.last_truncated_mask.sum())
-        self.truncated += self.last_truncated
+        self.truncated += int((np.asarray(lengths) > self.max_length).sum())
         order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         torch = _torch()

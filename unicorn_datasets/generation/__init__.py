@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .base import Backend, GenerationRequest, GenerationResult, SamplingParams
+from .base import Backend, GenerationRequest, GenerationResult, SamplingParams, resolve_prompt_mode
+
+if TYPE_CHECKING:
+    from ..recipe import LLMSection
 
 __all__ = ["Backend", "GenerationRequest", "GenerationResult", "SamplingParams", "make_backend"]
 
 
-def make_backend(llm: dict[str, Any], *, device: str = "cpu") -> Backend:
+def make_backend(llm: LLMSection, *, device: str = "cpu") -> Backend:
     """`llm.endpoints` set -> OpenAI-compatible/TGI servers; otherwise in-process transformers."""
-    if llm.get("endpoints"):
+    if llm.endpoints:
         from .server_backend import ServerBackend
 
-        endpoints = llm["endpoints"]
         return ServerBackend(
-            endpoints if isinstance(endpoints, list) else str(endpoints).split(","),
-            model=llm.get("model"),
-            max_in_flight=int(llm.get("max_in_flight", 64)),
-            timeout=float(llm.get("timeout", 300)),
-            max_retries=int(llm.get("max_retries", 5)),
-            chat=llm.get("prompt_mode", "chat") == "chat",
+            list(llm.endpoints),
+            model=llm.model,
+            max_in_flight=llm.max_in_flight or 64,
+            timeout=llm.timeout,
+            max_retries=llm.max_retries,
+            chat=resolve_prompt_mode(llm.prompt_mode, supports_chat=True) == "chat",  # servers serve chat
         )
     from .transformers_backend import TransformersBackend
 
-    return TransformersBackend(
-        llm.get("model", "gemma3-270m-gguf"), device=device, batch_size=int(llm.get("batch_size", 8))
-    )
+    return TransformersBackend(llm.model, device=device, batch_size=llm.batch_size)

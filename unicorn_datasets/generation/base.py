@@ -7,7 +7,20 @@ an optional JSON schema the output must satisfy, stop strings and a per-row seed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+PromptMode = Literal["auto", "chat", "completion"]
+
+
+def resolve_prompt_mode(mode: str, supports_chat: bool) -> Literal["chat", "completion"]:
+    """The one meaning of `llm.prompt_mode`: "auto" is chat when the backend has a chat template, else completion."""
+    if mode == "auto":
+        return "chat" if supports_chat else "completion"
+    if mode == "chat" and not supports_chat:
+        raise ValueError("llm.prompt_mode is chat but the model has no chat template; use completion or auto")
+    if mode not in ("chat", "completion"):
+        raise ValueError(f"llm.prompt_mode must be auto, chat or completion, got {mode!r}")
+    return mode  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,19 @@ class GenerationResult:
     n_tokens: int
     finish_reason: str = "stop"  # "stop" (EOS or stop string) | "length"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RequestFailed(Exception):
+    """This one request failed for good (retries exhausted, or refused as malformed): the row is rejected."""
+
+    def __init__(self, error: str, reason: str = "server_error") -> None:
+        super().__init__(error)
+        self.error = " ".join(str(error).split())[:500]  # one line, for the rejection record
+        self.reason = reason
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend as a whole is down (every endpoint unreachable or persistently failing): stop the build."""
 
 
 class Backend(Protocol):

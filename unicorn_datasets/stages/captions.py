@@ -9,13 +9,28 @@ and finally recorded as rejections with the reason.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import prompts
-from ..generation.base import Backend, GenerationRequest, GenerationResult, SamplingParams
+from ..errors import BuildError
+from ..generation.base import GenerationRequest, GenerationResult, SamplingParams
+from ..generation.engine import RowOutcome, WorkUnit
+from ..layout import REJECTIONS, artifact
+from ..recipe import CaptionsSection
+from ..reserved import DEFAULT, ReservedTokens
 from ..seeding import row_seed
-from .retry import generate_with_retries
+from ..seeds import Seed
+from .base import OUTCOME_FIELDS, GenerationStage, outcome_columns
+
+if TYPE_CHECKING:
+    from ..build.context import Context
+    from ..near_dup import NearDupConfig
+    from ..repo import BuildRepo
 
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
 _LEAKS = ("Seed:", "Description:", "Seed caption:", "Requirements:")
@@ -24,20 +39,20 @@ _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 
 @dataclass
 class CaptionConfig:
-    min_words: int = 51
-    min_seed_overlap: float = 0.0  # share of the seed's content words the caption must mention (0 = off)
-    max_words: int = 483
-    max_attempts: int = 3
-    prompt_mode: str = "chat"  # "chat" | "completion"
-    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=768))
+    # defaults: the recipe's (one default per key, in recipe.py)
+    min_words: int = CaptionsSection.min_words
+    min_seed_overlap: float = CaptionsSection.min_seed_overlap  # share of the seed's content words to mention (0: off)
+    max_words: int = CaptionsSection.max_words
+    max_attempts: int = CaptionsSection.max_attempts
+    prompt_mode: str = "chat"  # "chat" | "completion" | "auto" (resolved from the backend when the stage runs)
+    sampling: SamplingParams = CaptionsSection.sampling
     chat_template: str = field(default_factory=lambda: prompts.load("caption_chat.txt"))
     fewshot_template: str = field(default_factory=lambda: prompts.load("caption_fewshot.txt"))
 
     @classmethod
-    def from_recipe(cls, section: dict[str, Any], prompt_mode: str) -> CaptionConfig:
-        sampling = SamplingParams(**section.get("sampling", {}))
-        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap")
-        return cls(prompt_mode=prompt_mode, sampling=sampling, **{k: section[k] for k in keys if k in section})
+    def from_recipe(cls, section: CaptionsSection, prompt_mode: str) -> CaptionConfig:
+        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap", "sampling")
+        return cls(prompt_mode=prompt_mode, **{k: getattr(section, k) for k in keys})
 
     @property
     def template(self) -> str:
@@ -105,12 +120,16 @@ def seed_overlap(seed: str, caption: str) -> float:
     return len(content & said) / len(content)
 
 
-def check(text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "") -> str | None:
+def check(
+    text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "", reserved: ReservedTokens = DEFAULT
+) -> str | None:
     """The rejection reason, or None when the caption is acceptable."""
     if not text:
         return "truncated" if finish_reason == "length" else "empty"
     if any(leak in text for leak in _LEAKS):
         return "prompt_leak"
+    if reserved.find(text):  # an `<image>` or template token would become part of a training conversation
+        return "reserved_token"
     words = text.split()
     if is_degenerate(words):
         return "repetition"
@@ -123,29 +142,80 @@ def check(text: str, cfg: CaptionConfig, finish_reason: str, seed: str = "") -> 
     return None
 
 
-def expand_batch(batch: dict[str, list], *, backend: Backend, cfg: CaptionConfig, build_seed: int) -> dict[str, list]:
-    """Batched map function over seed rows (`id`, `seed`, `source`) -> captions or rejections."""
-    ids, seeds = batch["id"], batch["seed"]
+class CaptionStage(GenerationStage):
+    """Stage 1: seed rows (`id`, `seed`, `source`) -> one caption each, or a recorded rejection."""
 
-    def validate(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
-        text = clean(res.text, res.finish_reason)
-        reason = check(text, cfg, res.finish_reason, seeds[i])
-        return (text if reason is None else None), reason, []
+    name = "captions"
 
-    outcomes = generate_with_retries(
-        len(ids),
-        lambda i, attempt: build_request(ids[i], seeds[i], cfg, build_seed, attempt),
-        validate,
-        backend,
-        cfg.sampling,
-        cfg.max_attempts,
-    )
-    return {
-        **batch,
-        "caption": [o.value for o in outcomes],
-        "reject_reason": [o.reason if o.value is None else None for o in outcomes],
-        "raw_output": [o.raw for o in outcomes],
-        "attempts": [o.attempts for o in outcomes],
-        "n_tokens": [o.n_tokens for o in outcomes],
-        "gen_seed": [o.seed for o in outcomes],
-    }
+    def __init__(self, cfg: CaptionConfig, seeds: list[Seed], *, build_seed: int, model_id: str,
+                 near_dup: NearDupConfig | None = None) -> None:
+        self.cfg, self.seeds, self.build_seed, self.model_id = cfg, seeds, build_seed, model_id
+        self.near_dup = near_dup
+        self.reserved: ReservedTokens | None = None
+        self.ctx: Context | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        near_dup = {"near_dup": self.near_dup.provenance()} if self.near_dup and self.near_dup.enabled else {}
+        return {**self.cfg.provenance(), **near_dup}
+
+    def run(self, ctx: Context) -> None:
+        if self.cfg.prompt_mode == "auto":
+            self.cfg = replace(self.cfg, prompt_mode=ctx.prompt_mode())
+        self.ctx = ctx
+        super().run(ctx)
+        if self.near_dup and self.near_dup.enabled:  # between the map and rank 0's assembly (near_dup.py)
+            from ..near_dup import reject_near_duplicates
+
+            reject_near_duplicates(ctx, self.name, self.near_dup)
+
+    def inputs(self, ctx: Context) -> datasets.Dataset:
+        s = self.seeds
+        return datasets.Dataset.from_dict(
+            {"id": [x.id for x in s], "seed": [x.seed for x in s], "source": [x.source for x in s]}
+        )
+
+    def work_unit(self, shard: int, rows: dict[str, list]) -> WorkUnit:
+        ids, seeds, cfg = rows["id"], rows["seed"], self.cfg
+        if self.reserved is None:  # work exists, so the model is loaded: its own special tokens count too
+            self.reserved = self.ctx.reserved_tokens() if self.ctx is not None else DEFAULT
+
+        def validate(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
+            text = clean(res.text, res.finish_reason)
+            reason = check(text, cfg, res.finish_reason, seeds[i], self.reserved)
+            return (text if reason is None else None), reason, []
+
+        return WorkUnit(shard, list(ids), lambda i, attempt: build_request(ids[i], seeds[i], cfg, self.build_seed,
+                                                                           attempt), validate, cfg.sampling,
+                        cfg.max_attempts)
+
+    def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
+        cols = {**{k: rows[k] for k in ("id", "seed", "source")},
+                "caption": [o.value for o in outcomes], "raw_output": [o.raw for o in outcomes],
+                **outcome_columns(outcomes)}
+        return pa.Table.from_pydict(cols, schema=PART_SCHEMA)
+
+    def assemble(self, repo: BuildRepo) -> dict[str, Any]:
+        from ..assemble import assemble_captions
+
+        return assemble_captions(repo, self.model_id, self.cfg.provenance()["prompt_sha"])
+
+
+PART_SCHEMA = pa.schema([("id", pa.string()), ("seed", pa.string()), ("source", pa.string()),
+                         ("caption", pa.string()), ("raw_output", pa.string()), *OUTCOME_FIELDS])
+
+
+def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
+    """Stage-1 captions (accepted rows only), ordered by id: the input of Stages 2 and 3.
+
+    Raises BuildError when Stage 1 accepted nothing: a later stage has no input."""
+    schema = pa.schema([("id", pa.string()), ("caption", pa.string())])
+    # cast: parts of older builds typed an all-rejected caption column as null
+    tables = [t.cast(schema) for t in repo.read_parts("captions", ["id", "caption"])]
+    table = pa.concat_tables([t.filter(pc.is_valid(t.column("caption"))) for t in tables] or [schema.empty_table()])
+    if table.num_rows == 0:
+        rejected = repo.stage_summary("captions").get("rejected", {})
+        raise BuildError(
+            f"Stage 1 accepted no caption (rejections: {rejected or 'none'}); nothing for the next stages. "
+            f"See {artifact(REJECTIONS)} for the raw outputs, then adjust the recipe (e.g. captions.min_words)."
+        )
+    return datasets.Dataset(table.sort_by("id"))

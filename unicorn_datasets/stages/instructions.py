@@ -55,7 +55,15 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from unicorn_datasets.generation.base import Backend, GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.generation.base import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    PromptMode,
+    SamplingParams,
+    resolve_prompt_mode,
+)
+from unicorn_datasets.recipe import InstructSection, LLMSection
 from unicorn_datasets.seeding import row_seed
 from unicorn_datasets.stages.retry import RowOutcome, generate_with_retries
 
@@ -104,9 +112,6 @@ REPAIRS: tuple[str, ...] = (
     "trimmed_cut_off_answer",  # an answer stopped by maxLength mid-sentence: kept its full sentences
 )
 
-PromptMode = Literal["auto", "chat", "completion"]
-
-
 def _default_bounds() -> dict[str, tuple[int, int]]:
     return {"mc": (6, 8), "qa": (6, 8), "reasoning": (2, 4)}
 
@@ -115,18 +120,17 @@ def _default_bounds() -> dict[str, tuple[int, int]]:
 class InstructConfig:
     # (min, max) items per task; the paper asks 6-8 for mc/qa and leaves reasoning open (UNCONFIRMED)
     item_bounds: dict[str, tuple[int, int]] = field(default_factory=_default_bounds)
-    max_verbatim_fraction: float = 0.6  # see module docstring
-    min_verbatim_words: int = 5  # shorter copied runs are never a copy
+    # defaults: the recipe's (one default per key, in recipe.py)
+    max_verbatim_fraction: float = InstructSection.max_verbatim_fraction  # see module docstring
+    min_verbatim_words: int = InstructSection.min_verbatim_words  # shorter copied runs are never a copy
     verbatim_tasks: tuple[str, ...] = ("qa",)
-    max_attempts: int = 3
-    prompt_mode: PromptMode = "auto"  # auto: chat when the backend supports it, else completion
-    constrained: bool = True  # send the JSON schema with each request
-    truncate_extra_items: bool = True  # more than max items -> keep the first max (else reject)
-    sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(max_new_tokens=1024, temperature=0.7, top_p=0.95)
-    )
+    max_attempts: int = InstructSection.max_attempts
+    prompt_mode: PromptMode = LLMSection.prompt_mode  # auto: chat when the backend supports it, else completion
+    constrained: bool = InstructSection.constrained  # send the JSON schema with each request
+    truncate_extra_items: bool = InstructSection.truncate_extra_items  # more than max items -> keep the first max
+    sampling: SamplingParams = InstructSection.sampling
     prompt_dir: str | None = None  # folder with replacement template files (same names)
-    max_chars: int = 2000  # longest question / option / answer string the schema allows
+    max_chars: int = InstructSection.max_chars  # longest question / option / answer string the schema allows
 
     def __post_init__(self) -> None:
         bounds = {**_default_bounds(), **{k: tuple(v) for k, v in self.item_bounds.items()}}
@@ -200,11 +204,7 @@ def prompt_provenance(cfg: InstructConfig) -> dict[str, str]:
 
 
 def _resolve_mode(cfg: InstructConfig, supports_chat: bool) -> Literal["chat", "completion"]:
-    if cfg.prompt_mode == "auto":
-        return "chat" if supports_chat else "completion"
-    if cfg.prompt_mode == "chat" and not supports_chat:
-        raise ValueError("prompt_mode='chat' but the backend has no chat template; use completion or auto")
-    return cfg.prompt_mode
+    return resolve_prompt_mode(cfg.prompt_mode, supports_chat)
 
 
 def _prefill(cfg: InstructConfig, mode: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import prompts
+from ..recipe import TransferSection
 from ..seeding import row_seed, row_seeds
 from ..transfer import METHODS, apply_transfer
 
@@ -22,23 +23,23 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 
 @dataclass(frozen=True)
 class TransferConfig:
-    encoder: str = "minilm"
-    method: str = "mean-shift"
-    renormalize: bool = False  # released code: no; paper v2: yes
-    noise_sigma: float = 0.0
-    embedding_dtype: str = "float16"
-    batch_size: int = 64
+    # defaults: the recipe's (one default per key, in recipe.py)
+    encoder: str = TransferSection.encoder
+    method: str = TransferSection.method
+    renormalize: bool = TransferSection.renormalize  # released code: no; paper v2: yes
+    noise_sigma: float = TransferSection.noise_sigma
+    embedding_dtype: str = TransferSection.embedding_dtype
+    batch_size: int = TransferSection.batch_size
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"--transfer {self.method}: choose one of {', '.join(METHODS)}")
+            raise ValueError(f"transfer.method = {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.embedding_dtype not in DTYPES:
-            raise ValueError(f"--embedding-dtype {self.embedding_dtype}: choose float16 or float32")
+            raise ValueError(f"transfer.embedding_dtype = {self.embedding_dtype!r}: choose float16 or float32")
 
     @classmethod
-    def from_recipe(cls, section: dict[str, Any]) -> TransferConfig:
-        keys = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in section.items() if k in keys})
+    def from_recipe(cls, section: TransferSection) -> TransferConfig:
+        return cls(**{k: getattr(section, k) for k in cls.__dataclass_fields__})
 
     def provenance(self, encoder_info: dict[str, Any], count: int) -> dict[str, Any]:
         return {
@@ -57,9 +58,10 @@ def describe_instructions() -> list[str]:
 
 
 def encode_batch(batch: dict[str, list], *, encoder: Any, cfg: TransferConfig) -> dict[str, list]:
-    emb = encoder.encode_text(list(batch["caption"]), batch_size=cfg.batch_size)
+    captions = list(batch["caption"])
+    emb = encoder.encode_text(captions, batch_size=cfg.batch_size)
     # truncated: the caption was longer than the encoder's token limit (its tail did not count)
-    return {**batch, "text_embedding": emb.astype(np.float32), "truncated": encoder.last_truncated_mask.tolist()}
+    return {**batch, "text_embedding": emb.astype(np.float32), "truncated": encoder.truncated_mask(captions).tolist()}
 
 
 def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig, build_seed: int) -> dict[str, list]:

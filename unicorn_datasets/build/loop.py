@@ -1,0 +1,166 @@
+"""The build: seeds, then a loop over the recipe's stages, then the manifest, card and summary (rank 0).
+
+Each stage runs this rank's share of its shards; after a barrier rank 0 assembles the stage's
+config and marks it complete, so a rerun skips finished stages and, within a stage, finished shards.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import datasets
+
+from .. import __version__
+from ..errors import BuildError
+from ..layout import REJECTIONS, artifact
+from ..recipe import Recipe, fingerprint
+from ..repo import BuildRepo, RepoError
+from ..seeds import SeedStats, load_caption_seeds, load_domain_seeds
+from .context import Context, log, make_state
+
+if TYPE_CHECKING:  # stages import the shard runner from this package: no import cycle at run time
+    from ..stages.base import Stage
+
+
+def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list[Any], dict[str, Any], Any]:
+    """(seeds, per-source stats, seed-cluster table or None); balance.py selects the seeds."""
+    from ..balance import BalanceConfig, select
+
+    groups, stats = [], {}
+    for spec in recipe.seeds:
+        st = SeedStats()
+        if spec.kind == "domains":
+            group = load_domain_seeds(spec.path, templates_per_label=spec.templates_per_label, seed=recipe.seed,
+                                      stats=st)
+        else:
+            group = load_caption_seeds(spec.path, column=spec.column, source=spec.source, min_words=spec.min_words,
+                                       max_words=spec.max_words, stats=st)
+        groups.append(group)
+        stats[spec.path] = {**st.as_dict(), "kept": len(group)}
+    if not groups:
+        raise BuildError("the recipe names no seed sources")
+    selection = select(groups, limit=recipe.limit, seed=recipe.seed, cfg=BalanceConfig.from_recipe(recipe),
+                       trust_remote_code=trust_remote_code)
+    stats["balance"] = selection.summary
+    return selection.seeds, stats, selection.clusters
+
+
+def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage]:
+    """The recipe's stages, in order, each built from its own recipe section."""
+    from ..near_dup import NearDupConfig
+    from ..stages.captions import CaptionConfig, CaptionStage
+    from ..stages.instruct_stage import InstructStage
+    from ..stages.instructions import InstructConfig
+    from ..stages.pretrain import InstructEmbeddings, PretrainStage
+    from ..stages.transfer_stage import TransferConfig
+
+    seed, model_id, mode = recipe.seed, recipe.llm.model, recipe.llm.prompt_mode
+    stages: list[Stage] = [
+        CaptionStage(CaptionConfig.from_recipe(recipe.captions, mode), seeds, build_seed=seed, model_id=model_id,
+                     near_dup=NearDupConfig.from_recipe(recipe))
+    ]
+    instruct = None
+    if "instruct" in recipe.stages:
+        section = recipe.instruct
+        keys = ("max_attempts", "max_verbatim_fraction", "min_verbatim_words", "constrained", "truncate_extra_items",
+                "max_chars", "sampling")
+        cfg = InstructConfig(item_bounds=dict(section.items), prompt_mode=mode,
+                             **{k: getattr(section, k) for k in keys})
+        instruct = InstructStage(cfg, mix=section.mix, build_seed=seed, model_id=model_id)
+        stages.append(instruct)
+    if "pretrain" in recipe.stages:
+        transfer = recipe.transfer
+        stages.append(PretrainStage(TransferConfig.from_recipe(transfer),
+                                    shard_size=transfer.shard_size or shard_size, build_seed=seed))
+        if instruct is not None:
+            stages.append(InstructEmbeddings(instruct))
+    return stages
+
+
+def _run_stage(ctx: Context, stage: Stage) -> None:
+    if ctx.repo.stage_complete(stage.name):
+        log(f"{stage.name}: complete in an earlier run (skipped)", ctx.rank)
+        resumed = getattr(stage, "resumed", None)
+        if resumed is not None:
+            resumed(ctx.repo)
+    else:
+        stage.run(ctx)
+        if ctx.is_main:
+            ctx.repo.mark_stage_complete(stage.name, stage.assemble(ctx.repo))
+        ctx.barrier()
+    prov = stage.provenance()
+    if prov:
+        ctx.provenance[stage.name] = prov
+
+
+def _merge_stats(per_rank: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Every rank's run statistics summed (shard totals and wall seconds: the largest)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for stats in per_rank:
+        for stage, s in stats.items():
+            m = merged.setdefault(stage, {})
+            for k, v in s.items():
+                m[k] = max(m.get(k, 0), v) if k in ("shards_total", "seconds") else m.get(k, 0) + v
+    return merged
+
+
+def _start(ctx: Context, recipe: Recipe, fp: str, overwrite: bool) -> bool:
+    """Rank 0 checks the folder, takes the lock and writes the state; every rank learns the outcome."""
+    error, resumed = None, False
+    if ctx.is_main:
+        try:
+            ctx.repo.check_target(overwrite)
+            ctx.repo.acquire_lock()
+            resumed = ctx.repo.start(recipe.to_dict(), fp, overwrite=overwrite)
+        except RepoError as e:
+            error = str(e)
+    error, resumed = ctx.broadcast((error, resumed))
+    if error:
+        raise BuildError(error)
+    return resumed
+
+
+def build(
+    recipe: Recipe, *, out: str, overwrite: bool = False, trust_remote_code: bool = False
+) -> dict[str, Any]:
+    t0 = time.monotonic()
+    datasets.disable_progress_bars()  # our own bars count rows across ranks
+    seeds, seed_stats, seed_clusters = collect_seeds(recipe, trust_remote_code)  # bad input fails here
+    from ..near_dup import NearDupConfig
+
+    NearDupConfig.from_recipe(recipe)  # so does a bad near_dup section: before anything exists on disk
+    ctx = Context(recipe, BuildRepo(out), make_state(), trust_remote_code=trust_remote_code)
+    fp = fingerprint(recipe)
+    try:
+        resumed = _start(ctx, recipe, fp, overwrite)
+        if ctx.is_main and seed_clusters is not None:  # the balanced selection, for the report's histograms
+            from ..balance import CLUSTERS_FILE
+            from ..repo import write_parquet
+
+            write_parquet(seed_clusters, ctx.repo.artifacts() / CLUSTERS_FILE)
+        if ctx.is_main:
+            log(f"{'resuming' if resumed else 'starting'} build of recipe '{recipe.name}' into {out} "
+                f"({len(seeds)} seeds, {ctx.world} process(es), fingerprint {fp})")
+        for stage in plan_stages(recipe, seeds, ctx.shard_size):
+            _run_stage(ctx, stage)
+        stats = _merge_stats(ctx.gather(ctx.run_stats))
+        summary: dict[str, Any] = {}
+        error = None
+        if ctx.is_main:
+            from ..assemble import finish
+
+            llm = ctx.llm_describe()
+            summary = finish(ctx.repo, recipe.to_dict(), fp, seed_stats, len(seeds), ctx.provenance, stats, llm=llm,
+                             code_version=__version__, wall=time.monotonic() - t0)
+            empty = [s for s, v in summary["stages"].items() if v.get("rows_out", 1) == 0]
+            if empty:
+                error = (f"{', '.join(empty)}: every row was rejected, so the dataset has no such config "
+                         f"(reasons in the summary above, raw outputs in {artifact(REJECTIONS)})")
+        error = ctx.broadcast(error)
+        if error:
+            raise BuildError(error)
+        return summary
+    finally:
+        if ctx.is_main:
+            ctx.repo.release_lock()

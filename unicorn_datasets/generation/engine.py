@@ -1,0 +1,283 @@
+"""The generation engine: the one place that owns concurrency, retries, journaling and accounting.
+
+A stage hands it work units (one per shard), each with two functions: build the request for
+(row, attempt), and validate a result into a value or a rejection reason. The engine never sees a
+stage; a stage never sees a batch, an event loop or an endpoint.
+
+Continuous, not batch-synchronous: a window of `max_in_flight` rows is kept open across all
+units, in order. A row's request is replaced the moment it completes; its validation and retry
+(with the next attempt's seed) happen at once for that row. When the last row of a unit is
+decided, `on_unit_done` lands its part, so parts land in order of completion. What a row contains
+depends only on its requests (build seed, row, attempt), never on the window or process count.
+
+Backends with `agenerate_one` (servers) get one coroutine per request; in-process backends get
+the pending requests in batches of their `batch_size`, run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .base import Backend, BackendUnavailable, GenerationRequest, GenerationResult, RequestFailed, SamplingParams
+from .journal import Journal, Key, request_digest
+
+Validate = Callable[[int, GenerationResult], tuple[Any, str | None, list[str]]]
+
+
+@dataclass
+class RowOutcome:
+    value: Any = None  # the validated output, None when rejected
+    reason: str | None = None  # rejection reason (of the last attempt)
+    raw: str = ""  # last raw model text, kept so validation can be re-run without regenerating
+    attempts: int = 0  # generations validated for this row
+    n_tokens: int = 0
+    seed: int = 0  # the sampling seed of the last attempt
+    notes: list[str] = field(default_factory=list)  # repairs made on the accepted output
+    attempt_reasons: list[str] = field(default_factory=list)  # why each failed attempt failed, in order
+    error: str | None = None  # the server's last error when the request failed for good
+    replayed: int = 0  # generations taken from the journal instead of the backend
+    requests: int = 0  # generations asked of the backend (failed ones included)
+
+
+@dataclass
+class WorkUnit:
+    key: int  # the shard index; names its journal file
+    row_keys: list[str]  # stable row ids
+    make_request: Callable[[int, int], GenerationRequest]  # (row, attempt) -> request
+    validate: Validate  # (row, result) -> (value, reason, notes)
+    params: SamplingParams
+    max_attempts: int
+    decided: dict[int, RowOutcome] = field(default_factory=dict)  # rows settled without generation
+
+
+OnUnitDone = Callable[[WorkUnit, list[RowOutcome]], None]
+
+
+@dataclass
+class EngineStats:
+    rows: int = 0
+    rejected: int = 0
+    requests: int = 0  # sent to the backend
+    replayed: int = 0  # taken from the journal
+    retries: int = 0  # attempts after a row's first
+    server_errors: int = 0
+    tokens: int = 0
+    in_flight: int = 0
+    max_in_flight_seen: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def rates(self) -> dict[str, float]:
+        secs = max(1e-9, time.monotonic() - self.started)
+        return {"rows_per_s": self.rows / secs, "tokens_per_s": self.tokens / secs}
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("started", "in_flight")}
+        return {**out, **{k: round(v, 3) for k, v in self.rates().items()}}
+
+
+@dataclass
+class _Unit:
+    unit: WorkUnit
+    outcomes: list[RowOutcome | None]
+    remaining: int
+    replay: dict[Key, GenerationResult]
+    journal_fh: IO[str] | None
+
+
+class Engine:
+    """Runs work units against one backend; `run` blocks until every unit is done (or the backend is down)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_in_flight: int | None = None,
+        journal: Journal | None = None,
+        on_row: Callable[[EngineStats], None] | None = None,
+        fail_after: int | None = None,
+        batches_per_call: int = 4,
+    ) -> None:
+        self.backend = backend
+        self.batched = not hasattr(backend, "agenerate_one")
+        # In-process: one call gets several batches (the backend sorts them by length, so they pad little),
+        # and a second call's worth stays pending so the model never waits for validation.
+        self.call_size = max(1, int(getattr(backend, "batch_size", 8)) * max(1, batches_per_call))
+        default = 2 * self.call_size if self.batched else int(getattr(backend, "max_in_flight", 64))
+        self.max_in_flight = max(1, int(max_in_flight or default))
+        self.journal = journal
+        self.on_row = on_row
+        # Every row of a whole window failing for good, with no success between: the backend is down.
+        self.fail_after = fail_after or max(20, self.max_in_flight)
+        self.stats = EngineStats()
+        self._consecutive_failures = 0
+        self._last_error = ""
+
+    # ---- public -------------------------------------------------------------------------------
+    def run(self, units: Iterable[WorkUnit], on_unit_done: OnUnitDone) -> EngineStats:
+        coro = self._run(units, on_unit_done)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # called from a running loop
+            return pool.submit(asyncio.run, coro).result()
+
+    # ---- scheduling ---------------------------------------------------------------------------
+    async def _run(self, units: Iterable[WorkUnit], on_done: OnUnitDone) -> EngineStats:
+        self.stats = EngineStats()
+        window = asyncio.Semaphore(self.max_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+        failure: list[BaseException] = []
+        self._queue: asyncio.Queue[tuple[GenerationRequest, SamplingParams, asyncio.Future[Any]]] = asyncio.Queue()
+        batcher = asyncio.create_task(self._batcher()) if self.batched else None
+
+        def finish(state: _Unit) -> None:
+            if state.journal_fh is not None:
+                state.journal_fh.close()
+            on_done(state.unit, [o for o in state.outcomes if o is not None])
+            if self.journal is not None:
+                self.journal.discard(state.unit.key)
+
+        async def row(state: _Unit, i: int) -> None:
+            try:
+                state.outcomes[i] = await self._row(state, i)
+                state.remaining -= 1
+                if state.remaining == 0:
+                    finish(state)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # the backend is down, a validator or a part write failed: stop all
+                if not failure:
+                    failure.append(e)
+                for t in tasks:
+                    t.cancel()
+            finally:
+                window.release()
+
+        try:
+            for unit in units:
+                state = self._open(unit)
+                if state.remaining == 0:
+                    finish(state)
+                    continue
+                for i in range(len(unit.row_keys)):
+                    if i in unit.decided:
+                        continue
+                    await window.acquire()
+                    if failure:
+                        break
+                    t = asyncio.create_task(row(state, i))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                if failure:
+                    break
+            while tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+        finally:
+            for t in tasks:
+                t.cancel()
+            if batcher is not None:
+                batcher.cancel()
+                await asyncio.gather(batcher, return_exceptions=True)
+        if failure:
+            raise failure[0]
+        return self.stats
+
+    def _open(self, unit: WorkUnit) -> _Unit:
+        outcomes: list[RowOutcome | None] = [None] * len(unit.row_keys)
+        for i, o in unit.decided.items():
+            outcomes[i] = o
+        replay = self.journal.load(unit.key) if self.journal is not None else {}
+        remaining = len(unit.row_keys) - len(unit.decided)
+        fh = self.journal.open(unit.key) if self.journal is not None and remaining else None
+        return _Unit(unit, outcomes, remaining, replay, fh)
+
+    async def _row(self, state: _Unit, i: int) -> RowOutcome:
+        unit, o = state.unit, RowOutcome()
+        for attempt in range(max(1, unit.max_attempts)):
+            req = unit.make_request(i, attempt)
+            key: Key = (unit.row_keys[i], attempt, request_digest(req, unit.params))
+            res = state.replay.get(key)
+            if res is not None:
+                o.replayed += 1
+                self.stats.replayed += 1
+            else:
+                o.requests += 1
+                try:
+                    res = await self._generate(req, unit.params)
+                except RequestFailed as e:
+                    o.reason, o.error = e.reason, e.error
+                    o.attempt_reasons.append(e.reason)
+                    o.seed = req.seed
+                    self.stats.server_errors += 1
+                    self._failed(e.error)
+                    break
+                self._consecutive_failures = 0
+                if state.journal_fh is not None:
+                    Journal.append(state.journal_fh, key, res)
+            if attempt:
+                self.stats.retries += 1
+            o.attempts, o.raw, o.seed = attempt + 1, res.text, req.seed
+            o.n_tokens += res.n_tokens
+            self.stats.tokens += res.n_tokens
+            value, reason, notes = unit.validate(i, res)
+            if reason is None:
+                o.value, o.reason, o.notes = value, None, notes
+                break
+            o.reason = reason
+            o.attempt_reasons.append(reason)
+        self.stats.rows += 1
+        self.stats.rejected += o.value is None
+        if self.on_row is not None:
+            self.on_row(self.stats)
+        return o
+
+    def _failed(self, error: str) -> None:
+        self._consecutive_failures += 1
+        self._last_error = error
+        if self._consecutive_failures >= self.fail_after:
+            raise BackendUnavailable(
+                f"the LLM backend failed {self._consecutive_failures} requests in a row with no success "
+                f"(last error: {error}); fix the server and rerun the same command to resume"
+            )
+
+    # ---- talking to the backend ---------------------------------------------------------------
+    async def _generate(self, req: GenerationRequest, params: SamplingParams) -> GenerationResult:
+        self.stats.requests += 1
+        self.stats.in_flight += 1
+        self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, self.stats.in_flight)
+        try:
+            if not self.batched:
+                return await self.backend.agenerate_one(req, params)  # type: ignore[attr-defined]
+            fut: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
+            await self._queue.put((req, params, fut))
+            return await fut
+        finally:
+            self.stats.in_flight -= 1
+
+    async def _batcher(self) -> None:
+        """In-process backends: hand the pending requests to the model a batch at a time, off the loop."""
+        while True:
+            item = await self._queue.get()
+            group = [item]
+            while len(group) < self.call_size and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt[1] != item[1]:  # one sampling setting per call
+                    await self._queue.put(nxt)
+                    break
+                group.append(nxt)
+            try:
+                results = await asyncio.to_thread(self.backend.generate, [g[0] for g in group], item[1])
+            except BaseException as e:
+                for _, _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, _, fut), res in zip(group, results, strict=True):
+                if not fut.done():
+                    fut.set_result(res)
