@@ -26,10 +26,11 @@ import numpy as np
 import pyarrow as pa
 
 from .clustering import default_k, kmeans
+from .layout import SEED_CLUSTERS
 from .recipe import Recipe
 from .seeds import Seed, _stable_int, merge_seeds, uniform_draw
 
-CLUSTERS_FILE = "seed_clusters.parquet"
+CLUSTERS_FILE = SEED_CLUSTERS
 CLUSTERS_SCHEMA = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("cluster", pa.int32()), ("balanced", pa.bool_()),
      ("uniform", pa.bool_())]

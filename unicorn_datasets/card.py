@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from .atomic import write_text
-from .layout import CARD, REPORT, TEXT_MEAN, artifact
+from .layout import CARD, REPORT, SEED_CLUSTERS, TEXT_MEAN, artifact
 from .packaged import shipped
 
 TEMPLATE = "dataset_card.md"  # in cards/ (shipped inside the package)
@@ -183,7 +183,7 @@ def _balance_text(sb: dict[str, Any] | None) -> str:
         return ""
     return (f"\n\n**Concept-balanced seeds**: {sb.get('available')} available seeds in k={sb.get('k')} k-means "
             "clusters; the limit was drawn round-robin across clusters instead of uniformly at random "
-            "(`artifacts/seed_clusters.parquet`, `artifacts/report.json` key `seed_balance`).\n\n"
+            f"(`{artifact(SEED_CLUSTERS)}`, `{artifact(REPORT)}` key `seed_balance`).\n\n"
             + _table(rows, ("selection", "rows", "top-5 share", "normalised entropy",
                             "cluster sizes, largest first")))
 
