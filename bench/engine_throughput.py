@@ -67,7 +67,7 @@ def caption_work(rows: int) -> tuple[list[Any], captions.CaptionConfig, int]:
     """The seeds, caption config and build seed the build itself uses (parsed by the build's own CLI)."""
     args = cli.parser().parse_args(["build", *build_args("http://unused", "unused", 64, rows)])
     recipe = cli._recipe_from_args(args)
-    seeds, _ = collect_seeds(recipe)
+    seeds = collect_seeds(recipe)[0]
     cfg = captions.CaptionConfig.from_recipe(recipe.captions, "chat")
     return seeds, cfg, recipe.seed
 

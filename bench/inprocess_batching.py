@@ -38,7 +38,7 @@ from unicorn_datasets.stages import captions  # noqa: E402
 
 def caption_requests(rows: int) -> list[GenerationRequest]:
     recipe = load_recipe("demo", {"limit": rows})
-    seeds, _ = collect_seeds(recipe)
+    seeds = collect_seeds(recipe)[0]
     cfg = captions.CaptionConfig(prompt_mode="completion")
     return [captions.build_request(s.id, s.seed, cfg, 0, 0) for s in seeds]
 

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unicorn_datasets.report import balance_stats, default_k, kmeans, report, text_stats
+from unicorn_datasets.clustering import balance_stats, default_k, kmeans
+from unicorn_datasets.report import report, text_stats
 
 D = 32
 
@@ -130,10 +131,10 @@ def test_max_rows_samples_for_clustering_but_text_stats_use_all(tmp_path: Path) 
 
 def test_kmeans_and_helpers() -> None:
     assert [default_k(n) for n in (1, 4, 8, 200, 20_000, 10**7)] == [1, 2, 2, 10, 100, 100]
-    x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
-    labels, centres, inertia, _ = kmeans(x, 2, seed=3)
-    assert labels[0] == labels[1] != labels[2] == labels[3]
-    assert inertia == pytest.approx(1.0)
+    x = np.array([[1, 0], [1, 0.01], [0, 1], [0.01, 1]], np.float32)  # two directions (rows get normalised)
+    km = kmeans(x, 2, seed=3)
+    assert km.labels[0] == km.labels[1] != km.labels[2] == km.labels[3]
+    assert km.inertia == pytest.approx(0.0, abs=1e-3)
     b = balance_stats(np.array([0, 0, 0, 1]), 2)
     assert b["cluster_sizes"] == [3, 1]
     assert b["entropy"] == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))

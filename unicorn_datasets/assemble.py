@@ -88,7 +88,8 @@ def attempt_reason_counts(repo: BuildRepo, stage: str) -> dict[str, int]:
 REJECTIONS_SCHEMA = pa.schema(
     [("stage", pa.string()), ("id", pa.string()), ("reason", pa.string()), ("input", pa.string()),
      ("raw_output", pa.string()), ("attempts", pa.int32()), ("attempt_reasons", pa.list_(pa.string())),
-     ("server_error", pa.string())]  # the server's last error when a request failed for good
+     ("server_error", pa.string()),  # the server's last error when a request failed for good
+     ("duplicate_of", pa.string())]  # near_duplicate rows: the id of the kept caption they repeat (near_dup.py)
 )
 
 
@@ -100,7 +101,8 @@ def write_rejections(repo: BuildRepo) -> int:
             r = _with_defaults(t.filter(pc.is_valid(t.column("reject_reason"))))
             columns = [pa.array([stage] * r.num_rows), r.column("id"), r.column("reject_reason"),
                        r.column(input_col), r.column("raw_output"), r.column("attempts"),
-                       r.column("attempt_reasons").cast(pa.list_(pa.string())), r.column("server_error")]
+                       r.column("attempt_reasons").cast(pa.list_(pa.string())), r.column("server_error"),
+                       r.column("duplicate_of") if "duplicate_of" in r.column_names else pa.nulls(r.num_rows)]
             tables.append(pa.Table.from_arrays(columns, names=REJECTIONS_SCHEMA.names).cast(REJECTIONS_SCHEMA))
     table = pa.concat_tables(tables)
     write_parquet(table, repo.artifacts() / REJECTIONS)
@@ -280,7 +282,7 @@ def _diversity(repo: BuildRepo) -> dict[str, Any]:
     r = report(repo.out)
     return {"k": r.get("k"), "top5_share": r.get("top5_share"), "entropy": r.get("entropy"),
             "entropy_normalised": r.get("entropy_normalised"), "ttr": r.get("text", {}).get("ttr_mean_per_caption"),
-            "n_captions": r.get("n_captions")}
+            "n_captions": r.get("n_captions"), "seed_balance": r.get("seed_balance")}
 
 
 def _num(x: float | None) -> str:

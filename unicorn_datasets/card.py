@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from .atomic import write_text
-from .layout import CARD, REPORT, TEXT_MEAN, artifact
+from .layout import CARD, REPORT, SEED_CLUSTERS, TEXT_MEAN, artifact
 from .packaged import shipped
 
 TEMPLATE = "dataset_card.md"  # in cards/ (shipped inside the package)
@@ -101,7 +101,8 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
             [(i["config_name"], i["splits"][0]["num_examples"], ABOUT[i["config_name"]]) for i in infos],
             ("config", "rows", "what it holds"),
         ),
-        stages_text=_stages_text(recipe, stages) + _diversity_text(manifest.get("diversity", {})),
+        stages_text=_stages_text(recipe, stages) + _diversity_text(manifest.get("diversity", {}))
+        + _balance_text(manifest.get("diversity", {}).get("seed_balance")),
         provenance_table=_table(prov_rows, ("what", "value")),
         seeds_table=seeds_table(manifest.get("seeds", {})),
         task_mix_table=task_mix_table(recipe, stages),
@@ -159,6 +160,28 @@ def _diversity_text(div: dict[str, Any]) -> str:
             f"in k={div.get('k')} k-means clusters; the 5 largest hold {div.get('top5_share', 0):.1%}; cluster-size "
             f"entropy {div.get('entropy', 0):.2f} (normalised {div.get('entropy_normalised', 0):.2f}); mean "
             f"per-caption type-token ratio {div.get('ttr', 0):.2f}.")
+
+
+def _balance_text(sb: dict[str, Any] | None) -> str:
+    """Balanced vs uniform seed selection (balance.py): the histograms the Synth² paper compares."""
+    if not sb:
+        return ""
+    rows = []
+    for key, what in (("seeds_uniform", "seeds, uniform draw (not built)"), ("seeds_balanced", "seeds, balanced"),
+                      ("captions_balanced", "captions (accepted), balanced")):
+        st = sb.get(key)
+        if not st or st.get("top5_share") is None:
+            continue
+        sizes = st["cluster_sizes"]
+        hist = " ".join(map(str, sizes[:20])) + (" ..." if len(sizes) > 20 else "")
+        rows.append((what, sum(sizes), f"{st['top5_share']:.1%}", f"{st['entropy_normalised']:.3f}", hist))
+    if not rows:
+        return ""
+    return (f"\n\n**Concept-balanced seeds**: {sb.get('available')} available seeds in k={sb.get('k')} k-means "
+            "clusters; the limit was drawn round-robin across clusters instead of uniformly at random "
+            f"(`{artifact(SEED_CLUSTERS)}`, `{artifact(REPORT)}` key `seed_balance`).\n\n"
+            + _table(rows, ("selection", "rows", "top-5 share", "normalised entropy",
+                            "cluster sizes, largest first")))
 
 
 def _size_category(n: int) -> str:

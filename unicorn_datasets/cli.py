@@ -37,6 +37,8 @@ def _build_parser(sub: Any) -> None:
         help="re-normalise after the mean shift (paper v2; the released code does not)",
     )
     b.add_argument("--noise-sigma", type=float, help="c3: Gaussian noise sigma")
+    b.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
+                   help="select --limit seeds round-robin across semantic clusters (recipe: balance.enabled)")
     b.add_argument("--embedding-dtype", choices=["float16", "float32"])
     b.add_argument("--stages", help="comma-separated subset of captions,instruct,pretrain")
     b.add_argument("--shard-size", type=int, help="rows per shard (the unit of resume and of work per process)")
@@ -67,6 +69,7 @@ _FLAG_KEYS = (
     ("embedding_dtype", "--embedding-dtype", "transfer.embedding_dtype"),
     ("llm_endpoint", "--llm-endpoint", "llm.endpoints"),
     ("stages", "--stages", "stages"),
+    ("balance", "--balance", "balance.enabled"),
 )
 
 

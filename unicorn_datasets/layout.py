@@ -17,6 +17,7 @@ REJECTIONS = "rejections.parquet"
 TEXT_MEAN = "text_mean.npy"
 TRANSFER = "transfer.json"
 REPORT = "report.json"
+SEED_CLUSTERS = "seed_clusters.parquet"  # --balance: every available seed's cluster and which draw kept it
 
 # in .build/
 STATE = "state.json"

@@ -127,6 +127,23 @@ class TransferSection:
 
 
 @dataclass(frozen=True)
+class BalanceSection:  # concept-balanced seed selection (balance.py)
+    enabled: bool = False  # with a binding limit: draw round-robin across semantic clusters, not uniformly
+    encoder: str | None = None  # None: transfer.encoder; "hashed": hashed TF-IDF (no model)
+    k: int | None = field(default=None, metadata=_min(1))  # clusters; None: round(sqrt(n/2)) in [2, 100]
+    batch_size: int = field(default=256, metadata=_min(1))  # encoder batch
+
+
+@dataclass(frozen=True)
+class NearDupSection:  # near-duplicate captions after Stage 1 (near_dup.py)
+    enabled: bool = False
+    method: Literal["minhash"] = "minhash"  # bench/README.md: why not embedding cosine
+    threshold: float = field(default=0.5, metadata=_min(0.01))  # MinHash Jaccard of word shingles (<= 1)
+    num_perm: int = field(default=128, metadata=_min(8))
+    shingle: int = field(default=3, metadata=_min(1))  # words per shingle
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = ""  # default: the file's stem
     description: str = ""
@@ -144,6 +161,8 @@ class Recipe:
     captions: CaptionsSection = field(default_factory=CaptionsSection)
     instruct: InstructSection = field(default_factory=InstructSection)
     transfer: TransferSection = field(default_factory=TransferSection)
+    balance: BalanceSection = field(default_factory=BalanceSection)
+    near_dup: NearDupSection = field(default_factory=NearDupSection)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "recipe", origins: Mapping[str, str] | None = None) -> Recipe:

@@ -4,7 +4,7 @@ Synth² embeds captions, clusters them with k-means and compares the cluster-siz
 share of the 5 largest clusters (57.7% for their synthetic captions vs 69.8-83.0% for real
 sets) and the entropy of cluster sizes (natural log; 3.81 for theirs). This module does the same
 on OUT: it clusters the vectors stored in `pretrain.embedding` (or, without them, hashed TF-IDF
-bag-of-words vectors of the captions), with a seeded numpy k-means++ / Lloyd, and adds caption
+bag-of-words vectors of the captions), with seeded faiss k-means (clustering.py), and adds caption
 length and type-token statistics, per-source and per-task counts, and rejections by stage and
 reason. Results go to `artifacts/report.json` (and plots when matplotlib is importable).
 """
@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path, write_text
+from .clustering import balance_stats, default_k, kmeans, normalise
 from .hub import config_files
 from .layout import ARTIFACTS, REJECTIONS, REPORT, artifact
 
 HASH_DIM = 512  # hashed bag-of-words width: enough to separate topics, small enough for 200k rows in memory
-CHUNK = 16384  # rows per distance block: bounds the (rows x k) matrix
 WORD = re.compile(r"\w+(?:['’]\w+)*")
 
 
@@ -118,132 +118,6 @@ def _hashed_tfidf(texts: list[str], dim: int = HASH_DIM) -> np.ndarray:
     return x
 
 
-# ---- k-means (numpy) -------------------------------------------------------------------------
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32, copy=False)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
-def _chunks(n: int) -> Iterator[slice]:
-    for s in range(0, n, CHUNK):
-        yield slice(s, min(n, s + CHUNK))
-
-
-def _sq_dist_to(x: np.ndarray, x_sq: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared distances of all rows of x to the rows of c (n x m), in chunks."""
-    c_sq = np.einsum("ij,ij->i", c, c)
-    out = np.empty((len(x), len(c)), np.float32)
-    for sl in _chunks(len(x)):
-        out[sl] = x_sq[sl, None] - 2.0 * (x[sl] @ c.T) + c_sq[None, :]
-    return np.maximum(out, 0.0, out=out)
-
-
-def _assign(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray, sums: np.ndarray | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centre and squared distance per row; adds each row into `sums[label]` when given,
-    in the same pass, while the chunk is still in cache (the pass is memory-bound)."""
-    labels = np.empty(len(x), np.int64)
-    best = np.empty(len(x), np.float32)
-    c_sq = np.einsum("ij,ij->i", centres, centres)
-    for sl in _chunks(len(x)):
-        xc = x[sl]
-        d = x_sq[sl, None] - 2.0 * (xc @ centres.T) + c_sq[None, :]
-        lab = d.argmin(axis=1)
-        labels[sl] = lab
-        best[sl] = np.maximum(d[np.arange(len(d)), lab], 0.0)
-        if sums is not None:
-            order = np.argsort(lab, kind="stable")
-            ls = lab[order]
-            starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]])
-            sums[ls[starts]] += np.add.reduceat(xc[order], starts, axis=0, dtype=np.float64)
-    return labels, best
-
-
-def _kmeans_pp(x: np.ndarray, x_sq: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy k-means++ (as scikit-learn): 2 + ln k candidates per step, keep the one that lowers
-    the potential most. Plain k-means++ too often puts two seeds in one blob and misses another."""
-    n = len(x)
-    trials = 2 + int(math.log(k))
-    centres = np.empty((k, x.shape[1]), np.float32)
-    centres[0] = x[rng.integers(n)]
-    closest = _sq_dist_to(x, x_sq, centres[:1])[:, 0].astype(np.float64)
-    for i in range(1, k):
-        total = closest.sum()
-        if total <= 0:  # fewer distinct points than k: any point will do
-            cand = rng.integers(n, size=trials)
-        else:
-            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
-            cand = np.minimum(cand, n - 1)
-        d = np.minimum(closest[:, None], _sq_dist_to(x, x_sq, x[cand]).astype(np.float64))
-        best = int(d.sum(axis=0).argmin())
-        centres[i] = x[cand[best]]
-        closest = d[:, best]
-    return centres
-
-
-def kmeans(x: np.ndarray, k: int, *, seed: int = 0, max_iter: int = 50, tol: float = 1e-4,
-           init_rows: int = 128) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """Lloyd's k-means with greedy k-means++ seeding. Returns (labels, centres, inertia, iterations).
-
-    Deterministic for a given seed. Seeding runs on a random subset of `init_rows * k` rows: each
-    seeding step is a full pass over memory, and k passes over 200k rows cost far more than the
-    seeds gain. Stops when labels no longer change or inertia improves by less than `tol`
-    (relative): cluster sizes, not the last digit of inertia, are what the report needs. An
-    emptied cluster is re-seeded with the point farthest from its centre, so k clusters remain.
-    """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n = len(x)
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} must be between 1 and the number of rows ({n})")
-    rng = np.random.default_rng(seed)
-    x_sq = np.einsum("ij,ij->i", x, x)
-    sub = np.sort(rng.choice(n, size=init_rows * k, replace=False)) if n > init_rows * k else slice(None)
-    centres = _kmeans_pp(x[sub], x_sq[sub], k, rng)
-    prev_inertia = math.inf
-    labels = np.zeros(n, np.int64)
-    it = 0
-    for it in range(1, max_iter + 1):
-        sums = np.zeros((k, x.shape[1]), np.float64)
-        new_labels, dist = _assign(x, x_sq, centres, sums)
-        inertia = float(dist.sum(dtype=np.float64))
-        counts = np.bincount(new_labels, minlength=k)
-        empty = np.flatnonzero(counts == 0)
-        centres = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-        if len(empty):
-            far = np.argsort(-dist, kind="stable")[: len(empty)]
-            centres[empty] = x[far]
-        converged = it > 1 and not len(empty) and (
-            np.array_equal(new_labels, labels) or prev_inertia - inertia <= tol * prev_inertia)
-        labels, prev_inertia = new_labels, inertia
-        if converged:
-            break
-    labels, dist = _assign(x, x_sq, centres)
-    return labels, centres, float(dist.sum(dtype=np.float64)), it
-
-
-def default_k(n: int) -> int:
-    """round(sqrt(n/2)) clipped to [2, 100] (and never above n)."""
-    return max(1, min(n, max(2, min(100, round(math.sqrt(n / 2))))))
-
-
-def balance_stats(labels: np.ndarray, k: int) -> dict[str, Any]:
-    """Cluster sizes (largest first), share of the 5 largest, entropy of the size distribution."""
-    sizes = np.sort(np.bincount(labels, minlength=k))[::-1]
-    n = int(sizes.sum())
-    p = sizes[sizes > 0] / n
-    entropy = float(-(p * np.log(p)).sum())
-    return {
-        "cluster_sizes": [int(s) for s in sizes],
-        "top5_share": float(sizes[:5].sum() / n),
-        "entropy": entropy,
-        "entropy_normalised": entropy / math.log(k) if k > 1 else 0.0,
-        "entropy_max": math.log(k),
-    }
-
-
 # ---- text statistics -------------------------------------------------------------------------
 
 
@@ -308,6 +182,18 @@ def _rejections(path: Path) -> dict[str, Any] | None:
     return {"total": t.num_rows,
             "by_stage": {s: {"total": sum(c.values()), "by_reason": dict(c.most_common())}
                          for s, c in sorted(by.items())}}
+
+
+def _seed_balance(folder: Path, cap_files: list[Path]) -> dict[str, Any] | None:
+    """Balanced vs uniform seed histograms when the build selected its seeds by concept (balance.py)."""
+    from .balance import CLUSTERS_FILE, balance_report
+
+    path = folder / ARTIFACTS / CLUSTERS_FILE
+    if not path.is_file():
+        return None
+    ids = ({i for arr in _iter_column(cap_files, "id") for i in arr.to_pylist()}
+           if _has_column(cap_files, "id") else None)
+    return balance_report(pq.read_table(path), ids)
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -399,14 +285,15 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
         texts_sample = [s or "" for arr in _take(text_files, "caption", index) for s in arr.to_pylist()]
         x = _hashed_tfidf(texts_sample)
         source = f"hashed-tfidf-{HASH_DIM}"
-    x = _normalise(x)  # float32: upcasting float16 once beats doing it in every k-means pass
+    x = normalise(x)  # float32: upcasting float16 once beats doing it in every k-means pass
     n = len(x)
     clustering: dict[str, Any] = {"embeddings": source, "rows": n_all, "rows_clustered": n,
                                   "dim": int(x.shape[1]) if x.ndim == 2 else 0}
     if n >= 2:
         kk = min(k, n) if k else default_k(n)
-        labels, _, inertia, iters = kmeans(x, kk, seed=seed)
-        clustering.update({"k": kk, "inertia": inertia, "iterations": iters, **balance_stats(labels, kk)})
+        km = kmeans(x, kk, seed=seed, normalised=True)
+        clustering.update({"k": kk, "inertia": km.inertia, "iterations": km.iterations,
+                           **balance_stats(km.labels, kk)})
     else:
         clustering.update({"k": 0, "cluster_sizes": [n] if n else []})
     out["clustering"] = clustering
@@ -422,6 +309,7 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
     out["rows"] = {c: _num_rows(f) for c, f in
                    (("captions", cap_files), ("pretrain", pre_files), ("instruct", ins_files)) if f}
     out["rejections"] = _rejections(folder / ARTIFACTS / REJECTIONS)
+    out["seed_balance"] = _seed_balance(folder, cap_files)
 
     if write:
         art = folder / ARTIFACTS

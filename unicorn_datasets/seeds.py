@@ -33,6 +33,7 @@ class Seed:
     id: str
     seed: str
     source: str
+    label: str = ""  # domain seeds: the label placed in the template (balanced selection draws across labels)
 
 
 @dataclass
@@ -225,7 +226,7 @@ def load_domain_seeds(
     domains = spec.get("domains") if isinstance(spec, dict) else None
     if not isinstance(domains, dict) or not domains:
         raise SeedError(f'{p}: expected {{"domains": {{NAME: {{"templates": [...], "labels": [...]}}}}}}')
-    texts_by_source: list[tuple[str, str]] = []
+    texts_by_source: list[tuple[str, str, str]] = []
     for name, d in domains.items():
         templates, labels = d.get("templates") or [], d.get("labels") or []
         if not templates or not labels:
@@ -238,23 +239,23 @@ def load_domain_seeds(
             rng = np.random.default_rng(_stable_int(seed, name, label))
             for j in rng.choice(len(templates), size=k, replace=False):
                 text = normalize(templates[int(j)].replace("{label}", str(label)), stats)
-                texts_by_source.append((f"domain_{name}", text))
+                texts_by_source.append((f"domain_{name}", text, str(label)))
     out: list[Seed] = []
     seen: set[str] = set()
-    for source, text in texts_by_source:
+    for source, text, label in texts_by_source:
         stats.read += 1
         if dedup_key(text) in seen:
             stats.duplicates += 1
             continue
         seen.add(dedup_key(text))
-        out.append(Seed(seed_id(source, text), text, source))
+        out.append(Seed(seed_id(source, text), text, source, label))
     if not out:
         raise SeedError(f"{p}: no domain seeds")
     return out
 
 
-def merge_and_limit(groups: list[list[Seed]], *, limit: int | None, seed: int) -> list[Seed]:
-    """Dedup across sources (first wins), shuffle deterministically, keep `limit`, order by id."""
+def merge_seeds(groups: list[list[Seed]]) -> list[Seed]:
+    """Dedup across sources (first wins), ordered by id: input order must not change which seeds a limit keeps."""
     seen: set[str] = set()
     merged: list[Seed] = []
     for group in groups:
@@ -262,7 +263,16 @@ def merge_and_limit(groups: list[list[Seed]], *, limit: int | None, seed: int) -
             if dedup_key(s.seed) not in seen:
                 seen.add(dedup_key(s.seed))
                 merged.append(s)
-    merged.sort(key=lambda s: s.id)  # input order must not change which seeds a limit keeps
+    merged.sort(key=lambda s: s.id)
+    return merged
+
+
+def uniform_draw(merged: list[Seed], *, limit: int | None, seed: int) -> list[Seed]:
+    """`limit` seeds drawn uniformly at random (deterministic from `seed`) from id-ordered seeds."""
     order = np.random.default_rng(seed).permutation(len(merged))
-    chosen = [merged[int(i)] for i in order[: limit if limit is not None else len(merged)]]
-    return chosen
+    return [merged[int(i)] for i in order[: limit if limit is not None else len(merged)]]
+
+
+def merge_and_limit(groups: list[list[Seed]], *, limit: int | None, seed: int) -> list[Seed]:
+    """Dedup across sources (first wins), shuffle deterministically, keep `limit`."""
+    return uniform_draw(merge_seeds(groups), limit=limit, seed=seed)

@@ -16,14 +16,17 @@ from ..errors import BuildError
 from ..layout import REJECTIONS, artifact
 from ..recipe import Recipe, fingerprint
 from ..repo import BuildRepo, RepoError
-from ..seeds import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
+from ..seeds import SeedStats, load_caption_seeds, load_domain_seeds
 from .context import Context, log, make_state
 
 if TYPE_CHECKING:  # stages import the shard runner from this package: no import cycle at run time
     from ..stages.base import Stage
 
 
-def collect_seeds(recipe: Recipe) -> tuple[list[Any], dict[str, Any]]:
+def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list[Any], dict[str, Any], Any]:
+    """(seeds, per-source stats, seed-cluster table or None); balance.py selects the seeds."""
+    from ..balance import BalanceConfig, select
+
     groups, stats = [], {}
     for spec in recipe.seeds:
         st = SeedStats()
@@ -37,12 +40,15 @@ def collect_seeds(recipe: Recipe) -> tuple[list[Any], dict[str, Any]]:
         stats[spec.path] = {**st.as_dict(), "kept": len(group)}
     if not groups:
         raise BuildError("the recipe names no seed sources")
-    chosen = merge_and_limit(groups, limit=recipe.limit, seed=recipe.seed)
-    return chosen, stats
+    selection = select(groups, limit=recipe.limit, seed=recipe.seed, cfg=BalanceConfig.from_recipe(recipe),
+                       trust_remote_code=trust_remote_code)
+    stats["balance"] = selection.summary
+    return selection.seeds, stats, selection.clusters
 
 
 def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage]:
     """The recipe's stages, in order, each built from its own recipe section."""
+    from ..near_dup import NearDupConfig
     from ..stages.captions import CaptionConfig, CaptionStage
     from ..stages.instruct import InstructConfig, InstructStage
     from ..stages.pretrain import InstructEmbeddings, PretrainStage
@@ -51,7 +57,7 @@ def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage
     seed, model_id, mode = recipe.seed, recipe.llm.model, recipe.llm.prompt_mode
     stages: list[Stage] = [
         CaptionStage(CaptionConfig.from_recipe(recipe.captions, mode), seeds, build_seed=seed, model_id=model_id,
-                     seed_check_encoder=recipe.transfer.encoder)
+                     seed_check_encoder=recipe.transfer.encoder, near_dup=NearDupConfig.from_recipe(recipe))
     ]
     instruct = None
     if "instruct" in recipe.stages:
@@ -115,11 +121,19 @@ def build(
 ) -> dict[str, Any]:
     t0 = time.monotonic()
     datasets.disable_progress_bars()  # our own bars count rows across ranks
-    seeds, seed_stats = collect_seeds(recipe)  # bad input fails here, before anything exists on disk
+    seeds, seed_stats, seed_clusters = collect_seeds(recipe, trust_remote_code)  # bad input fails here
+    from ..near_dup import NearDupConfig
+
+    NearDupConfig.from_recipe(recipe)  # so does a bad near_dup section: before anything exists on disk
     ctx = Context(recipe, BuildRepo(out), make_state(), trust_remote_code=trust_remote_code)
     fp = fingerprint(recipe)
     try:
         resumed = _start(ctx, recipe, fp, overwrite)
+        if ctx.is_main and seed_clusters is not None:  # the balanced selection, for the report's histograms
+            from ..balance import CLUSTERS_FILE
+            from ..repo import write_parquet
+
+            write_parquet(seed_clusters, ctx.repo.artifacts() / CLUSTERS_FILE)
         if ctx.is_main:
             log(f"{'resuming' if resumed else 'starting'} build of recipe '{recipe.name}' into {out} "
                 f"({len(seeds)} seeds, {ctx.world} process(es), fingerprint {fp})")

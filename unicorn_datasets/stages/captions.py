@@ -32,6 +32,7 @@ from .seed_check import SeedCosine
 
 if TYPE_CHECKING:
     from ..build.context import Context
+    from ..near_dup import NearDupConfig
     from ..repo import BuildRepo
 
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
@@ -167,9 +168,10 @@ class CaptionStage(GenerationStage):
     name = "captions"
 
     def __init__(self, cfg: CaptionConfig, seeds: list[Seed], *, build_seed: int, model_id: str,
-                 seed_check_encoder: str = "") -> None:
+                 seed_check_encoder: str = "", near_dup: NearDupConfig | None = None) -> None:
         self.cfg, self.seeds, self.build_seed, self.model_id = cfg, seeds, build_seed, model_id
         self.seed_check_encoder = seed_check_encoder  # the encoder of the off-seed check (transfer.encoder)
+        self.near_dup = near_dup
         self.reserved: ReservedTokens | None = None
         self.ctx: Context | None = None
 
@@ -177,6 +179,8 @@ class CaptionStage(GenerationStage):
         prov = self.cfg.provenance()
         if self.cfg.min_seed_cosine > 0:
             prov["seed_check_encoder"] = self.seed_check_encoder
+        if self.near_dup and self.near_dup.enabled:
+            prov["near_dup"] = self.near_dup.provenance()
         return prov
 
     def run(self, ctx: Context) -> None:
@@ -184,6 +188,10 @@ class CaptionStage(GenerationStage):
             self.cfg = replace(self.cfg, prompt_mode=ctx.prompt_mode())
         self.ctx = ctx
         super().run(ctx)
+        if self.near_dup and self.near_dup.enabled:  # between the map and rank 0's assembly (near_dup.py)
+            from ..near_dup import reject_near_duplicates
+
+            reject_near_duplicates(ctx, self.name, self.near_dup)
 
     def inputs(self, ctx: Context) -> datasets.Dataset:
         s = self.seeds
