@@ -336,6 +336,7 @@ def stage_pretrain(ctx: Context) -> None:
     if _already_complete(ctx, "pretrain"):
         ctx.provenance["transfer"] = ctx.repo.stage_summary("pretrain").get("transfer", {})
         return
+    prior = cfg.load_prior(_encoder_info(ctx))  # --transfer prior: once per process; refused for another encoder
     caps = accepted_captions(ctx.repo)
     shard_size = int(ctx.recipe.get("transfer", {}).get("shard_size", _shard_size(ctx)))
     sums_dir = ctx.repo.stage_dir("encode_sums")
@@ -353,7 +354,7 @@ def stage_pretrain(ctx: Context) -> None:
     run_sharded(ctx, "encode", encode_shards, make_encode, map_batch_size=shard_size, on_part=save_sum)
     acc = reduce_states(sorted(sums_dir.glob("sum-*.npz")))  # fixed order: same bits under any world size
     mean = acc.mean()
-    transfer_info = cfg.provenance(_encoder_info(ctx), acc.count)
+    transfer_info = cfg.provenance(_encoder_info(ctx), acc.count, prior)
     if ctx.is_main:
         from .assemble import save_transfer_artifacts
 
@@ -369,7 +370,7 @@ def stage_pretrain(ctx: Context) -> None:
         ctx,
         "pretrain",
         (encode_shards[0], encode_shards[1], load_encoded),
-        lambda: lambda batch: shift_batch(batch, mean=mean, cfg=cfg, build_seed=ctx.build_seed),
+        lambda: lambda batch: shift_batch(batch, mean=mean, cfg=cfg, build_seed=ctx.build_seed, prior=prior),
         map_batch_size=shard_size,
     )
     if ctx.is_main:
@@ -449,6 +450,9 @@ def build(
     datasets.disable_progress_bars()  # our own bars count rows across ranks
     # Bad input fails here, before anything exists on disk.
     seeds, seed_stats = collect_seeds(recipe)
+    from .stages.transfer_stage import with_prior_identity
+
+    recipe = with_prior_identity(recipe)
     state = _state()
     repo = BuildRepo(out)
     fp = fingerprint(recipe)

@@ -2,7 +2,7 @@
 
 Pass 1 (`encode_batch`) writes the L2-normalised text embedding of each caption; the build
 reduces per-shard float64 sums into the exact mean over ALL captions; pass 2 (`shift_batch`)
-applies the transfer (mean-shift / c3 / none) and shapes the LLaVA pretraining row.
+applies the transfer (mean-shift / c3 / none / a learned prior) and shapes the LLaVA pretraining row.
 """
 
 from __future__ import annotations
@@ -28,10 +28,13 @@ class TransferConfig:
     noise_sigma: float = 0.0
     embedding_dtype: str = "float16"
     batch_size: int = 64
+    prior: str | None = None  # a `unicorn prior train` folder (method "prior")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"--transfer {self.method}: choose one of {', '.join(METHODS)}")
+        if self.method == "prior" and not self.prior:
+            raise ValueError("--transfer prior needs --prior PRIOR_DIR (a folder made by `unicorn prior train`)")
         if self.embedding_dtype not in DTYPES:
             raise ValueError(f"--embedding-dtype {self.embedding_dtype}: choose float16 or float32")
 
@@ -40,7 +43,7 @@ class TransferConfig:
         keys = cls.__dataclass_fields__
         return cls(**{k: v for k, v in section.items() if k in keys})
 
-    def provenance(self, encoder_info: dict[str, Any], count: int) -> dict[str, Any]:
+    def provenance(self, encoder_info: dict[str, Any], count: int, prior: Any = None) -> dict[str, Any]:
         return {
             "encoder": encoder_info,
             "method": self.method,
@@ -49,7 +52,37 @@ class TransferConfig:
             "mean_over": "all accepted Stage-1 captions of this build",
             "count": count,
             "embedding_dtype": self.embedding_dtype,
-        }
+        } | ({"prior": {"path": str(self.prior), **prior_provenance(prior)}} if prior is not None else {})
+
+    def load_prior(self, encoder_info: dict[str, Any]) -> Any:
+        """The fitted prior of method "prior" (refused if made for another encoder or dimension), else None."""
+        if self.method != "prior":
+            return None
+        from ..prior import check_encoder, load_prior
+
+        prior = load_prior(str(self.prior))
+        check_encoder(prior, encoder_info)
+        return prior
+
+
+def prior_provenance(prior: Any) -> dict[str, Any]:
+    """What the manifest and card say about a prior: where, which, trained on what, and its own evaluation."""
+    cfg = prior.config()
+    training = {k: v for k, v in (cfg.get("training") or {}).items() if k != "val_loss_history"}
+    return {k: cfg.get(k) for k in ("family", "dim", "hyper", "training_data", "weights_sha256")} | {
+        "training": training, "evaluation": prior.evaluation}
+
+
+def with_prior_identity(recipe: dict[str, Any]) -> dict[str, Any]:
+    """--transfer prior: load the prior before any work (a bad folder fails first) and add its weight hash to
+    the recipe, so a build resumed with a retrained prior in the same folder is refused like any other change."""
+    t = recipe.get("transfer", {})
+    if t.get("method") != "prior" or "pretrain" not in recipe.get("stages", []):
+        return recipe
+    from ..prior import load_prior
+
+    TransferConfig.from_recipe(t)  # --prior missing: its clear message
+    return {**recipe, "transfer": {**t, "prior_sha256": load_prior(str(t["prior"])).weights_sha256()}}
 
 
 def describe_instructions() -> list[str]:
@@ -62,7 +95,8 @@ def encode_batch(batch: dict[str, list], *, encoder: Any, cfg: TransferConfig) -
     return {**batch, "text_embedding": emb.astype(np.float32), "truncated": encoder.last_truncated_mask.tolist()}
 
 
-def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig, build_seed: int) -> dict[str, list]:
+def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig, build_seed: int,
+                prior: Any = None) -> dict[str, list]:
     ids = list(batch["id"])
     emb = np.asarray(batch["text_embedding"], dtype=np.float32)
     out = apply_transfer(
@@ -71,7 +105,8 @@ def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig
         mean=mean,
         renormalize=cfg.renormalize,
         noise_sigma=cfg.noise_sigma,
-        rng_seed_per_row=row_seeds(ids, build_seed, stream="c3") if cfg.method == "c3" else None,
+        rng_seed_per_row=row_seeds(ids, build_seed, stream=cfg.method) if cfg.method in ("c3", "prior") else None,
+        prior=prior,
     )
     phrasings = describe_instructions()
     asks = [phrasings[row_seed(build_seed, rid, stream="describe") % len(phrasings)] for rid in ids]
