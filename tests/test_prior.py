@@ -255,3 +255,30 @@ def test_build_refuses_a_prior_made_for_another_encoder(tiny_llm: Path, tmp_path
     r = run_build(_args(tmp_path / "out2", tiny_llm, tmp_path / "missing"))
     assert r.returncode == 4 and "is not a prior folder" in r.stderr
     assert not (tmp_path / "out2").exists()  # refused before anything was written
+
+
+def test_prior_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unicorn_datasets.cli import main
+    from unicorn_datasets.encoders import load_encoder
+    from unicorn_datasets.seeds import load_caption_seeds
+
+    caps = [s.seed for s in load_caption_seeds("builtin:open_domain")][:80]
+    enc = load_encoder("minilm")
+    image = l2_normalize(enc.encode_text(caps) @ _rotation(np.random.default_rng(0), 384) + 0.2)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"caption": c, "image_embedding": e.tolist()}) + "\n"
+                             for c, e in zip(caps, image)))
+    out = tmp_path / "prior"
+    assert main(["prior", "train", str(pairs), "--encoder", "minilm", "--out", str(out), "--val-fraction", "0.25"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["family"] == "linear" and trained["eval"]["n"] == 20
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["encoder"]["fingerprint"] == enc.describe()["fingerprint"] and cfg["training_data"]["n_pairs"] == 80
+    assert main(["prior", "eval", str(out), str(pairs)]) == 0  # the encoder comes from the prior's config
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 80 and ev["methods"]["prior"]["recall@1"] > ev["methods"]["mean-shift"]["recall@1"]
+    assert main(["prior", "train", str(pairs), "--encoder", "minilm", "--out", str(out)]) == 4  # exists
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["prior", "train", str(pairs), "--encoder", "minilm", "--out", str(tmp_path / "x"),
+                 "--hidden", "8"]) == 4
+    assert "applies to --family flow only" in capsys.readouterr().err
