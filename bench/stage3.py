@@ -45,10 +45,13 @@ def synthetic_captions(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def prepare(out: Path, captions: list[str], shard_size: int) -> list[str]:
-    """A build folder with Stage 1 finished: parts + COMPLETE marker, as the pipeline leaves them."""
+def prepare(out: Path, captions: list[str], shard_size: int, transfer: dict | None = None) -> list[str]:
+    """A build folder with Stage 1 finished: parts + COMPLETE marker, as the pipeline leaves them.
+
+    `transfer`: more transfer fields, exactly as the build will see them (they are part of the fingerprint)."""
     recipe = load_recipe("demo", {"stages": ["captions", "pretrain"], "shard_size": shard_size,
-                                  "transfer.embedding_dtype": "float32"})
+                                  "transfer.embedding_dtype": "float32",
+                                  **{f"transfer.{k}": v for k, v in (transfer or {}).items()}})
     repo = BuildRepo(out)
     repo.start(recipe.to_dict(), fingerprint(recipe), overwrite=False)
     ids = [f"bench-{i:07d}" for i in range(len(captions))]

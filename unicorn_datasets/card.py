@@ -149,8 +149,28 @@ def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
             f"{t.get('noise_sigma')}); the text mean over {t.get('count')} captions is in `{artifact(TEXT_MEAN)}`; "
             f"{stages['pretrain'].get('truncated_by_encoder', 0)} caption(s) were cut by the encoder's token limit. "
             "At inference on real images, subtract the mean of the image set (`unicorn embed-images`)."
+            + _prior_text(t.get("prior"))
         )
     return "\n".join(parts)
+
+
+def _prior_text(prior: dict[str, Any] | None) -> str:
+    """The learned prior a build used, and its own held-out evaluation beside the zero-parameter transfers."""
+    if not prior:
+        return ""
+    data = prior.get("training_data") or {}
+    ev = prior.get("evaluation") or {}
+    text = (f"\n\n   The image embeddings come from a learned **{prior.get('family')} prior** (`{prior.get('path')}`, "
+            f"weights `{prior.get('weights_sha256')}`) trained on {data.get('n_pairs')} caption/image pairs "
+            f"(`{data.get('source')}`, data `{data.get('fingerprint')}`).")
+    methods = ev.get("methods") or {}
+    if methods:
+        rows = [(m, f"{r['paired_cosine']:.3f}", f"{r['recall@1']:.3f}", f"{r['recall@5']:.3f}", f"{r['frechet']:.4f}")
+                for m, r in methods.items()]
+        text += (f" On {ev.get('n')} held-out pairs ({ev.get('split', 'held out')}), against the real image "
+                 "embeddings minus their mean:\n\n"
+                 + _table(rows, ("method", "paired cosine", "recall@1", "recall@5", "Fréchet distance")))
+    return text
 
 
 def _diversity_text(div: dict[str, Any]) -> str:

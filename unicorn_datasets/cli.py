@@ -1,4 +1,4 @@
-"""`unicorn build | push | export | embed-images | report`: the command line.
+"""`unicorn build | push | export | embed-images | report | gap-stats | prior`: the command line.
 
 Every user-facing failure ends in one clear line on stderr and a non-zero exit code.
 """
@@ -29,7 +29,8 @@ def _build_parser(sub: Any) -> None:
     b.add_argument("--seeds", help="your caption seeds: .txt/.jsonl/.csv/.parquet, a dataset folder or Hub id")
     b.add_argument("--seed-column", help="column holding the seed captions")
     b.add_argument("--encoder", help="Stage-3 encoder: CLIP/SigLIP/sentence-transformers folder, minilm, llm2clip")
-    b.add_argument("--transfer", choices=["mean-shift", "c3", "none"], help="Stage-3 transfer method")
+    b.add_argument("--transfer", choices=["mean-shift", "c3", "none", "prior"], help="Stage-3 transfer method")
+    b.add_argument("--prior", help="--transfer prior: a folder made by `unicorn prior train`")
     b.add_argument(
         "--renormalize",
         action=argparse.BooleanOptionalAction,
@@ -70,6 +71,7 @@ _FLAG_KEYS = (
     ("llm_endpoint", "--llm-endpoint", "llm.endpoints"),
     ("stages", "--stages", "stages"),
     ("balance", "--balance", "balance.enabled"),
+    ("prior", "--prior", "transfer.prior"),
 )
 
 
@@ -152,6 +154,61 @@ def cmd_gap_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prior_parser(sub: Any) -> None:
+    pr = sub.add_parser("prior", help="train / evaluate a learned text->image-embedding prior (--transfer prior)")
+    psub = pr.add_subparsers(dest="prior_command", required=True)
+    tr = psub.add_parser("train", help="fit a prior on caption/image pairs")
+    tr.add_argument("pairs", help=".parquet/.jsonl/dataset folder: caption + image_embedding (or image paths)")
+    tr.add_argument("--encoder", required=True, help="the encoder of the builds that will use the prior")
+    tr.add_argument("--out", required=True, help="the prior folder to write")
+    tr.add_argument("--family", choices=["linear", "flow"], default="linear")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--val-fraction", type=float, default=0.1)
+    tr.add_argument("--max-epochs", type=int, help="flow: epoch cap (early stopping usually ends sooner)")
+    tr.add_argument("--patience", type=int, help="flow: epochs without a better validation loss before stopping")
+    tr.add_argument("--hidden", type=int, help="flow: MLP width")
+    tr.add_argument("--layers", type=int, help="flow: MLP depth")
+    tr.add_argument("--lr", type=float, help="flow: AdamW learning rate")
+    tr.add_argument("--steps", type=int, help="flow: Euler steps when sampling")
+    tr.add_argument("--overwrite", action="store_true")
+    ev = psub.add_parser("eval", help="held-out numbers of a prior beside none / mean-shift / c3")
+    ev.add_argument("prior_dir")
+    ev.add_argument("pairs", help="held-out pairs (same formats as train)")
+    ev.add_argument("--encoder", help="default: the encoder the prior was trained for")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--noise-sigma", type=float, default=0.05, help="c3's noise sigma in the comparison")
+    for p in (tr, ev):
+        p.add_argument("--batch-size", type=int, default=32, help="encoder batch size")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--trust-remote-code", action="store_true")
+
+
+def cmd_prior(args: argparse.Namespace) -> int:
+    from .encoders import load_encoder
+    from .prior.train import eval_prior, train_prior
+
+    if args.prior_command == "train":
+        hyper = {k: getattr(args, k) for k in ("max_epochs", "patience", "hidden", "layers", "lr", "steps")
+                 if getattr(args, k) is not None}
+        if hyper and args.family != "flow":
+            raise ValueError(f"--{next(iter(hyper)).replace('_', '-')} applies to --family flow only")
+        enc = load_encoder(args.encoder, device=args.device, trust_remote_code=args.trust_remote_code)
+        result = train_prior(args.pairs, enc, args.out, family=args.family, seed=args.seed,
+                             val_fraction=args.val_fraction, batch_size=args.batch_size, overwrite=args.overwrite,
+                             **hyper)
+    else:
+        from .prior import load_prior
+
+        spec = args.encoder or (load_prior(args.prior_dir).meta.get("encoder") or {}).get("encoder")
+        if not spec:
+            raise ValueError(f"{args.prior_dir} records no encoder; pass --encoder")
+        enc = load_encoder(spec, device=args.device, trust_remote_code=args.trust_remote_code)
+        result = eval_prior(args.prior_dir, args.pairs, enc, seed=args.seed, batch_size=args.batch_size,
+                            noise_sigma=args.noise_sigma)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unicorn", description="Build vision-language training data without images.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -196,6 +253,7 @@ def parser() -> argparse.ArgumentParser:
     gp.add_argument("--noise-sigma", type=float, default=0.0)
     gp.add_argument("--device", default="cpu")
     gp.add_argument("--trust-remote-code", action="store_true")
+    _prior_parser(sub)
     return p
 
 
@@ -206,6 +264,7 @@ COMMANDS = {
     "embed-images": cmd_embed_images,
     "report": cmd_report,
     "gap-stats": cmd_gap_stats,
+    "prior": cmd_prior,
 }
 
 

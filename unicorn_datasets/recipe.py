@@ -124,6 +124,13 @@ class TransferSection:
     embedding_dtype: Literal["float16", "float32"] = "float16"
     batch_size: int = field(default=64, metadata=_min(1))  # encoder batch
     shard_size: int | None = field(default=None, metadata=_min(1))  # rows per Stage-3 shard; None: shard_size
+    prior: str | None = None  # method "prior": a folder made by `unicorn prior train`
+    prior_sha256: str | None = None  # set by the build from the prior's weights (so a retrained prior is refused)
+
+    def __post_init__(self) -> None:
+        if self.method == "prior" and not self.prior:
+            raise RecipeError("method prior needs transfer.prior (--prior PRIOR_DIR, a `unicorn prior train` folder)",
+                              "method")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ Methods (``apply_transfer``):
                   (the paper's ideal form, usable only when an image mean is known).
 - ``c3``:         C3-style (connect, collapse, corrupt): u - mu_T + N(0, sigma^2 I), always re-normalised.
                   The noise of each row comes from that row's own seed, so it does not depend on batching.
+- ``prior``:      a learned text->image-embedding generator (``unicorn_datasets.prior``), its noise also from
+                  per-row seeds; trained on a user's pairs with `unicorn prior train`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .atomic import atomic_path
 from .seeding import row_seeds
 
 __all__ = [
+    "BASELINE_METHODS",
     "METHODS",
     "MeanAccumulator",
     "apply_transfer",
@@ -35,7 +38,8 @@ __all__ = [
     "row_seeds",
 ]
 
-METHODS = ("none", "mean-shift", "c3")
+BASELINE_METHODS = ("none", "mean-shift", "c3")  # need no training data
+METHODS = (*BASELINE_METHODS, "prior")
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -166,12 +170,14 @@ def apply_transfer(
     noise_sigma: float = 0.0,
     rng_seed_per_row: Sequence[int] | None = None,
     image_mean: np.ndarray | None = None,
+    prior: Any = None,
 ) -> np.ndarray:
     """Turn L2-normalised text embeddings [N, D] into synthetic image embeddings (float32 [N, D]).
 
     All arithmetic is float64; the cast to float32 happens once at the end. ``renormalize`` applies to
     ``mean-shift`` only (default False = the released code); ``c3`` always re-normalises; ``none``
-    returns the input unchanged (as float32).
+    returns the input unchanged (as float32). ``prior`` (a fitted ``unicorn_datasets.prior.Prior``) draws one
+    sample per row, its noise seeded by ``rng_seed_per_row``; ``mean`` is not used.
     """
     if method not in METHODS:
         raise ValueError(f"unknown transfer method {method!r}; choose from {', '.join(METHODS)}")
@@ -180,6 +186,10 @@ def apply_transfer(
         raise ValueError(f"expected embeddings of shape [N, D], got {x.shape}")
     if method == "none":
         return x.astype(np.float32, copy=True)
+    if method == "prior":
+        if prior is None or rng_seed_per_row is None:
+            raise ValueError("method 'prior' needs a fitted prior (prior=...) and one seed per row")
+        return prior.sample(x, seeds=rng_seed_per_row)[:, 0]
     if mean is None:
         raise ValueError(f"method {method!r} needs the text mean (mean=...)")
     mu = np.asarray(mean, dtype=np.float64)
@@ -215,7 +225,7 @@ def gap_statistics(
     text_emb: np.ndarray,
     image_emb: np.ndarray,
     mean_text: np.ndarray | None = None,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = BASELINE_METHODS,
     *,
     renormalize: bool = False,
     noise_sigma: float = 0.0,

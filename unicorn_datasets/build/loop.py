@@ -17,6 +17,7 @@ from ..layout import REJECTIONS, artifact
 from ..recipe import Recipe, fingerprint
 from ..repo import BuildRepo, RepoError
 from ..seeds import SeedStats, load_caption_seeds, load_domain_seeds
+from ..stages.transfer_stage import with_prior_identity
 from .context import Context, log, make_state
 
 if TYPE_CHECKING:  # stages import the shard runner from this package: no import cycle at run time
@@ -122,6 +123,7 @@ def build(
     t0 = time.monotonic()
     datasets.disable_progress_bars()  # our own bars count rows across ranks
     seeds, seed_stats, seed_clusters = collect_seeds(recipe, trust_remote_code)  # bad input fails here
+    recipe = with_prior_identity(recipe)  # a missing or unreadable prior fails here too
     from ..near_dup import NearDupConfig
 
     NearDupConfig.from_recipe(recipe)  # so does a bad near_dup section: before anything exists on disk

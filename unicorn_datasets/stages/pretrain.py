@@ -52,10 +52,11 @@ class PretrainStage:
             emb = np.asarray(table.column("text_embedding").to_pylist(), dtype=np.float32)
             MeanAccumulator(emb.shape[1] if emb.size else None).add(emb).save(sums_dir / f"sum-{shard:05d}.npz")
 
+        prior = cfg.load_prior(_encoder_info(ctx))  # --transfer prior: once per process; refused for another encoder
         run_map(ctx, "encode", encode, make_encode, batch_size=self.shard_size, on_part=save_sum)
         acc = reduce_states(sorted(sums_dir.glob("sum-*.npz")))  # fixed order: same bits under any world size
         mean = acc.mean()
-        self.info = cfg.provenance(_encoder_info(ctx), acc.count)
+        self.info = cfg.provenance(_encoder_info(ctx), acc.count, prior)
         if ctx.is_main:
             from ..assemble import save_transfer_artifacts
 
@@ -66,7 +67,7 @@ class PretrainStage:
             return datasets.Dataset(pq.read_table(repo.part_path("encode", i)))
 
         run_map(ctx, "pretrain", Shards(encode.rows, encode.count, load_encoded),
-                lambda: lambda batch: shift_batch(batch, mean=mean, cfg=cfg, build_seed=self.build_seed),
+                lambda: lambda batch: shift_batch(batch, mean=mean, cfg=cfg, build_seed=self.build_seed, prior=prior),
                 batch_size=self.shard_size)
 
     def assemble(self, repo: BuildRepo) -> dict[str, Any]:

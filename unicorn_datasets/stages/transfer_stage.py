@@ -2,18 +2,19 @@
 
 Pass 1 (`encode_batch`) writes the L2-normalised text embedding of each caption; the build
 reduces per-shard float64 sums into the exact mean over ALL captions; pass 2 (`shift_batch`)
-applies the transfer (mean-shift / c3 / none) and shapes the LLaVA pretraining row.
+applies the transfer (mean-shift / c3 / none / a learned prior) and shapes the LLaVA pretraining row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import prompts
-from ..recipe import TransferSection
+from ..recipe import Recipe, TransferSection
 from ..seeding import row_seed, row_seeds
 from ..textutil import IMAGE_TOKEN
 from ..transfer import METHODS, apply_transfer
@@ -30,10 +31,13 @@ class TransferConfig:
     noise_sigma: float = TransferSection.noise_sigma
     embedding_dtype: str = TransferSection.embedding_dtype
     batch_size: int = TransferSection.batch_size
+    prior: str | None = TransferSection.prior  # a `unicorn prior train` folder (method "prior")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"transfer.method = {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.method == "prior" and not self.prior:
+            raise ValueError("transfer.method prior needs transfer.prior (a folder made by `unicorn prior train`)")
         if self.embedding_dtype not in DTYPES:
             raise ValueError(f"transfer.embedding_dtype = {self.embedding_dtype!r}: choose float16 or float32")
 
@@ -41,7 +45,7 @@ class TransferConfig:
     def from_recipe(cls, section: TransferSection) -> TransferConfig:
         return cls(**{k: getattr(section, k) for k in cls.__dataclass_fields__})
 
-    def provenance(self, encoder_info: dict[str, Any], count: int) -> dict[str, Any]:
+    def provenance(self, encoder_info: dict[str, Any], count: int, prior: Any = None) -> dict[str, Any]:
         return {
             "encoder": encoder_info,
             "method": self.method,
@@ -50,7 +54,37 @@ class TransferConfig:
             "mean_over": "all accepted Stage-1 captions of this build",
             "count": count,
             "embedding_dtype": self.embedding_dtype,
-        }
+        } | ({"prior": {"path": str(self.prior), **prior_provenance(prior)}} if prior is not None else {})
+
+    def load_prior(self, encoder_info: dict[str, Any]) -> Any:
+        """The fitted prior of method "prior" (refused if made for another encoder or dimension), else None."""
+        if self.method != "prior":
+            return None
+        from ..prior import check_encoder, load_prior
+
+        prior = load_prior(str(self.prior))
+        check_encoder(prior, encoder_info)
+        return prior
+
+
+def prior_provenance(prior: Any) -> dict[str, Any]:
+    """What the manifest and card say about a prior: where, which, trained on what, and its own evaluation."""
+    cfg = prior.config()
+    training = {k: v for k, v in (cfg.get("training") or {}).items() if k != "val_loss_history"}
+    return {k: cfg.get(k) for k in ("family", "dim", "hyper", "training_data", "weights_sha256")} | {
+        "training": training, "evaluation": prior.evaluation}
+
+
+def with_prior_identity(recipe: Recipe) -> Recipe:
+    """--transfer prior: load the prior before any work (a bad folder fails first) and add its weight hash to
+    the recipe, so a build resumed with a retrained prior in the same folder is refused like any other change."""
+    t = recipe.transfer
+    if t.method != "prior" or "pretrain" not in recipe.stages:
+        return recipe
+    from ..prior import load_prior
+
+    sha = load_prior(str(t.prior)).weights_sha256()
+    return dataclasses.replace(recipe, transfer=dataclasses.replace(t, prior_sha256=sha))
 
 
 def describe_instructions() -> list[str]:
@@ -64,7 +98,8 @@ def encode_batch(batch: dict[str, list], *, encoder: Any, cfg: TransferConfig) -
     return {**batch, "text_embedding": emb.astype(np.float32), "truncated": encoder.truncated_mask(captions).tolist()}
 
 
-def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig, build_seed: int) -> dict[str, list]:
+def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig, build_seed: int,
+                prior: Any = None) -> dict[str, list]:
     ids = list(batch["id"])
     emb = np.asarray(batch["text_embedding"], dtype=np.float32)
     out = apply_transfer(
@@ -73,7 +108,8 @@ def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig
         mean=mean,
         renormalize=cfg.renormalize,
         noise_sigma=cfg.noise_sigma,
-        rng_seed_per_row=row_seeds(ids, build_seed, stream="c3") if cfg.method == "c3" else None,
+        rng_seed_per_row=row_seeds(ids, build_seed, stream=cfg.method) if cfg.method in ("c3", "prior") else None,
+        prior=prior,
     )
     phrasings = describe_instructions()
     asks = [phrasings[row_seed(build_seed, rid, stream="describe") % len(phrasings)] for rid in ids]
