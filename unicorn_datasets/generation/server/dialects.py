@@ -178,32 +178,44 @@ async def _post(http: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> Any
     return r.json()
 
 
-async def _chat(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
-                http: httpx2.AsyncClient) -> GenerationResult:
+def _openai_body(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
+                 **content: Any) -> dict[str, Any]:
+    """The OpenAI fields both routes share (`content`: messages or prompt); unset ones left out."""
     body: dict[str, Any] = {
         "model": payload_model(ep, model),
-        "messages": req.messages,
+        **content,
         "max_tokens": params.max_new_tokens,
         "temperature": params.temperature,
         "top_p": params.top_p if 0.0 < params.top_p < 1.0 else None,
         "seed": wire_seed(req.seed),
         "stop": list(req.stop) or None,
     }
+    if params.repetition_penalty != 1.0 and ep.kind in ("vllm", "sglang", "llamacpp"):
+        # Not an OpenAI field: TGI's chat route and `transformers serve` reject or ignore it.
+        body[_penalty_name(ep.kind)] = params.repetition_penalty
+    return body
+
+
+async def _choice(ep: Endpoint, route: str, body: dict[str, Any], http: httpx2.AsyncClient) -> tuple[dict, Any]:
+    """POST without the fields this server refused before; (the first choice, usage.completion_tokens)."""
+    for name in ep.dropped:
+        body.pop(name, None)
+    data = await _post(http, ep.url + route, body)
+    choice = (data.get("choices") or [None])[0]
+    if not isinstance(choice, dict):
+        raise ValueError("response has no choices")
+    return choice, _field(data.get("usage"), "completion_tokens")
+
+
+async def _chat(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
+                http: httpx2.AsyncClient) -> GenerationResult:
+    body = _openai_body(ep, req, params, model, messages=req.messages)
     if req.json_schema is not None:
         body["response_format"] = ({"type": "json_object", "value": req.json_schema} if ep.kind == "tgi" else
                                    {"type": "json_schema",
                                     "json_schema": {"name": "output", "schema": req.json_schema, "strict": True}})
-    if params.repetition_penalty != 1.0 and ep.kind in ("vllm", "sglang", "llamacpp"):
-        # Not an OpenAI field: TGI's chat route and `transformers serve` reject or ignore it.
-        body[_penalty_name(ep.kind)] = params.repetition_penalty
-    for name in ep.dropped:
-        body.pop(name, None)
-    data = await _post(http, ep.url + "/v1/chat/completions", body)
-    choice = (data.get("choices") or [None])[0]
-    if not isinstance(choice, dict):
-        raise ValueError("response has no choices")
-    text = _field(choice.get("message"), "content") or ""
-    return _result(text, _field(data.get("usage"), "completion_tokens"), choice.get("finish_reason"), params)
+    choice, used = await _choice(ep, "/v1/chat/completions", body, http)
+    return _result(_field(choice.get("message"), "content") or "", used, choice.get("finish_reason"), params)
 
 
 async def _tgi_generate(ep: Endpoint, req: GenerationRequest, params: SamplingParams,
@@ -230,19 +242,7 @@ async def _tgi_generate(ep: Endpoint, req: GenerationRequest, params: SamplingPa
 
 async def _completion(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
                       http: httpx2.AsyncClient) -> GenerationResult:
-    body: dict[str, Any] = {
-        "model": payload_model(ep, model),
-        "prompt": req.prompt,
-        "max_tokens": params.max_new_tokens,
-        "temperature": params.temperature,
-        "seed": wire_seed(req.seed),
-    }
-    if 0.0 < params.top_p < 1.0:
-        body["top_p"] = params.top_p
-    if req.stop:
-        body["stop"] = list(req.stop)
-    if params.repetition_penalty != 1.0 and ep.kind in ("vllm", "sglang", "llamacpp"):
-        body[_penalty_name(ep.kind)] = params.repetition_penalty
+    body = _openai_body(ep, req, params, model, prompt=req.prompt)
     if req.json_schema is not None:
         if ep.kind == "sglang":
             body["json_schema"] = json.dumps(req.json_schema)
@@ -251,13 +251,7 @@ async def _completion(ep: Endpoint, req: GenerationRequest, params: SamplingPara
         else:  # vLLM and unknown OpenAI-compatible servers; strict ones refuse it once, then never see it
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "output", "schema": req.json_schema}}
-    for name in ep.dropped:
-        body.pop(name, None)
-    data = await _post(http, ep.url + "/v1/completions", body)
-    choice = (data.get("choices") or [None])[0]
-    if not isinstance(choice, dict):
-        raise ValueError("response has no choices")
-    used = _field(data.get("usage"), "completion_tokens")
+    choice, used = await _choice(ep, "/v1/completions", body, http)
     return _result(choice.get("text") or "", used, choice.get("finish_reason"), params)
 
 
