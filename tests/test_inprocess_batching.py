@@ -9,6 +9,7 @@ import pytest
 from unicorn_datasets.generation import make_backend
 from unicorn_datasets.generation.base import GenerationRequest, SamplingParams
 from unicorn_datasets.generation.transformers_backend import TransformersBackend
+from unicorn_datasets.recipe import LLMSection, RecipeError, load_recipe
 
 PROMPTS = [" ".join(["the red car near the old house"] * (1 + i % 4)) + f" {i}" for i in range(7)]
 
@@ -65,7 +66,7 @@ def test_sampled_continuous_rows_are_reproducible_for_the_same_call(backends: di
 
 def test_schema_and_penalty_calls_fall_back_to_static_and_bad_modes_are_refused(tiny_llm: Path,
                                                                      backends: dict[str, TransformersBackend]) -> None:
-    backend = make_backend({"model": str(tiny_llm), "batching": "continuous"})
+    backend = make_backend(LLMSection(model=str(tiny_llm), batching="continuous"))
     assert backend.describe()["batching"] == "continuous"
     schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 5}}, "required": ["a"],
               "additionalProperties": False}
@@ -75,5 +76,5 @@ def test_schema_and_penalty_calls_fall_back_to_static_and_bad_modes_are_refused(
     penalised = SamplingParams(max_new_tokens=12, temperature=0.8, repetition_penalty=1.3)  # dropped by CB
     assert [r.text for r in backend.generate(requests(), penalised)] == \
         [r.text for r in backends["static"].generate(requests(), penalised)]
-    with pytest.raises(ValueError, match="llm.batching"):
-        make_backend({"model": str(tiny_llm), "batching": "dynamic"})
+    with pytest.raises(RecipeError, match="llm.batching"):
+        load_recipe("demo", {"llm.batching": "dynamic"})

@@ -71,6 +71,9 @@ class LLMSection:
     prompt_mode: PromptMode = "auto"  # auto: chat when the model has a chat template (servers: chat)
     batch_size: int = field(default=8, metadata=_min(1))  # in-process backend: rows per forward pass
     batches_per_call: int = field(default=4, metadata=_min(1))
+    # in-process backend: static batches (default: faster here, per-row seeds honoured) or transformers'
+    # continuous batching (bench/README.md)
+    batching: Literal["static", "continuous"] = "static"
     max_in_flight: int | None = field(default=None, metadata=_min(1))  # None: the engine picks from the backend
     timeout: float = field(default=300.0, metadata=_min(0.001))  # server backend: seconds per request
     max_retries: int = field(default=5, metadata=_min(0))

@@ -27,4 +27,4 @@ def make_backend(llm: LLMSection, *, device: str = "cpu") -> Backend:
         )
     from .transformers_backend import TransformersBackend
 
-    return TransformersBackend(llm.model, device=device, batch_size=llm.batch_size)
+    return TransformersBackend(llm.model, device=device, batch_size=llm.batch_size, batching=llm.batching)
