@@ -149,3 +149,30 @@ def test_journal_ignores_a_torn_last_line(tmp_path: Path) -> None:
     with journal.open(0) as fh:
         fh.write('{"row": "u0r0", "attempt": 0, "dig')
     assert journal.load(0) == {}
+
+
+def test_a_failed_part_write_stops_the_run_with_its_error() -> None:
+    """Parts land on a worker thread: its error must still end the run (no hang, nothing landed after it)."""
+    import threading
+
+    landed: list[int] = []
+
+    def disk_full_on_second(unit: WorkUnit, outcomes: list[RowOutcome]) -> None:
+        if landed:
+            raise OSError("No space left on device")
+        landed.append(unit.key)
+
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            Engine(AsyncEcho(max_in_flight=3)).run(units(12, 2), disk_full_on_second)
+        except BaseException as e:  # noqa: BLE001 - the test inspects whatever ends the run
+            errors.append(e)
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "the engine hung after a failed part write"
+    assert len(errors) == 1 and isinstance(errors[0], OSError) and "No space" in str(errors[0])
+    assert len(landed) == 1

@@ -92,13 +92,14 @@ def test_retries_exhausted_raise_request_failed_with_last_error(quick: FakeServe
 
 def test_window_reaches_max_in_flight_on_a_parallel_server() -> None:
     with serve(median=0.2, p99=0.4) as server:
-        backend = ServerBackend([server.url], max_in_flight=24, timeout=10, **FAST)
-        out = asyncio.run(_run_all(backend, _requests(120, "window")))
+        # 80: more than one small httpx pool (http_pool.POOL_SIZE) must carry the window together
+        backend = ServerBackend([server.url], max_in_flight=80, timeout=10, **FAST)
+        out = asyncio.run(_run_all(backend, _requests(320, "window")))
         backend.close()
         assert all(isinstance(o, GenerationResult) for o in out)
         stats = server.stats()
-    assert stats["max_in_flight"] == 24  # the whole window, and never more
-    assert backend.stats()["served"] == 120 and backend.stats()["in_flight"] == 0
+    assert stats["max_in_flight"] == 80  # the whole window, and never more
+    assert backend.stats()["served"] == 320 and backend.stats()["in_flight"] == 0
 
 
 def test_limit_halves_under_429_and_recovers(quick: FakeServer) -> None:

@@ -213,6 +213,13 @@ class BuildRepo:
         write_text(self.stage_dir(stage) / f"part-{shard:05d}.json", json.dumps(meta))
         write_parquet(table, self.part_path(stage, shard))
 
+    def part_rows(self, stage: str, shard: int) -> int:
+        """Rows of a landed part, from its sidecar (or the Parquet footer if the sidecar is missing)."""
+        meta_path = self.stage_dir(stage) / f"part-{shard:05d}.json"
+        if meta_path.exists():
+            return int(json.loads(meta_path.read_text()).get("rows", 0))
+        return pq.ParquetFile(self.part_path(stage, shard)).metadata.num_rows
+
     def part_meta(self, stage: str) -> list[dict[str, Any]]:
         return list(self.part_meta_by_shard(stage).values())
 

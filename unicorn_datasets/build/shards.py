@@ -87,8 +87,13 @@ def _plan(ctx: Context, name: str, shards: Shards) -> tuple[list[int], dict[str,
 def _progress(ctx: Context, name: str, shards: Shards) -> StageProgress:
     repo = ctx.repo
 
+    seen: dict[int, int] = {}  # shard -> rows, for the parts already read: each sidecar is read once
+
     def done_rows() -> int:  # rows of this call's shards that have landed (any rank)
-        return sum(m.get("rows", 0) for i, m in repo.part_meta_by_shard(name).items() if i >= shards.first)
+        for i in repo.done_shards(name) - seen.keys():
+            if i >= shards.first:
+                seen[i] = repo.part_rows(name, i)
+        return sum(seen.values())
 
     return StageProgress(name, shards.rows, enabled=ctx.is_main, done_rows=done_rows)
 
@@ -123,7 +128,7 @@ def run_generation(ctx: Context, stage: GenerationStage, shards: Shards) -> None
         llm = ctx.recipe.llm
         engine = Engine(backend, max_in_flight=llm.max_in_flight, journal=journal,
                         batches_per_call=llm.batches_per_call,
-                        on_row=lambda s: progress.advance(1, engine_postfix(s)))
+                        on_row=lambda s: progress.advance(1, lambda: engine_postfix(s)))
         rows_of: dict[int, dict[str, list]] = {}
         started: dict[int, float] = {}
 

@@ -75,10 +75,6 @@ class EngineStats:
         secs = max(1e-9, time.monotonic() - self.started)
         return {"rows_per_s": self.rows / secs, "tokens_per_s": self.tokens / secs}
 
-    def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("started", "in_flight")}
-        return {**out, **{k: round(v, 3) for k, v in self.rates().items()}}
-
 
 @dataclass
 class _Unit:
@@ -115,7 +111,6 @@ class Engine:
         self.fail_after = fail_after or max(20, self.max_in_flight)
         self.stats = EngineStats()
         self._consecutive_failures = 0
-        self._last_error = ""
 
     # ---- public -------------------------------------------------------------------------------
     def run(self, units: Iterable[WorkUnit], on_unit_done: OnUnitDone) -> EngineStats:
@@ -143,12 +138,19 @@ class Engine:
             if self.journal is not None:
                 self.journal.discard(state.unit.key)
 
+        # Parts land on one worker thread, in turn: writing Parquet on the loop would stall every response.
+        landing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="land")
+        loop = asyncio.get_running_loop()
+
         async def row(state: _Unit, i: int) -> None:
             try:
-                state.outcomes[i] = await self._row(state, i)
+                try:
+                    state.outcomes[i] = await self._row(state, i)
+                finally:
+                    window.release()  # the row is decided: its slot goes to the next request at once
                 state.remaining -= 1
                 if state.remaining == 0:
-                    finish(state)
+                    await loop.run_in_executor(landing, finish, state)
             except asyncio.CancelledError:
                 raise
             except BaseException as e:  # the backend is down, a validator or a part write failed: stop all
@@ -156,14 +158,13 @@ class Engine:
                     failure.append(e)
                 for t in tasks:
                     t.cancel()
-            finally:
-                window.release()
+                window.release()  # wake the feeder if it waits for a slot: tasks cancelled unstarted free none
 
         try:
             for unit in units:
                 state = self._open(unit)
                 if state.remaining == 0:
-                    finish(state)
+                    await loop.run_in_executor(landing, finish, state)
                     continue
                 for i in range(len(unit.row_keys)):
                     if i in unit.decided:
@@ -181,6 +182,8 @@ class Engine:
         finally:
             for t in tasks:
                 t.cancel()
+            await asyncio.gather(*list(tasks), return_exceptions=True)
+            landing.shutdown(wait=True)  # a part being written finishes (atomically) before we return
             if batcher is not None:
                 batcher.cancel()
                 await asyncio.gather(batcher, return_exceptions=True)
@@ -242,7 +245,6 @@ class Engine:
 
     def _failed(self, error: str) -> None:
         self._consecutive_failures += 1
-        self._last_error = error
         if self._consecutive_failures >= self.fail_after:
             raise BackendUnavailable(
                 f"the LLM backend failed {self._consecutive_failures} requests in a row with no success "

@@ -2,7 +2,7 @@
 `transformers serve`, Inference Endpoints), retries, adaptive concurrency and failure accounting.
 
 Event loops. HTTP clients are bound to the loop that made them, so the backend keeps one pooled
-`httpx2.AsyncClient` per endpoint *per event loop*, made lazily the first time a request runs on that
+HTTP client (`http_pool.ShardedClient`) per endpoint *per event loop*, made lazily the first time a request runs on that
 loop and reused for the backend's lifetime:
 
 - `await agenerate_one(...)` runs on the caller's loop (the generation engine's): call it concurrently
@@ -34,6 +34,7 @@ import httpx2
 from ..base import BackendUnavailable, GenerationRequest, GenerationResult, RequestFailed, SamplingParams
 from .dialects import Fatal, Retryable, classified, probe, reported_models, send
 from .endpoints import Endpoint, make_endpoint
+from .http_pool import ShardedClient
 from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -48,16 +49,14 @@ class _Session:
 
     def __init__(self, backend: ServerBackend, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.http: dict[str, httpx2.AsyncClient] = {}
+        self.http: dict[str, ShardedClient] = {}
         self.probe_locks = {ep.url: asyncio.Lock() for ep in backend.endpoints}
         b = backend
         timeout = httpx2.Timeout(b.timeout, connect=min(b.timeout, b.connect_timeout))
-        limits = httpx2.Limits(max_connections=b.max_in_flight, max_keepalive_connections=b.max_in_flight)
         for ep in b.endpoints:
-            # Our own client, not huggingface_hub's: its hooks refuse every URL under HF_HUB_OFFLINE
+            # Our own clients, not huggingface_hub's: its hooks refuse every URL under HF_HUB_OFFLINE
             # (local servers included) and would send the saved Hugging Face token to any server.
-            self.http[ep.url] = httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=True,
-                                                   event_hooks={"request": [_auth_hook(ep.token)]})
+            self.http[ep.url] = ShardedClient(b.max_in_flight, timeout=timeout, on_request=_auth_hook(ep.token))
 
     async def aclose(self) -> None:
         for http in self.http.values():

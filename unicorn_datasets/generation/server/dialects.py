@@ -1,6 +1,6 @@
 """Wire formats: what is sent to each kind of server and how its answer is read.
 
-Plain JSON over one pooled httpx client per endpoint (huggingface_hub's `AsyncInferenceClient` builds
+Plain JSON over pooled httpx clients per endpoint (huggingface_hub's `AsyncInferenceClient` builds
 the same bodies, checked against 2.4, but costs a third more CPU per request and rewrites the OpenAI
 `response_format` into TGI's form for every URL endpoint). What is sent where:
 
@@ -36,6 +36,7 @@ import httpx2
 
 from ..base import GenerationRequest, GenerationResult, SamplingParams
 from .endpoints import Endpoint
+from .http_pool import ShardedClient
 
 T = TypeVar("T")
 
@@ -120,7 +121,7 @@ async def classified(call: Awaitable[T]) -> T:
 # ---- probing ---------------------------------------------------------------------------------------
 
 
-async def probe(ep: Endpoint, http: httpx2.AsyncClient, *, timeout: float, server_kind: str | None) -> None:
+async def probe(ep: Endpoint, http: ShardedClient, *, timeout: float, server_kind: str | None) -> None:
     """Sets `ep.kind` and `ep.info` from GET /info (TGI) or GET /v1/models (OpenAI-compatible)."""
     kind, info = "openai", {}
     r = await http.get(ep.url + "/info", timeout=timeout)
@@ -163,7 +164,7 @@ def payload_model(ep: Endpoint, model: str | None) -> str | None:
 
 
 async def send(ep: Endpoint, req: GenerationRequest, params: SamplingParams, *, model: str | None,
-               http: httpx2.AsyncClient) -> GenerationResult:
+               http: ShardedClient) -> GenerationResult:
     """One HTTP call in the endpoint's dialect; every failure comes out as Retryable or Fatal."""
     if req.messages is not None:
         return await classified(_chat(ep, req, params, model, http))
@@ -172,7 +173,7 @@ async def send(ep: Endpoint, req: GenerationRequest, params: SamplingParams, *, 
     return await classified(_completion(ep, req, params, model, http))
 
 
-async def _post(http: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> Any:
+async def _post(http: ShardedClient, url: str, body: dict[str, Any]) -> Any:
     r = await http.post(url, json={k: v for k, v in body.items() if v is not None})
     check_status(r.status_code, r)
     return r.json()
@@ -196,7 +197,7 @@ def _openai_body(ep: Endpoint, req: GenerationRequest, params: SamplingParams, m
     return body
 
 
-async def _choice(ep: Endpoint, route: str, body: dict[str, Any], http: httpx2.AsyncClient) -> tuple[dict, Any]:
+async def _choice(ep: Endpoint, route: str, body: dict[str, Any], http: ShardedClient) -> tuple[dict, Any]:
     """POST without the fields this server refused before; (the first choice, usage.completion_tokens)."""
     for name in ep.dropped:
         body.pop(name, None)
@@ -208,7 +209,7 @@ async def _choice(ep: Endpoint, route: str, body: dict[str, Any], http: httpx2.A
 
 
 async def _chat(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
-                http: httpx2.AsyncClient) -> GenerationResult:
+                http: ShardedClient) -> GenerationResult:
     body = _openai_body(ep, req, params, model, messages=req.messages)
     if req.json_schema is not None:
         body["response_format"] = ({"type": "json_object", "value": req.json_schema} if ep.kind == "tgi" else
@@ -219,7 +220,7 @@ async def _chat(ep: Endpoint, req: GenerationRequest, params: SamplingParams, mo
 
 
 async def _tgi_generate(ep: Endpoint, req: GenerationRequest, params: SamplingParams,
-                        http: httpx2.AsyncClient) -> GenerationResult:
+                        http: ShardedClient) -> GenerationResult:
     sample = params.temperature > 0  # TGI rejects temperature=0: greedy is do_sample=False
     parameters = {
         "details": True,
@@ -241,7 +242,7 @@ async def _tgi_generate(ep: Endpoint, req: GenerationRequest, params: SamplingPa
 
 
 async def _completion(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
-                      http: httpx2.AsyncClient) -> GenerationResult:
+                      http: ShardedClient) -> GenerationResult:
     body = _openai_body(ep, req, params, model, prompt=req.prompt)
     if req.json_schema is not None:
         if ep.kind == "sglang":
