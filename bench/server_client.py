@@ -54,8 +54,7 @@ async def _client(backend: ServerBackend, k: int, seeds: list[Any], cfg: caption
             req = captions.build_request(seed.id, seed.seed, cfg, build_seed, attempt)
             async with sem:
                 res = await backend.agenerate_one(req, cfg.sampling)
-            text = captions.clean(res.text, res.finish_reason)
-            reason = captions.check(text, cfg, res.finish_reason, seed.seed) or "accepted"
+            reason = captions.validate(res.text, res.finish_reason, cfg, seed.seed)[1] or "accepted"
             if reason == "accepted":
                 break
         return reason

@@ -162,6 +162,23 @@ def check(
     return None
 
 
+def validate(
+    raw: str,
+    finish_reason: str,
+    cfg: CaptionConfig,
+    seed: str = "",
+    seed_cosine: Callable[[str], float] | None = None,
+    *,
+    reserved: ReservedTokens = DEFAULT,
+) -> tuple[str | None, str | None, list[str]]:
+    """A model answer -> (caption, None, notes) when accepted, else (None, reason, []): `clean`, then `check`."""
+    text = clean(raw, finish_reason, cfg.keep_truncated)
+    reason = check(text, cfg, finish_reason, seed, seed_cosine, reserved=reserved)
+    if reason is not None:
+        return None, reason, []
+    return text, None, ["truncated"] if finish_reason == "length" else []
+
+
 class CaptionStage(GenerationStage):
     """Stage 1: seed rows (`id`, `seed`, `source`) -> one caption each, or a recorded rejection."""
 
@@ -207,15 +224,12 @@ class CaptionStage(GenerationStage):
         if cfg.min_seed_cosine > 0:  # the off-seed check embeds with the Stage-3 text encoder
             cosine = SeedCosine(self.ctx.encoder(), seeds) if self.ctx is not None else None
 
-        def validate(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
-            text = clean(res.text, res.finish_reason, cfg.keep_truncated)
-            reason = check(text, cfg, res.finish_reason, seeds[i], (lambda c: cosine(i, c)) if cosine else None,
-                           reserved=self.reserved)
-            notes = ["truncated"] if reason is None and res.finish_reason == "length" else []
-            return (text if reason is None else None), reason, notes
+        def validate_row(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
+            return validate(res.text, res.finish_reason, cfg, seeds[i],
+                            (lambda c: cosine(i, c)) if cosine else None, reserved=self.reserved)
 
         return WorkUnit(shard, list(ids), lambda i, attempt: build_request(ids[i], seeds[i], cfg, self.build_seed,
-                                                                           attempt), validate, cfg.sampling,
+                                                                           attempt), validate_row, cfg.sampling,
                         cfg.max_attempts)
 
     def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
