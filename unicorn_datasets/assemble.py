@@ -68,21 +68,24 @@ def _accepted(table: pa.Table, value_column: str) -> pa.Table:
     return table.slice(0, 0) if col.null_count == table.num_rows else table.filter(pc.is_valid(col))
 
 
-def _rejection_counts(repo: BuildRepo, stage: str) -> tuple[int, dict[str, int]]:
-    rows, reasons = 0, Counter()
-    for t in repo.read_parts(stage, ["reject_reason"]):
-        rows += t.num_rows
-        reasons.update(r for r in t.column("reject_reason").to_pylist() if r is not None)
-    return rows, dict(reasons)
+class _Tally:
+    """The counts the summary and card need, taken from each part as it streams into its config: one read."""
 
+    def __init__(self) -> None:
+        self.rows = 0
+        self.reasons: Counter[str] = Counter()
+        self.attempt_reasons: Counter[str] = Counter()  # failed attempts, accepted rows' retries included
 
-def attempt_reason_counts(repo: BuildRepo, stage: str) -> dict[str, int]:
-    """Failed attempts by reason over all rows of a stage, accepted rows' retries included."""
-    counts: Counter[str] = Counter()
-    for t in repo.read_parts(stage):
+    def add(self, t: pa.Table) -> pa.Table:
+        self.rows += t.num_rows
+        self.reasons.update(r for r in t.column("reject_reason").to_pylist() if r is not None)
         if "attempt_reasons" in t.column_names:
-            counts.update(r for rs in t.column("attempt_reasons").to_pylist() for r in rs or [])
-    return dict(counts)
+            self.attempt_reasons.update(r for rs in t.column("attempt_reasons").to_pylist() for r in rs or [])
+        return t
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows_in": self.rows, "rows_out": self.rows - sum(self.reasons.values()),
+                "rejected": dict(self.reasons), "attempt_reasons": dict(self.attempt_reasons)}
 
 
 REJECTIONS_SCHEMA = pa.schema(
@@ -110,18 +113,19 @@ def write_rejections(repo: BuildRepo) -> int:
 
 
 def assemble_captions(repo: BuildRepo, model: str, prompt_sha: str) -> dict[str, Any]:
+    tally, truncated = _Tally(), 0
+
     def tables():
+        nonlocal truncated
         for t in repo.read_parts("captions"):
-            a = _with_defaults(_accepted(t, "caption"))
-            a = _constant(_constant(a, "model", model), "prompt_sha", prompt_sha)
+            t = _with_defaults(tally.add(t))
+            truncated += pc.sum(t.column("truncated")).as_py() or 0
+            a = _constant(_constant(_accepted(t, "caption"), "model", model), "prompt_sha", prompt_sha)
             yield a.select(CAPTIONS_SCHEMA.names)
 
     files = repo.write_config("captions", tables(), CAPTIONS_SCHEMA)
-    rows_in, reasons = _rejection_counts(repo, "captions")
     write_rejections(repo)
-    truncated = sum(pc.sum(_with_defaults(t).column("truncated")).as_py() or 0 for t in repo.read_parts("captions"))
-    return {"rows_in": rows_in, "rows_out": rows_in - sum(reasons.values()), "rejected": reasons, "files": files,
-            "attempt_reasons": attempt_reason_counts(repo, "captions"), "kept_truncated": int(truncated)}
+    return {**tally.summary(), "files": files, "kept_truncated": int(truncated)}
 
 
 
@@ -144,8 +148,13 @@ def assemble_instruct(
             columns.insert(3, ("embedding", emb_type))
     schema = pa.schema(columns)
 
+    tally = _Tally()
+    tasks: Counter[str] = Counter()  # delivered rows per task
+
     def tables():
         for t in repo.read_parts("instruct"):
+            tally.add(t)
+            tasks.update(t.filter(pc.is_null(t.column("reject_reason"))).column("task").to_pylist())
             a = _accepted(t, "conversations")
             a = _constant(_constant(a, "model", model), "prompt_sha", prompt_sha)
             if emb_type is not None:
@@ -158,20 +167,8 @@ def assemble_instruct(
             yield a.select(schema.names)
 
     files = repo.write_config("instruct", tables(), schema)
-    rows_in, reasons = _rejection_counts(repo, "instruct")
     write_rejections(repo)
-    tasks: Counter[str] = Counter()
-    for t in repo.read_parts("instruct", ["task", "reject_reason"]):
-        tasks.update(t.filter(pc.is_null(t.column("reject_reason"))).column("task").to_pylist())
-    return {
-        "selected": selected,
-        "rows_in": rows_in,
-        "rows_out": rows_in - sum(reasons.values()),
-        "rejected": reasons,
-        "tasks": dict(tasks),
-        "attempt_reasons": attempt_reason_counts(repo, "instruct"),
-        "files": files,
-    }
+    return {"selected": selected, **tally.summary(), "tasks": dict(tasks), "files": files}
 
 
 def _embedding_matrix(col: pa.ChunkedArray) -> np.ndarray:

@@ -164,7 +164,7 @@ def reject_near_duplicates(ctx: Any, stage: str, cfg: NearDupConfig) -> None:
     n_shards = max(shards) + 1 if shards else 0
 
     def load(i: int) -> datasets.Dataset:
-        return datasets.Dataset(_accepted_rows(pq.read_table(repo.part_path(stage, i))))
+        return datasets.Dataset(_accepted_rows(pq.read_table(repo.part_path(stage, i), columns=["id", "caption"])))
 
     def make_fn() -> Any:
         def fn(batch: dict[str, list]) -> dict[str, list]:
