@@ -17,7 +17,9 @@ FUNCTION_WORDS = {"the", "a", "of", "and", "in", "on", "with", "is", "to"}
 @pytest.mark.slow
 def test_demo_recipe_on_the_real_gemma_model(tmp_path: Path) -> None:
     out = tmp_path / "unicorn"
-    r = run_build(["--recipe", "demo", "--out", str(out), "--limit", "4", "--set", "captions.min_words=30",
+    # 8 seeds, not fewer: the 270M base model drifts off seed on about half of them, and with one caption
+    # left its only Stage-2 row (questions copied from the few-shot example) is rightly rejected: exit 4.
+    r = run_build(["--recipe", "demo", "--out", str(out), "--limit", "8", "--set", "captions.min_words=30",
                    "--set", "instruct.mix={mc: 1, qa: 1}"], timeout=1500)
     assert r.returncode == 0, r.stderr[-4000:]
     caps = load_dataset(str(out), "captions", split="train")

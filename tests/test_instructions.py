@@ -499,3 +499,20 @@ def test_per_task_max_chars_from_the_recipe() -> None:
     assert cfg.chars("qa") == 2000 and cfg.needs_encoder and cfg.topup_budget == 8
     with pytest.raises(ValueError, match="max_chars: unknown task"):
         InstructConfig(max_chars={"vqa": 10})
+
+
+def test_a_question_copied_from_the_fewshot_example_is_dropped() -> None:
+    """Seen in a real Gemma demo row: a heron caption got the example's boat-and-dock questions."""
+    example = fewshot()["examples"]["reasoning"]["QA Pairs"]
+    copied = {"Question": example[1]["Question"], "Answer": "Step 1: The heron waits. Conclusion: it would fly away."}
+    own = [{"Question": f"Why is the dog calm, reason {i}?", "Answer": f"Step 1: It rests. Conclusion: it is calm {i}."}
+           for i in range(2)]
+    cfg = InstructConfig(item_bounds={"reasoning": (2, 3)})
+    v = validate("reasoning", dump([copied, *own]), CAPTION, cfg)
+    assert v.reason is None and v.items == own and v.repairs == ["dropped_copied_example"]
+    assert validate("reasoning", dump([copied, own[0]]), CAPTION, cfg).reason == "copied_example"
+    # the same question about a picture that does show the boat and the dock is the caption's own
+    assert validate("reasoning", dump([copied, own[0]]), fewshot()["example_caption"], cfg).reason is None
+    # 0 turns the check off
+    off = InstructConfig(item_bounds={"reasoning": (2, 3)}, max_example_overlap=0.0)
+    assert validate("reasoning", dump([copied, own[0]]), CAPTION, off).reason is None

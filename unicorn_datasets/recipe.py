@@ -100,6 +100,9 @@ class InstructSection:
     max_attempts: int = field(default=3, metadata=_min(1))
     max_verbatim_fraction: float = 0.6
     max_option_similarity: float = 0.92  # MC options this similar (embedding cosine) drop their item
+    # a question this close (word Jaccard) to one of the few-shot example's, asking about words the caption
+    # never uses ("the boat" for a heron in a field), drops its item; 0 = off
+    max_example_overlap: float = field(default=0.6, metadata=_min(0.0))
     # MC answer support: the marked option must beat every other option's caption support by this margin
     # (cosine units); None = off. Setting it loads `transfer.encoder` in Stage 2.
     min_answer_support_margin: float | None = None

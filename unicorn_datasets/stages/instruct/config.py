@@ -36,6 +36,7 @@ class InstructConfig:
     sampling: SamplingParams = InstructSection.sampling
     max_chars: int | dict[str, int] = InstructSection.max_chars  # type: ignore[assignment]
     max_option_similarity: float = InstructSection.max_option_similarity
+    max_example_overlap: float = InstructSection.max_example_overlap
     min_answer_support_margin: float | None = InstructSection.min_answer_support_margin
     topup_budget: int = InstructSection.topup_budget
 
@@ -63,7 +64,8 @@ class InstructConfig:
     @classmethod
     def from_recipe(cls, section: InstructSection, prompt_mode: str) -> InstructConfig:
         keys = ("max_attempts", "max_verbatim_fraction", "min_verbatim_words", "constrained", "truncate_extra_items",
-                "max_chars", "max_option_similarity", "min_answer_support_margin", "topup_budget", "sampling")
+                "max_chars", "max_option_similarity", "max_example_overlap", "min_answer_support_margin",
+                "topup_budget", "sampling")
         return cls(item_bounds=dict(section.items), prompt_mode=prompt_mode,  # type: ignore[arg-type]
                    **{k: getattr(section, k) for k in keys})
 

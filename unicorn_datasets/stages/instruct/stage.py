@@ -113,6 +113,8 @@ class InstructStage:
             shards = Shards.of(rounds[-1], ctx.shard_size, start=start)
             run_generation(ctx, self, shards)
             start = shards.count
+            if not self.cfg.topup_budget:  # no top-up: no need to read back what the round delivered
+                break
             done = ((r["id"], r["task"], r["reject_reason"] is None)
                     for t in ctx.repo.read_parts(self.name, ["id", "task", "reject_reason"]) for r in t.to_pylist())
             extra = topup_inputs(caps["id"], done, requested, chosen, self.build_seed, self.cfg.topup_budget)

@@ -1,9 +1,10 @@
 """Validating one Stage-2 output: parse, items, per-item drops, answer trimming, verbatim copying.
 
 Every output is validated here even when the backend decoded under the JSON schema. A bad item
-that can be left out (a repeated question, an MC item with same-meaning options or an answer the
-caption does not support) is DROPPED and listed in ``repairs``; the row is kept while at least the
-task's minimum of items remains, else it is rejected with the reason of the first drop.
+that can be left out (a repeated question, an MC item with same-meaning options, an answer the
+caption does not support, or a question copied from the few-shot example) is DROPPED and listed in
+``repairs``; the row is kept while at least the task's minimum of items remains, else it is rejected
+with the reason of the first drop.
 
 Verbatim copying (``qa`` answers by default): both texts are split into word tokens; ``run`` = the
 longest run of consecutive caption words that also appears consecutively in the answer. An answer
@@ -13,12 +14,14 @@ The minimum run lets short answers ("Blue.", "On the wooden bench") equal a capt
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 from ...reserved import DEFAULT, ReservedTokens, screen_items
 from ...textutil import complete_sentences, ends_sentence, norm_text, words
 from .config import InstructConfig, check_task
 from .parsing import canon, parse_item, parse_json
+from .prompting import fewshot
 from .schema import TOP_KEY
 from .support import TextEncoder, answer_margins, option_similarity
 
@@ -45,6 +48,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "duplicate_questions",
     "duplicate_options",  # options that mean the same (equal text, one inside another, or embeddings alike)
     "answer_not_supported",  # the marked MC option is not the one the caption supports best
+    "copied_example",  # questions taken from the few-shot example, about things the caption never names
     "verbatim_copy",
     "answer_cut_off",  # an answer stopped by the schema's maxLength mid-sentence, with no full sentence
     "reserved_token",  # a chat-template token in a question, option or answer (the model broke format)
@@ -64,12 +68,14 @@ REPAIRS: tuple[str, ...] = (
     "dropped_duplicate_question",
     "dropped_synonym_options",
     "dropped_unsupported_answer",
+    "dropped_copied_example",
     "escaped_reserved_token",  # an `<image>`-like placeholder in generated text, written as its plain word
 )
 _DROPS = {
     "duplicate_questions": "dropped_duplicate_question",
     "duplicate_options": "dropped_synonym_options",
     "answer_not_supported": "dropped_unsupported_answer",
+    "copied_example": "dropped_copied_example",
 }
 
 
@@ -128,6 +134,29 @@ def same_meaning_options(options: dict[str, str]) -> bool:
     return False
 
 
+@functools.cache
+def _example() -> tuple[tuple[frozenset[str], ...], frozenset[str]]:
+    """Word sets of every question in the few-shot example (all tasks), and the words of its caption."""
+    fs = fewshot()
+    questions = tuple(frozenset(words(it["Question"])) for pairs in fs["examples"].values() for it in pairs[TOP_KEY])
+    return questions, frozenset(words(fs["example_caption"]))
+
+
+def copies_example(question: str, caption: str, max_overlap: float) -> bool:
+    """The question is near one of the example's (word Jaccard >= max_overlap) and shares with it a word
+    of the example's scene (4+ letters, in the example caption) that this caption never uses: it asks
+    about the example's picture ("the boat", "the dock"), not this one."""
+    questions, scene = _example()
+    q, said = frozenset(words(question)), set(words(caption))
+    for ex in questions:
+        shared = q & ex
+        if shared and len(shared) / len(q | ex) >= max_overlap and any(
+            len(w) >= 4 and w in scene and w not in said for w in shared
+        ):
+            return True
+    return False
+
+
 def _drop_reasons(
     task: str, items: list[dict[str, Any]], caption: str, cfg: InstructConfig, encoder: TextEncoder | None
 ) -> list[str | None]:
@@ -141,6 +170,9 @@ def _drop_reasons(
         seen.add(q)
         if task == "mc" and reasons[i] is None and same_meaning_options(it["Options"]):
             reasons[i] = "duplicate_options"
+        if reasons[i] is None and cfg.max_example_overlap > 0 and copies_example(it["Question"], caption,
+                                                                                 cfg.max_example_overlap):
+            reasons[i] = "copied_example"
     if task != "mc" or encoder is None:
         return reasons
     live = [i for i, r in enumerate(reasons) if r is None]
