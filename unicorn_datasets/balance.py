@@ -55,17 +55,24 @@ class Selection:
     seeds: list[Seed]
     clusters: pa.Table | None  # CLUSTERS_SCHEMA over all available seeds; None when nothing was clustered
     summary: dict[str, Any]
+    encoder: Any = None  # the model that embedded the seeds (None: none loaded), for Stage 3 to reuse
 
 
-def embed_seeds(texts: list[str], cfg: BalanceConfig, *, trust_remote_code: bool = False) -> np.ndarray:
+def seed_encoder(cfg: BalanceConfig, *, trust_remote_code: bool = False) -> Any:
+    """The model that embeds the seeds, or None for hashed TF-IDF."""
     if cfg.encoder == "hashed":
+        return None
+    from .encoders import load_encoder
+
+    return load_encoder(cfg.encoder, device=_device(), trust_remote_code=trust_remote_code)
+
+
+def embed_seeds(texts: list[str], cfg: BalanceConfig, encoder: Any) -> np.ndarray:
+    if encoder is None:
         from .report import _hashed_tfidf
 
         return _hashed_tfidf(texts)
-    from .encoders import load_encoder
-
-    return load_encoder(cfg.encoder, device=_device(), trust_remote_code=trust_remote_code).encode_text(
-        texts, batch_size=cfg.batch_size)
+    return encoder.encode_text(texts, batch_size=cfg.batch_size)
 
 
 def _device() -> str:
@@ -119,7 +126,8 @@ def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: Balan
     if limit is None or limit >= len(merged):
         return Selection(uniform, None, {"enabled": True, "applied": False,
                                          "why": f"the limit keeps all {len(merged)} available seeds"})
-    x = embed_seeds([s.seed for s in merged], cfg, trust_remote_code=trust_remote_code)
+    encoder = seed_encoder(cfg, trust_remote_code=trust_remote_code)
+    x = embed_seeds([s.seed for s in merged], cfg, encoder)
     k = min(cfg.k or default_k(len(merged)), len(merged))
     labels = kmeans(x, k, seed=seed).labels
     captions = [i for i, s in enumerate(merged) if not s.label]
@@ -137,7 +145,7 @@ def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: Balan
         schema=CLUSTERS_SCHEMA)
     summary = {"enabled": True, "applied": True, "encoder": cfg.encoder, "k": k, "available": len(merged),
                "selected": len(chosen), "caption_seeds": n_cap, "domain_seeds": n_dom}
-    return Selection(chosen, table, summary)
+    return Selection(chosen, table, summary, encoder)
 
 
 def balance_report(clusters: pa.Table, caption_ids: set[str] | None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # stages import the shard runner from this package: no import
 
 
 def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list[Any], dict[str, Any], Any]:
-    """(seeds, per-source stats, seed-cluster table or None); balance.py selects the seeds."""
+    """(seeds, per-source stats, the balance.Selection); balance.py selects the seeds."""
     from ..balance import BalanceConfig, select
 
     groups, stats = [], {}
@@ -44,7 +44,7 @@ def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list
     selection = select(groups, limit=recipe.limit, seed=recipe.seed, cfg=BalanceConfig.from_recipe(recipe),
                        trust_remote_code=trust_remote_code)
     stats["balance"] = selection.summary
-    return selection.seeds, stats, selection.clusters
+    return selection.seeds, stats, selection
 
 
 def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage]:
@@ -122,20 +122,22 @@ def build(
 ) -> dict[str, Any]:
     t0 = time.monotonic()
     datasets.disable_progress_bars()  # our own bars count rows across ranks
-    seeds, seed_stats, seed_clusters = collect_seeds(recipe, trust_remote_code)  # bad input fails here
+    seeds, seed_stats, selection = collect_seeds(recipe, trust_remote_code)  # bad input fails here
     recipe = with_prior_identity(recipe)  # a missing or unreadable prior fails here too
     from ..near_dup import NearDupConfig
 
     NearDupConfig.from_recipe(recipe)  # so does a bad near_dup section: before anything exists on disk
     ctx = Context(recipe, BuildRepo(out), make_state(), trust_remote_code=trust_remote_code)
+    if selection.encoder is not None and recipe.balance.encoder in (None, recipe.transfer.encoder):
+        ctx.loaded_encoder = selection.encoder  # balancing loaded Stage 3's encoder already: load it once
     fp = fingerprint(recipe)
     try:
         resumed = _start(ctx, recipe, fp, overwrite)
-        if ctx.is_main and seed_clusters is not None:  # the balanced selection, for the report's histograms
+        if ctx.is_main and selection.clusters is not None:  # the balanced selection, for the report's histograms
             from ..balance import CLUSTERS_FILE
             from ..repo import write_parquet
 
-            write_parquet(seed_clusters, ctx.repo.artifacts() / CLUSTERS_FILE)
+            write_parquet(selection.clusters, ctx.repo.artifacts() / CLUSTERS_FILE)
         if ctx.is_main:
             log(f"{'resuming' if resumed else 'starting'} build of recipe '{recipe.name}' into {out} "
                 f"({len(seeds)} seeds, {ctx.world} process(es), fingerprint {fp})")
