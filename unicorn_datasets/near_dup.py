@@ -20,7 +20,6 @@ Re-running on marked parts changes nothing (kept captions have no kept duplicate
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -214,7 +213,6 @@ def mark_parts(repo: Any, stage: str, dup: dict[str, tuple[str, float]]) -> int:
             t = t.set_column(t.schema.get_field_index("duplicate_of"), "duplicate_of", dup_of)
         else:
             t = t.append_column("duplicate_of", dup_of)
-        meta_path = repo.stage_dir(stage) / f"part-{shard:05d}.json"
-        repo.write_part(stage, shard, t, json.loads(meta_path.read_text()) if meta_path.exists() else {})
+        repo.write_part(stage, shard, t, repo.shard_meta(stage, shard))
         marked += sum(hit)
     return marked

@@ -210,26 +210,28 @@ class BuildRepo:
 
     def write_part(self, stage: str, shard: int, table: pa.Table, meta: dict[str, Any]) -> None:
         """Sidecar first, part last: a part's existence is the only 'done' signal."""
-        write_text(self.stage_dir(stage) / f"part-{shard:05d}.json", json.dumps(meta))
+        write_text(self._sidecar(stage, shard), json.dumps(meta))
         write_parquet(table, self.part_path(stage, shard))
 
+    def _sidecar(self, stage: str, shard: int) -> Path:
+        return self.stage_dir(stage) / f"part-{shard:05d}.json"
+
+    def shard_meta(self, stage: str, shard: int) -> dict[str, Any]:
+        """The sidecar written with a part ({} when it is missing)."""
+        path = self._sidecar(stage, shard)
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def part_rows(self, stage: str, shard: int) -> int:
-        """Rows of a landed part, from its sidecar (or the Parquet footer if the sidecar is missing)."""
-        meta_path = self.stage_dir(stage) / f"part-{shard:05d}.json"
-        if meta_path.exists():
-            return int(json.loads(meta_path.read_text()).get("rows", 0))
-        return pq.ParquetFile(self.part_path(stage, shard)).metadata.num_rows
+        """Rows of a landed part, from its sidecar (or the Parquet footer if the sidecar has none)."""
+        rows = self.shard_meta(stage, shard).get("rows")
+        return int(rows) if rows is not None else pq.ParquetFile(self.part_path(stage, shard)).metadata.num_rows
 
     def part_meta(self, stage: str) -> list[dict[str, Any]]:
         return list(self.part_meta_by_shard(stage).values())
 
     def part_meta_by_shard(self, stage: str) -> dict[int, dict[str, Any]]:
         """{shard: the sidecar of its landed part}, in shard order."""
-        out = {}
-        for shard in sorted(self.done_shards(stage)):
-            meta_path = self.stage_dir(stage) / f"part-{shard:05d}.json"
-            out[shard] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        return out
+        return {shard: self.shard_meta(stage, shard) for shard in sorted(self.done_shards(stage))}
 
     def read_parts(self, stage: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
         for shard in sorted(self.done_shards(stage)):

@@ -128,7 +128,7 @@ def build(
 
     NearDupConfig.from_recipe(recipe)  # so does a bad near_dup section: before anything exists on disk
     ctx = Context(recipe, BuildRepo(out), make_state(), trust_remote_code=trust_remote_code)
-    if selection.encoder is not None and recipe.balance.encoder in (None, recipe.transfer.encoder):
+    if selection.encoder is not None and selection.summary["encoder"] == recipe.transfer.encoder:
         ctx.loaded_encoder = selection.encoder  # balancing loaded Stage 3's encoder already: load it once
     fp = fingerprint(recipe)
     try:
