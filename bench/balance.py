@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unicorn_datasets.balance import BalanceConfig, balance_report, select
-from unicorn_datasets.seeds import SHIPPED, load_caption_seeds
+from unicorn_datasets.seeds.balance import BalanceConfig, balance_report, select
+from unicorn_datasets.seeds.sources import SHIPPED, load_caption_seeds
 
 
 def skewed_file(path: Path, main: str, main_share: float, seed: int = 0) -> set[str]:

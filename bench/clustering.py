@@ -30,7 +30,7 @@ def synthetic(n: int, dim: int, concepts: int, seed: int = 0) -> tuple[np.ndarra
 
 
 def run_faiss(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    from unicorn_datasets.clustering import kmeans
+    from unicorn_datasets.analysis.clustering import kmeans
 
     return kmeans(x, k, seed=seed, normalised=True).labels
 
@@ -55,7 +55,7 @@ def main() -> None:
     import threadpoolctl
     from sklearn.metrics import adjusted_mutual_info_score
 
-    from unicorn_datasets.clustering import set_threads
+    from unicorn_datasets.analysis.clustering import set_threads
 
     set_threads(args.threads)
     threadpoolctl.threadpool_limits(args.threads)

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from unicorn_datasets.build import collect_seeds  # noqa: E402
 from unicorn_datasets.generation.base import GenerationRequest, SamplingParams  # noqa: E402
 from unicorn_datasets.generation.transformers_backend import TransformersBackend  # noqa: E402
+from unicorn_datasets.pipeline import collect_seeds  # noqa: E402
 from unicorn_datasets.recipe import load_recipe  # noqa: E402
 from unicorn_datasets.stages import captions  # noqa: E402
 

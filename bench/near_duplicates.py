@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stage3 import synthetic_captions  # noqa: E402
 
-from unicorn_datasets.near_dup import (  # noqa: E402
+from unicorn_datasets.analysis.near_dup import (  # noqa: E402
     NearDupConfig,
     candidate_probability,
     find_duplicates,

@@ -35,7 +35,7 @@ from stage3 import prepare, stage3_seconds, synthetic_captions  # noqa: E402
 from unicorn_datasets.prior import load_prior, make_prior  # noqa: E402
 from unicorn_datasets.prior.evaluate import compare_methods  # noqa: E402
 from unicorn_datasets.prior.train import fit_and_evaluate  # noqa: E402
-from unicorn_datasets.transfer import l2_normalize  # noqa: E402
+from unicorn_datasets.transfer.methods import l2_normalize  # noqa: E402
 
 CURVE_FLOW = {"hidden": 256, "layers": 3, "max_epochs": 80, "patience": 8}
 
@@ -59,7 +59,7 @@ def synthetic_pairs(n: int, d: int = 64, seed: int = 0) -> tuple[np.ndarray, np.
 
 def realish_pairs(n: int, seed: int = 0, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     from unicorn_datasets.encoders import load_encoder
-    from unicorn_datasets.seeds import load_caption_seeds
+    from unicorn_datasets.seeds.sources import load_caption_seeds
 
     path = cache / f"realish-{n}-{seed}.npy" if cache else None
     if path is not None and path.exists():

@@ -28,10 +28,10 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from unicorn_datasets.dataset.repo import BuildRepo  # noqa: E402
 from unicorn_datasets.recipe import fingerprint, load_recipe  # noqa: E402
-from unicorn_datasets.repo import BuildRepo  # noqa: E402
-from unicorn_datasets.seeds import load_caption_seeds  # noqa: E402
-from unicorn_datasets.transfer import MeanAccumulator, apply_transfer  # noqa: E402
+from unicorn_datasets.seeds.sources import load_caption_seeds  # noqa: E402
+from unicorn_datasets.transfer.methods import MeanAccumulator, apply_transfer  # noqa: E402
 
 
 def synthetic_captions(n: int, seed: int = 0) -> list[str]:

@@ -106,7 +106,7 @@ def test_out_that_is_a_file_is_never_touched(tmp_path: Path, capsys: pytest.Capt
 
 def test_odd_but_valid_seed_files_are_accepted(tmp_path: Path) -> None:
     """Accepted correctly: BOM + CRLF, UTF-16 with a BOM, a blank-line-padded JSONL, a folder of text files."""
-    from unicorn_datasets.seeds import SeedStats, load_caption_seeds
+    from unicorn_datasets.seeds.sources import SeedStats, load_caption_seeds
 
     (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfA dog on a beach.\r\n\r\nA cat on a mat.\r\n")
     (tmp_path / "b.txt").write_bytes("A dog on a beach.\nA cat on a mat.\n".encode("utf-16"))

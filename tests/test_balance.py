@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unicorn_datasets.balance import BalanceConfig, balance_report, select
-from unicorn_datasets.build import collect_seeds
+from unicorn_datasets.pipeline import collect_seeds
 from unicorn_datasets.recipe import Recipe, RecipeError
-from unicorn_datasets.seeds import load_caption_seeds, load_domain_seeds
+from unicorn_datasets.seeds.balance import BalanceConfig, balance_report, select
+from unicorn_datasets.seeds.sources import load_caption_seeds, load_domain_seeds
 
 CONCEPTS = {
     "dog": ["dog", "puppy", "leash", "bark", "fetch", "kennel"],

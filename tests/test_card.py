@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from unicorn_datasets.card import llm_name, write_card
+from unicorn_datasets.dataset.card import llm_name, write_card
 from unicorn_datasets.recipe import load_recipe
 
 

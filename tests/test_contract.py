@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unicorn_datasets.contract import RULES, ContractViolation, assert_rows, assert_table, check_row
-from unicorn_datasets.repo import BuildRepo
+from unicorn_datasets.dataset.contract import RULES, ContractViolation, assert_rows, assert_table, check_row
+from unicorn_datasets.dataset.repo import BuildRepo
 
 MC_HUMAN = "What is on the bench?\nA. a dog\nB. a cat\nC. a bird\nD. a fox"
 
@@ -110,7 +110,7 @@ def test_build_never_publishes_a_config_with_a_bad_row(tmp_path: Path) -> None:
 
 
 def test_export_refuses_a_folder_with_a_bad_row(tmp_path: Path) -> None:
-    from unicorn_datasets.export import export_bunny
+    from unicorn_datasets.dataset.export import export_bunny
 
     out = tmp_path / "ds"
     (out / "pretrain").mkdir(parents=True)

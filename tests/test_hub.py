@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unicorn_datasets import hub
-from unicorn_datasets.hub import check_pushable, config_files, files_to_push, push
+from unicorn_datasets.dataset import hub
+from unicorn_datasets.dataset.hub import check_pushable, config_files, files_to_push, push
 
 CARD = """---
 configs:

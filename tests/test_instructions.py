@@ -11,7 +11,7 @@ import pytest
 
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
 from unicorn_datasets.generation.engine import Engine
-from unicorn_datasets.seeding import row_seed
+from unicorn_datasets.randomness import row_seed
 from unicorn_datasets.stages import instruct as ins
 from unicorn_datasets.stages.instruct import (
     InstructConfig,
@@ -423,7 +423,7 @@ class BagOfWordsEncoder:
     def encode_text(self, texts: list[str], batch_size: int = 64) -> Any:
         import numpy as np
 
-        from unicorn_datasets.textutil import words
+        from unicorn_datasets.text.tokens import words
 
         out = np.zeros((len(texts), 512), np.float32)
         for i, t in enumerate(texts):

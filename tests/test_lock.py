@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from unicorn_datasets.repo import BuildRepo, RepoError, _start_time, holder_state
+from unicorn_datasets.dataset.repo import BuildRepo, RepoError, _start_time, holder_state
 
 
 def _hold(out: Path, holder_line: str):

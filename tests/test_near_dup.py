@@ -11,16 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unicorn_datasets.assemble import assemble_captions
-from unicorn_datasets.near_dup import (
+from unicorn_datasets.analysis.near_dup import (
     NearDupConfig,
     candidate_probability,
     mark_parts,
     near_duplicates,
     reject_near_duplicates,
 )
+from unicorn_datasets.dataset.repo import BuildRepo
+from unicorn_datasets.pipeline.assemble import assemble_captions
 from unicorn_datasets.recipe import Recipe, RecipeError
-from unicorn_datasets.repo import BuildRepo
 
 BUS = ("A red double-decker bus drives along a wet city street at dusk while pedestrians with umbrellas wait at "
        "the crossing and shop windows glow with warm light behind them on the corner.")

@@ -20,8 +20,8 @@ from unicorn_datasets.prior.metrics import (
     recall_at_k,
 )
 from unicorn_datasets.prior.train import data_fingerprint, fit_and_evaluate
-from unicorn_datasets.seeding import row_seeds
-from unicorn_datasets.transfer import apply_transfer, l2_normalize
+from unicorn_datasets.randomness import row_seeds
+from unicorn_datasets.transfer.methods import apply_transfer, l2_normalize
 
 FAST_FLOW = {"hidden": 64, "layers": 3, "max_epochs": 40, "patience": 8, "batch_size": 64, "lr": 3e-3, "steps": 16}
 ENC = {"encoder": "fake", "fingerprint": "sha256:abc", "dim": 8}
@@ -191,7 +191,7 @@ ACCELERATE_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu
 def minilm_prior(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small flow prior for MiniLM, trained on shipped seed captions and a synthetic image side."""
     from unicorn_datasets.encoders import load_encoder
-    from unicorn_datasets.seeds import load_caption_seeds
+    from unicorn_datasets.seeds.sources import load_caption_seeds
 
     enc = load_encoder("minilm")
     caps = [s.seed for s in load_caption_seeds("builtin:open_domain")][:120]
@@ -260,7 +260,7 @@ def test_build_refuses_a_prior_made_for_another_encoder(tiny_llm: Path, tmp_path
 def test_prior_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from unicorn_datasets.cli import main
     from unicorn_datasets.encoders import load_encoder
-    from unicorn_datasets.seeds import load_caption_seeds
+    from unicorn_datasets.seeds.sources import load_caption_seeds
 
     caps = [s.seed for s in load_caption_seeds("builtin:open_domain")][:80]
     enc = load_encoder("minilm")

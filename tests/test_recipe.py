@@ -12,6 +12,7 @@ import yaml
 from conftest import ROOT
 
 from unicorn_datasets import prompts
+from unicorn_datasets.dataset.repo import BuildRepo
 from unicorn_datasets.generation.base import SamplingParams, resolve_prompt_mode
 from unicorn_datasets.recipe import (
     LLMSection,
@@ -23,7 +24,6 @@ from unicorn_datasets.recipe import (
     parse_set,
     read_recipe,
 )
-from unicorn_datasets.repo import BuildRepo
 from unicorn_datasets.stages.captions import CaptionConfig, CaptionStage
 
 

@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, load_dataset
 
-from unicorn_datasets.assemble import assemble_captions
-from unicorn_datasets.build.context import Context, make_state
-from unicorn_datasets.build.shards import Shards, run_generation, run_map
+from unicorn_datasets.dataset.repo import BuildRepo, RepoError
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
 from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
+from unicorn_datasets.pipeline.assemble import assemble_captions
+from unicorn_datasets.pipeline.context import Context, make_state
+from unicorn_datasets.pipeline.shards import Shards, run_generation, run_map
 from unicorn_datasets.recipe import Recipe
-from unicorn_datasets.repo import BuildRepo, RepoError
 from unicorn_datasets.stages.base import OUTCOME_FIELDS, outcome_columns
 from unicorn_datasets.stages.captions import PART_SCHEMA
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unicorn_datasets.clustering import balance_stats, default_k, kmeans
-from unicorn_datasets.report import report, text_stats
+from unicorn_datasets.analysis.clustering import balance_stats, default_k, kmeans
+from unicorn_datasets.analysis.report import report, text_stats
 
 D = 32
 

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unicorn_datasets.reserved import ReservedTokens, escape_seed, find_reserved, tokenizer_tokens
-from unicorn_datasets.seeds import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
+from unicorn_datasets.seeds.sources import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
 from unicorn_datasets.stages.captions import CaptionConfig, check
-from unicorn_datasets.text import TextChanges, TextError, clean, read_lines
+from unicorn_datasets.text.hygiene import TextChanges, TextError, clean, read_lines
+from unicorn_datasets.text.reserved import ReservedTokens, escape_seed, find_reserved, tokenizer_tokens
 
 
 def _load(path: Path, **kw) -> tuple[list[str], SeedStats]:
@@ -140,7 +140,7 @@ def test_clean_counts_each_kind_of_change_once_per_text() -> None:
 
 
 def test_stage2_item_text_is_repaired_or_rejected_per_case() -> None:
-    from unicorn_datasets.reserved import REASON, REPAIR, screen_item_text
+    from unicorn_datasets.text.reserved import REASON, REPAIR, screen_item_text
 
     assert screen_item_text("What colour is the car?") == ("What colour is the car?", None)
     assert screen_item_text("What is in the <image>?") == ("What is in the image?", REPAIR)
@@ -149,7 +149,7 @@ def test_stage2_item_text_is_repaired_or_rejected_per_case() -> None:
 
 
 def test_the_card_lists_the_seed_cleaning_per_source(tmp_path: Path) -> None:
-    from unicorn_datasets.card import seeds_table
+    from unicorn_datasets.dataset.card import seeds_table
 
     p = tmp_path / "seeds.txt"
     p.write_bytes(b"\xef\xbb\xbfA dog on a beach.\r\nA dog on a  beach.\r\n")
@@ -161,7 +161,7 @@ def test_the_card_lists_the_seed_cleaning_per_source(tmp_path: Path) -> None:
 
 
 def test_stage2_items_are_screened_in_place() -> None:
-    from unicorn_datasets.reserved import REASON, REPAIR, screen_items
+    from unicorn_datasets.text.reserved import REASON, REPAIR, screen_items
 
     items = [{"Question": "What is in the <image>?", "Options": {"A": "a <video> still", "B": "a dog"},
               "Answer": "B"}]

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unicorn_datasets.export import DimMismatch, export_bunny
-from unicorn_datasets.transfer import (
+from unicorn_datasets.dataset.export import DimMismatch, export_bunny
+from unicorn_datasets.transfer.methods import (
     MeanAccumulator,
     apply_transfer,
     gap_statistics,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from unicorn_datasets import __version__
 
 EXIT_USAGE, EXIT_INPUT, EXIT_BUILD = 2, 3, 4
 
@@ -77,7 +77,7 @@ _FLAG_KEYS = (
 
 def _recipe_from_args(args: argparse.Namespace) -> Any:
     """The recipe file, then the flags, then `--set`s: validated once; an error names the flag or --set at fault."""
-    from .recipe import RecipeError, load_recipe, parse_set
+    from unicorn_datasets.recipe import RecipeError, load_recipe, parse_set
 
     overrides: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -97,7 +97,7 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build
+    from unicorn_datasets.pipeline import build
 
     recipe = _recipe_from_args(args)
     build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
@@ -105,7 +105,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push
+    from unicorn_datasets.dataset.hub import push
 
     url = push(args.folder, args.repo, private=args.private, token=args.token, revision=args.revision)
     print(url)
@@ -113,7 +113,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_bunny
+    from unicorn_datasets.dataset.export import export_bunny
 
     summary = export_bunny(args.folder, args.to, configs=args.configs.split(",") if args.configs else None,
                            chunk_size=args.chunk_size, allow_dim_mismatch=args.allow_dim_mismatch)
@@ -122,8 +122,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_embed_images(args: argparse.Namespace) -> int:
-    from .embed_images import embed_images
-    from .encoders import load_encoder
+    from unicorn_datasets.encoders import load_encoder
+    from unicorn_datasets.transfer.embed_images import embed_images
 
     enc = load_encoder(args.encoder, device=args.device, trust_remote_code=args.trust_remote_code)
     summary = embed_images(
@@ -134,16 +134,16 @@ def cmd_embed_images(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import report
+    from unicorn_datasets.analysis.report import report
 
     print(json.dumps(report(args.folder, k=args.k, seed=args.seed), indent=2, default=str))
     return 0
 
 
 def cmd_gap_stats(args: argparse.Namespace) -> int:
-    from .encoders import load_encoder
-    from .gap import gap_report
-    from .layout import ARTIFACTS, TEXT_MEAN
+    from unicorn_datasets.dataset.layout import ARTIFACTS, TEXT_MEAN
+    from unicorn_datasets.encoders import load_encoder
+    from unicorn_datasets.transfer.gap import gap_report
 
     enc = load_encoder(args.encoder, device=args.device, trust_remote_code=args.trust_remote_code)
     mean = args.text_mean
@@ -184,8 +184,8 @@ def _prior_parser(sub: Any) -> None:
 
 
 def cmd_prior(args: argparse.Namespace) -> int:
-    from .encoders import load_encoder
-    from .prior.train import eval_prior, train_prior
+    from unicorn_datasets.encoders import load_encoder
+    from unicorn_datasets.prior.train import eval_prior, train_prior
 
     if args.prior_command == "train":
         hyper = {k: getattr(args, k) for k in ("max_epochs", "patience", "hidden", "layers", "lr", "steps")
@@ -197,7 +197,7 @@ def cmd_prior(args: argparse.Namespace) -> int:
                              val_fraction=args.val_fraction, batch_size=args.batch_size, overwrite=args.overwrite,
                              **hyper)
     else:
-        from .prior import load_prior
+        from unicorn_datasets.prior import load_prior
 
         spec = args.encoder or (load_prior(args.prior_dir).meta.get("encoder") or {}).get("encoder")
         if not spec:
@@ -280,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report_error(exc: BaseException | None) -> int:
-    from .errors import BuildError
-    from .recipe import RecipeError
-    from .repo import RepoError
-    from .seeds import SeedError
-    from .text import TextError
+    from unicorn_datasets.dataset.repo import RepoError
+    from unicorn_datasets.errors import BuildError
+    from unicorn_datasets.recipe import RecipeError
+    from unicorn_datasets.seeds.sources import SeedError
+    from unicorn_datasets.text.hygiene import TextError
 
     try:
         raise exc  # type: ignore[misc]

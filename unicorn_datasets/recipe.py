@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 import yaml
 
-from .generation.base import PromptMode, SamplingParams
-from .packaged import shipped
-from .transfer import METHODS
+from unicorn_datasets.generation.base import PromptMode, SamplingParams
+from unicorn_datasets.packaged import shipped
+from unicorn_datasets.transfer.methods import METHODS
 
 StageName = Literal["captions", "instruct", "pretrain"]
 STAGES: tuple[str, ...] = typing.get_args(StageName)

@@ -16,18 +16,18 @@ Spec forms: a local folder, a Hub id (``org/name`` or ``org/name@revision``, onl
 """
 
 # Public API, plus the names the single-module version defined, so existing imports keep working.
-from .base import Encoder, EncoderError, LoadOptions  # noqa: F401
-from .dual import _DualEncoder  # noqa: F401
-from .llm2clip import (  # noqa: F401
+from unicorn_datasets.encoders.base import Encoder, EncoderError, LoadOptions  # noqa: F401
+from unicorn_datasets.encoders.dual import _DualEncoder  # noqa: F401
+from unicorn_datasets.encoders.llm2clip import (  # noqa: F401
     LLM2CLIP_DEFAULT_CLIP,
     LLM2CLIP_DEFAULT_IMAGE_PROCESSOR,
     LLM2CLIP_DEFAULT_LLM,
     LLM2CLIP_MAX_LENGTH,
     _LLM2CLIPEncoder,
 )
-from .loading import load_encoder
-from .sentence import _NeedsSTPackage, _SentenceTransformerEncoder, _STPackageEncoder  # noqa: F401
-from .sources import _config_sha256, _fingerprint, _resolve, _revision_from_path  # noqa: F401
+from unicorn_datasets.encoders.loading import load_encoder
+from unicorn_datasets.encoders.sentence import _NeedsSTPackage, _SentenceTransformerEncoder, _STPackageEncoder  # noqa: F401
+from unicorn_datasets.encoders.sources import _config_sha256, _fingerprint, _resolve, _revision_from_path  # noqa: F401
 
 __all__ = [
     "Encoder",

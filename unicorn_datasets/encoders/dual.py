@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import (
+from unicorn_datasets.encoders.base import (
     Encoder,
     EncoderError,
     LoadOptions,
@@ -16,7 +16,7 @@ from .base import (
     _tokenizer_limit,
     _torch,
 )
-from .sources import _config_sha256, _fingerprint
+from unicorn_datasets.encoders.sources import _config_sha256, _fingerprint
 
 if TYPE_CHECKING:
     import torch

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Encoder, EncoderError, LoadOptions, _count_tokens, _dtype, _features, _torch
-from .sources import _config_sha256, _fingerprint, _resolve
+from unicorn_datasets.encoders.base import Encoder, EncoderError, LoadOptions, _count_tokens, _dtype, _features, _torch
+from unicorn_datasets.encoders.sources import _config_sha256, _fingerprint, _resolve
 
 if TYPE_CHECKING:
     import torch

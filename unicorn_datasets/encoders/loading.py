@@ -6,11 +6,17 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from .base import Encoder, EncoderError, LoadOptions, _read_json
-from .dual import _DUAL_FAMILIES, _DualEncoder
-from .llm2clip import LLM2CLIP_DEFAULT_CLIP, LLM2CLIP_DEFAULT_LLM, _is_llm2clip_config, _LLM2CLIPEncoder, _trust_error
-from .sentence import _load_sentence_transformer
-from .sources import _resolve
+from unicorn_datasets.encoders.base import Encoder, EncoderError, LoadOptions, _read_json
+from unicorn_datasets.encoders.dual import _DUAL_FAMILIES, _DualEncoder
+from unicorn_datasets.encoders.llm2clip import (
+    LLM2CLIP_DEFAULT_CLIP,
+    LLM2CLIP_DEFAULT_LLM,
+    _is_llm2clip_config,
+    _LLM2CLIPEncoder,
+    _trust_error,
+)
+from unicorn_datasets.encoders.sentence import _load_sentence_transformer
+from unicorn_datasets.encoders.sources import _resolve
 
 
 def _minilm_path() -> Path:

@@ -6,8 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Encoder, EncoderError, LoadOptions, _count_tokens, _load_model, _read_json, _tokenizer_limit, _torch
-from .sources import _config_sha256, _fingerprint
+from unicorn_datasets.encoders.base import (
+    Encoder,
+    EncoderError,
+    LoadOptions,
+    _count_tokens,
+    _load_model,
+    _read_json,
+    _tokenizer_limit,
+    _torch,
+)
+from unicorn_datasets.encoders.sources import _config_sha256, _fingerprint
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from .base import EncoderError
+from unicorn_datasets.encoders.base import EncoderError
 
 _HUB_IGNORE = [
     "*.msgpack",

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Backend, GenerationRequest, GenerationResult, SamplingParams, resolve_prompt_mode
+from unicorn_datasets.generation.base import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    resolve_prompt_mode,
+)
 
 if TYPE_CHECKING:
-    from ..recipe import LLMSection
+    from unicorn_datasets.recipe import LLMSection
 
 __all__ = ["Backend", "GenerationRequest", "GenerationResult", "SamplingParams", "make_backend"]
 
@@ -15,7 +21,7 @@ __all__ = ["Backend", "GenerationRequest", "GenerationResult", "SamplingParams",
 def make_backend(llm: LLMSection, *, device: str = "cpu") -> Backend:
     """`llm.endpoints` set -> OpenAI-compatible/TGI servers; otherwise in-process transformers."""
     if llm.endpoints:
-        from .server_backend import ServerBackend
+        from unicorn_datasets.generation.server_backend import ServerBackend
 
         return ServerBackend(
             list(llm.endpoints),
@@ -25,6 +31,6 @@ def make_backend(llm: LLMSection, *, device: str = "cpu") -> Backend:
             max_retries=llm.max_retries,
             chat=resolve_prompt_mode(llm.prompt_mode, supports_chat=True) == "chat",  # servers serve chat
         )
-    from .transformers_backend import TransformersBackend
+    from unicorn_datasets.generation.transformers_backend import TransformersBackend
 
     return TransformersBackend(llm.model, device=device, batch_size=llm.batch_size, batching=llm.batching)

@@ -18,7 +18,7 @@ import hashlib
 import math
 from typing import Any
 
-from .base import GenerationRequest, SamplingParams
+from unicorn_datasets.generation.base import GenerationRequest, SamplingParams
 
 PAGE_SIZE = 64  # tokens per KV page: small pages waste little on short captions
 

@@ -23,8 +23,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .base import Backend, BackendUnavailable, GenerationRequest, GenerationResult, RequestFailed, SamplingParams
-from .journal import Journal, Key, request_digest
+from unicorn_datasets.generation.base import (
+    Backend,
+    BackendUnavailable,
+    GenerationRequest,
+    GenerationResult,
+    RequestFailed,
+    SamplingParams,
+)
+from unicorn_datasets.generation.journal import Journal, Key, request_digest
 
 Validate = Callable[[int, GenerationResult], tuple[Any, str | None, list[str]]]
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-from .base import GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
 
 Key = tuple[str, int, str]  # (row key, attempt, request digest)
 

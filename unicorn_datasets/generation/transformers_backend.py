@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from .base import GenerationRequest, GenerationResult, SamplingParams
-from .continuous import continuous_supports, generate_continuous
-from .hf_models import load_causal_lm, resolve_model
-from .sampling import PerRowSampler
-from .stopping import StopOnStrings
+from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.generation.continuous import continuous_supports, generate_continuous
+from unicorn_datasets.generation.hf_models import load_causal_lm, resolve_model
+from unicorn_datasets.generation.sampling import PerRowSampler
+from unicorn_datasets.generation.stopping import StopOnStrings
 
 # Token ids a text-only caption must never contain (image placeholders and other specials).
 _SPECIAL_TOKEN = re.compile(r"^<.*>$|^\[.*\]$")
@@ -125,7 +125,7 @@ class TransformersBackend:
         processors = LogitsProcessorList()
         schemas = [r.json_schema for r in reqs]
         if any(s is not None for s in schemas):
-            from .constrained import make_processor
+            from unicorn_datasets.generation.constrained import make_processor
 
             vocab = self.model.config.get_text_config().vocab_size
             constraint = make_processor(tok, vocab, schemas, eos_token_ids=self.eos_ids)

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import CONFIG, EVAL, FORMAT, WEIGHTS, Prior, PriorError
-from .flow import FlowPrior
-from .linear import LinearPrior
+from unicorn_datasets.prior.base import CONFIG, EVAL, FORMAT, WEIGHTS, Prior, PriorError
+from unicorn_datasets.prior.flow import FlowPrior
+from unicorn_datasets.prior.linear import LinearPrior
 
 FAMILIES: dict[str, type[Prior]] = {"linear": LinearPrior, "flow": FlowPrior}
 

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import __version__
-from ..transfer import l2_normalize
+from unicorn_datasets import __version__
+from unicorn_datasets.transfer.methods import l2_normalize
 
 FORMAT = "unicorn-prior/1"
 CONFIG, WEIGHTS, EVAL = "config.json", "weights.safetensors", "eval.json"

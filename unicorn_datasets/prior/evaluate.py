@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ..seeding import row_seeds
-from ..transfer import BASELINE_METHODS, apply_transfer, l2_normalize
-from .base import Prior
-from .metrics import evaluate
+from unicorn_datasets.prior.base import Prior
+from unicorn_datasets.prior.metrics import evaluate
+from unicorn_datasets.randomness import row_seeds
+from unicorn_datasets.transfer.methods import BASELINE_METHODS, apply_transfer, l2_normalize
 
 
 def compare_methods(prior: Prior, text: np.ndarray, image: np.ndarray, *, seed: int = 0,

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Prior
-from .linear import ridge_fit
+from unicorn_datasets.prior.base import Prior
+from unicorn_datasets.prior.linear import ridge_fit
 
 
 def _net(dim_in: int, dim_out: int, hidden: int, layers: int, time_features: int) -> Any:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Prior
+from unicorn_datasets.prior.base import Prior
 
 
 def ridge_fit(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..transfer import l2_normalize
+from unicorn_datasets.transfer.methods import l2_normalize
 
 
 def paired_cosine(gen: np.ndarray, real: np.ndarray) -> float:

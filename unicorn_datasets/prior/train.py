@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ..gap import encode_pairs
-from . import check_encoder, load_prior, make_prior
-from .base import Prior, PriorError
-from .evaluate import compare_methods
+from unicorn_datasets.prior import check_encoder, load_prior, make_prior
+from unicorn_datasets.prior.base import Prior, PriorError
+from unicorn_datasets.prior.evaluate import compare_methods
+from unicorn_datasets.transfer.gap import encode_pairs
 
 
 def data_fingerprint(captions: list[str], image: np.ndarray) -> str:

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import datasets
 import pyarrow as pa
 
-from ..build.shards import Shards, run_generation
-from ..generation.engine import RowOutcome, WorkUnit
+from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
+from unicorn_datasets.pipeline.shards import Shards, run_generation
 
 if TYPE_CHECKING:
-    from ..build.context import Context
-    from ..repo import BuildRepo
+    from unicorn_datasets.dataset.repo import BuildRepo
+    from unicorn_datasets.pipeline.context import Context
 
 
 class Stage(Protocol):

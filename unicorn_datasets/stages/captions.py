@@ -17,23 +17,23 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import prompts
-from ..errors import BuildError
-from ..generation.base import GenerationRequest, GenerationResult, SamplingParams
-from ..generation.engine import RowOutcome, WorkUnit
-from ..layout import REJECTIONS, artifact
-from ..recipe import CaptionsSection
-from ..reserved import DEFAULT, ReservedTokens
-from ..seeding import row_seed
-from ..seeds import Seed
-from ..textutil import complete_sentences
-from .base import OUTCOME_FIELDS, GenerationStage, outcome_columns
-from .seed_check import SeedCosine
+from unicorn_datasets import prompts
+from unicorn_datasets.dataset.layout import REJECTIONS, artifact
+from unicorn_datasets.errors import BuildError
+from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
+from unicorn_datasets.randomness import row_seed
+from unicorn_datasets.recipe import CaptionsSection
+from unicorn_datasets.seeds.sources import Seed
+from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, outcome_columns
+from unicorn_datasets.stages.seed_check import SeedCosine
+from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
+from unicorn_datasets.text.tokens import complete_sentences
 
 if TYPE_CHECKING:
-    from ..build.context import Context
-    from ..near_dup import NearDupConfig
-    from ..repo import BuildRepo
+    from unicorn_datasets.analysis.near_dup import NearDupConfig
+    from unicorn_datasets.dataset.repo import BuildRepo
+    from unicorn_datasets.pipeline.context import Context
 
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
 _LEAKS = ("Seed:", "Description:", "Seed caption:", "Requirements:")
@@ -206,7 +206,7 @@ class CaptionStage(GenerationStage):
         self.ctx = ctx
         super().run(ctx)
         if self.near_dup and self.near_dup.enabled:  # between the map and rank 0's assembly (near_dup.py)
-            from ..near_dup import reject_near_duplicates
+            from unicorn_datasets.analysis.near_dup import reject_near_duplicates
 
             reject_near_duplicates(ctx, self.name, self.near_dup)
 
@@ -240,7 +240,7 @@ class CaptionStage(GenerationStage):
         return pa.Table.from_pydict(cols, schema=PART_SCHEMA)
 
     def assemble(self, repo: BuildRepo) -> dict[str, Any]:
-        from ..assemble import assemble_captions
+        from unicorn_datasets.pipeline.assemble import assemble_captions
 
         # the resolved prompt mode is kept so that a rerun that skips this stage reports the same provenance
         return {**assemble_captions(repo, self.model_id, self.cfg.provenance()["prompt_sha"]),

@@ -17,16 +17,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..build.context import log
-from ..build.shards import Shards, run_map
-from ..layout import ENCODER
-from ..transfer import MeanAccumulator, reduce_states
-from .captions import accepted_captions
-from .transfer_stage import TransferConfig, encode_batch, shift_batch
+from unicorn_datasets.dataset.layout import ENCODER
+from unicorn_datasets.pipeline.context import log
+from unicorn_datasets.pipeline.shards import Shards, run_map
+from unicorn_datasets.stages.captions import accepted_captions
+from unicorn_datasets.stages.transfer import TransferConfig, encode_batch, shift_batch
+from unicorn_datasets.transfer.methods import MeanAccumulator, reduce_states
 
 if TYPE_CHECKING:
-    from ..build.context import Context
-    from ..repo import BuildRepo
+    from unicorn_datasets.dataset.repo import BuildRepo
+    from unicorn_datasets.pipeline.context import Context
 
 
 class PretrainStage:
@@ -58,7 +58,7 @@ class PretrainStage:
         mean = acc.mean()
         self.info = cfg.provenance(_encoder_info(ctx), acc.count, prior)
         if ctx.is_main:
-            from ..assemble import save_transfer_artifacts
+            from unicorn_datasets.pipeline.assemble import save_transfer_artifacts
 
             save_transfer_artifacts(repo, mean, self.info)
         ctx.barrier()
@@ -71,7 +71,7 @@ class PretrainStage:
                 batch_size=self.shard_size)
 
     def assemble(self, repo: BuildRepo) -> dict[str, Any]:
-        from ..assemble import assemble_pretrain
+        from unicorn_datasets.pipeline.assemble import assemble_pretrain
 
         return assemble_pretrain(repo, self.cfg, self.info)
 
@@ -95,7 +95,7 @@ class InstructEmbeddings:
         pass
 
     def assemble(self, repo: BuildRepo) -> dict[str, Any]:
-        from ..assemble import assemble_instruct
+        from unicorn_datasets.pipeline.assemble import assemble_instruct
 
         summary = repo.stage_summary("instruct")
         return assemble_instruct(repo, self.instruct.model_id, self.instruct.prompt_sha(),

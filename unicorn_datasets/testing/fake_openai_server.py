@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .fake_answers import answer, request_text, schema_of
+from unicorn_datasets.testing.fake_answers import answer, request_text, schema_of
 
 FAULTS = ("error_500", "error_503", "error_429", "reset", "hang", "bad_body", "empty")
 _Z99 = 2.3263478740408408  # standard normal quantile at 0.99

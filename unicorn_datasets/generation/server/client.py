@@ -31,11 +31,17 @@ from typing import Any, TypeVar
 
 import httpx2
 
-from ..base import BackendUnavailable, GenerationRequest, GenerationResult, RequestFailed, SamplingParams
-from .dialects import Fatal, Retryable, classified, probe, reported_models, send
-from .endpoints import Endpoint, make_endpoint
-from .http_pool import ShardedClient
-from .scheduler import Scheduler
+from unicorn_datasets.generation.base import (
+    BackendUnavailable,
+    GenerationRequest,
+    GenerationResult,
+    RequestFailed,
+    SamplingParams,
+)
+from unicorn_datasets.generation.server.dialects import Fatal, Retryable, classified, probe, reported_models, send
+from unicorn_datasets.generation.server.endpoints import Endpoint, make_endpoint
+from unicorn_datasets.generation.server.http_pool import ShardedClient
+from unicorn_datasets.generation.server.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 

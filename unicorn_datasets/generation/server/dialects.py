@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 import httpx2
 
-from ..base import GenerationRequest, GenerationResult, SamplingParams
-from .endpoints import Endpoint
-from .http_pool import ShardedClient
+from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.generation.server.endpoints import Endpoint
+from unicorn_datasets.generation.server.http_pool import ShardedClient
 
 T = TypeVar("T")
 

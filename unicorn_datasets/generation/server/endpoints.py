@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .concurrency import AdaptiveLimit
+from unicorn_datasets.generation.server.concurrency import AdaptiveLimit
 
 logger = logging.getLogger(__name__)
 

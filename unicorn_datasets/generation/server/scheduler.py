@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 
-from .endpoints import Endpoint
+from unicorn_datasets.generation.server.endpoints import Endpoint
 
 
 class Scheduler:

@@ -5,13 +5,13 @@ config (settings) -> selection (which caption gets which task) -> prompting + sc
 gives the generation engine one row's work (``InstructRows``) and runs the rounds (``InstructStage``).
 """
 
-from .config import LETTERS, TASKS, InstructConfig
-from .conversations import to_conversations
-from .prompting import JSON_OPENING, build_prompt, prompt_provenance
-from .schema import json_schema
-from .selection import select_tasks, topup_inputs
-from .stage import InstructRows, InstructStage
-from .validation import REJECT_REASONS, REPAIRS, Validation, validate
+from unicorn_datasets.stages.instruct.config import LETTERS, TASKS, InstructConfig
+from unicorn_datasets.stages.instruct.conversations import to_conversations
+from unicorn_datasets.stages.instruct.prompting import JSON_OPENING, build_prompt, prompt_provenance
+from unicorn_datasets.stages.instruct.schema import json_schema
+from unicorn_datasets.stages.instruct.selection import select_tasks, topup_inputs
+from unicorn_datasets.stages.instruct.stage import InstructRows, InstructStage
+from unicorn_datasets.stages.instruct.validation import REJECT_REASONS, REPAIRS, Validation, validate
 
 __all__ = [
     "JSON_OPENING",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...generation.base import PromptMode, SamplingParams
-from ...recipe import INSTRUCT_TASKS, InstructSection, LLMSection
+from unicorn_datasets.generation.base import PromptMode, SamplingParams
+from unicorn_datasets.recipe import INSTRUCT_TASKS, InstructSection, LLMSection
 
 TASKS: tuple[str, ...] = INSTRUCT_TASKS  # the task names a recipe may use
 LETTERS: tuple[str, ...] = ("A", "B", "C", "D")

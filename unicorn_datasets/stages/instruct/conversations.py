@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...textutil import IMAGE_TOKEN
-from .config import LETTERS, check_task
+from unicorn_datasets.stages.instruct.config import LETTERS, check_task
+from unicorn_datasets.text.tokens import IMAGE_TOKEN
 
 OPTION_LINE = "{letter}. {text}"  # one MC option line in the human turn
 

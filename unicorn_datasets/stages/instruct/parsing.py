@@ -9,8 +9,8 @@ import json
 import re
 from typing import Any
 
-from ...textutil import norm_text
-from .config import LETTERS
+from unicorn_datasets.stages.instruct.config import LETTERS
+from unicorn_datasets.text.tokens import norm_text
 
 
 def _looks_truncated(s: str, err: json.JSONDecodeError) -> bool:

@@ -19,9 +19,9 @@ import json
 import re
 from typing import Any, Literal
 
-from ... import prompts
-from ...generation.base import resolve_prompt_mode
-from .config import TASKS, InstructConfig, check_task
+from unicorn_datasets import prompts
+from unicorn_datasets.generation.base import resolve_prompt_mode
+from unicorn_datasets.stages.instruct.config import TASKS, InstructConfig, check_task
 
 JSON_OPENING = '{"QA Pairs": ['  # matches json.dumps of the few-shot example, so the prefill looks alike
 FEWSHOT_FILE = "instruct_fewshot_example.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import LETTERS, InstructConfig, check_task
+from unicorn_datasets.stages.instruct.config import LETTERS, InstructConfig, check_task
 
 TOP_KEY = "QA Pairs"
 

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ...seeding import row_seed
-from .config import TASKS
+from unicorn_datasets.randomness import row_seed
+from unicorn_datasets.stages.instruct.config import TASKS
 
 
 def select_tasks(ids: list[str], mix: dict[str, int | float], seed: int) -> dict[str, str]:

@@ -20,26 +20,26 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import pyarrow as pa
 
-from ...assemble import CONVERSATION
-from ...build.context import log
-from ...build.shards import Shards, run_generation
-from ...generation.base import GenerationRequest, GenerationResult
-from ...generation.engine import RowOutcome, WorkUnit
-from ...reserved import DEFAULT, ReservedTokens
-from ...seeding import row_seed
-from ..base import OUTCOME_FIELDS, outcome_columns
-from ..captions import accepted_captions
-from .config import InstructConfig
-from .conversations import to_conversations
-from .prompting import build_prompt, fewshot, prefill, prompt_provenance, resolve_mode
-from .schema import json_schema
-from .selection import select_tasks, topup_inputs
-from .support import TextEncoder
-from .validation import validate
+from unicorn_datasets.generation.base import GenerationRequest, GenerationResult
+from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
+from unicorn_datasets.pipeline.assemble import CONVERSATION
+from unicorn_datasets.pipeline.context import log
+from unicorn_datasets.pipeline.shards import Shards, run_generation
+from unicorn_datasets.randomness import row_seed
+from unicorn_datasets.stages.base import OUTCOME_FIELDS, outcome_columns
+from unicorn_datasets.stages.captions import accepted_captions
+from unicorn_datasets.stages.instruct.config import InstructConfig
+from unicorn_datasets.stages.instruct.conversations import to_conversations
+from unicorn_datasets.stages.instruct.prompting import build_prompt, fewshot, prefill, prompt_provenance, resolve_mode
+from unicorn_datasets.stages.instruct.schema import json_schema
+from unicorn_datasets.stages.instruct.selection import select_tasks, topup_inputs
+from unicorn_datasets.stages.instruct.support import TextEncoder
+from unicorn_datasets.stages.instruct.validation import validate
+from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
 
 if TYPE_CHECKING:
-    from ...build.context import Context
-    from ...repo import BuildRepo
+    from unicorn_datasets.dataset.repo import BuildRepo
+    from unicorn_datasets.pipeline.context import Context
 
 Row = dict[str, Any]  # needs "id", "caption", "task"
 
@@ -150,7 +150,7 @@ class InstructStage:
         return pa.Table.from_pydict(cols, schema=PART_SCHEMA)
 
     def assemble(self, repo: BuildRepo) -> dict[str, Any]:
-        from ...assemble import assemble_instruct
+        from unicorn_datasets.pipeline.assemble import assemble_instruct
 
         summary = assemble_instruct(repo, self.model_id, self.prompt_sha(), selected=self.selected)
         empty = [t for t, v in self.mix.items() if v and not summary["tasks"].get(t)]

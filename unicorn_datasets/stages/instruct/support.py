@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ...textutil import SENTENCE_END
-from .config import LETTERS
+from unicorn_datasets.stages.instruct.config import LETTERS
+from unicorn_datasets.text.tokens import SENTENCE_END
 
 
 class TextEncoder(Protocol):

@@ -17,13 +17,13 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-from ...reserved import DEFAULT, ReservedTokens, screen_items
-from ...textutil import complete_sentences, ends_sentence, norm_text, words
-from .config import InstructConfig, check_task
-from .parsing import canon, parse_item, parse_json
-from .prompting import fewshot
-from .schema import TOP_KEY
-from .support import TextEncoder, answer_margins, option_similarity
+from unicorn_datasets.stages.instruct.config import InstructConfig, check_task
+from unicorn_datasets.stages.instruct.parsing import canon, parse_item, parse_json
+from unicorn_datasets.stages.instruct.prompting import fewshot
+from unicorn_datasets.stages.instruct.schema import TOP_KEY
+from unicorn_datasets.stages.instruct.support import TextEncoder, answer_margins, option_similarity
+from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens, screen_items
+from unicorn_datasets.text.tokens import complete_sentences, ends_sentence, norm_text, words
 
 REJECT_REASONS: tuple[str, ...] = (
     "empty_caption",

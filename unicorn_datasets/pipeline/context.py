@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from ..atomic import write_text
-from ..recipe import Recipe
-from ..repo import BuildRepo
+from unicorn_datasets.dataset.atomic import write_text
+from unicorn_datasets.dataset.repo import BuildRepo
+from unicorn_datasets.recipe import Recipe
 
 
 def log(msg: str, rank: int | None = None) -> None:
@@ -63,7 +63,7 @@ class Context:
 
     def backend(self) -> Any:
         if self.loaded_backend is None:
-            from ..generation import make_backend
+            from unicorn_datasets.generation import make_backend
 
             self.loaded_backend = make_backend(self.recipe.llm, device=str(self.state.device))
             # kept for the manifest and card of a later run that finishes without loading the model
@@ -79,13 +79,13 @@ class Context:
 
     def reserved_tokens(self) -> Any:
         """Tokens no seed, caption or conversation may carry: the image placeholder, the LLM's special tokens."""
-        from ..reserved import for_backend
+        from unicorn_datasets.text.reserved import for_backend
 
         return for_backend(self.backend())
 
     def encoder(self) -> Any:
         if self.loaded_encoder is None:
-            from ..encoders import load_encoder
+            from unicorn_datasets.encoders import load_encoder
 
             self.loaded_encoder = load_encoder(
                 self.recipe.transfer.encoder, device=str(self.state.device), trust_remote_code=self.trust_remote_code
@@ -98,7 +98,7 @@ class Context:
 
     def prompt_mode(self) -> str:
         """The one resolution of `llm.prompt_mode`: "auto" asks the backend whether the model has a chat template."""
-        from ..generation.base import resolve_prompt_mode
+        from unicorn_datasets.generation.base import resolve_prompt_mode
 
         mode = self.recipe.llm.prompt_mode
         return mode if mode != "auto" else resolve_prompt_mode(mode, self.backend().supports_chat)

@@ -22,9 +22,9 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path, write_text
-from .contract import assert_table
-from .layout import ARTIFACTS, COMPLETE, LOCK, OUR_FILES, STATE, WORK
+from unicorn_datasets.dataset.atomic import atomic_path, write_text
+from unicorn_datasets.dataset.contract import assert_table
+from unicorn_datasets.dataset.layout import ARTIFACTS, COMPLETE, LOCK, OUR_FILES, STATE, WORK
 
 ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
 FILE_BYTES = 500 * 1024 * 1024

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import prompts
-from ..recipe import Recipe, TransferSection
-from ..seeding import row_seed, row_seeds
-from ..textutil import IMAGE_TOKEN
-from ..transfer import METHODS, apply_transfer
+from unicorn_datasets import prompts
+from unicorn_datasets.randomness import row_seed, row_seeds
+from unicorn_datasets.recipe import Recipe, TransferSection
+from unicorn_datasets.text.tokens import IMAGE_TOKEN
+from unicorn_datasets.transfer.methods import METHODS, apply_transfer
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -60,7 +60,7 @@ class TransferConfig:
         """The fitted prior of method "prior" (refused if made for another encoder or dimension), else None."""
         if self.method != "prior":
             return None
-        from ..prior import check_encoder, load_prior
+        from unicorn_datasets.prior import check_encoder, load_prior
 
         prior = load_prior(str(self.prior))
         check_encoder(prior, encoder_info)
@@ -81,7 +81,7 @@ def with_prior_identity(recipe: Recipe) -> Recipe:
     t = recipe.transfer
     if t.method != "prior" or "pretrain" not in recipe.stages:
         return recipe
-    from ..prior import load_prior
+    from unicorn_datasets.prior import load_prior
 
     sha = load_prior(str(t.prior)).weights_sha256()
     return dataclasses.replace(recipe, transfer=dataclasses.replace(t, prior_sha256=sha))

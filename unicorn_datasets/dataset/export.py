@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .contract import assert_rows
-from .textutil import IMAGE_TOKEN
+from unicorn_datasets.dataset.contract import assert_rows
+from unicorn_datasets.text.tokens import IMAGE_TOKEN
 
 __all__ = ["DEFAULT_CONFIGS", "IMAGE_TOKEN", "TRAINER_DIM", "DimMismatch", "export_bunny"]
 

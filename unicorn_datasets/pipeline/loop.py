@@ -11,22 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 
-from .. import __version__
-from ..errors import BuildError
-from ..layout import REJECTIONS, artifact
-from ..recipe import Recipe, fingerprint
-from ..repo import BuildRepo, RepoError
-from ..seeds import SeedStats, load_caption_seeds, load_domain_seeds
-from ..stages.transfer_stage import with_prior_identity
-from .context import Context, log, make_state
+from unicorn_datasets import __version__
+from unicorn_datasets.dataset.layout import REJECTIONS, artifact
+from unicorn_datasets.dataset.repo import BuildRepo, RepoError
+from unicorn_datasets.errors import BuildError
+from unicorn_datasets.pipeline.context import Context, log, make_state
+from unicorn_datasets.recipe import Recipe, fingerprint
+from unicorn_datasets.seeds.sources import SeedStats, load_caption_seeds, load_domain_seeds
+from unicorn_datasets.stages.transfer import with_prior_identity
 
 if TYPE_CHECKING:  # stages import the shard runner from this package: no import cycle at run time
-    from ..stages.base import Stage
+    from unicorn_datasets.stages.base import Stage
 
 
 def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list[Any], dict[str, Any], Any]:
     """(seeds, per-source stats, the balance.Selection); balance.py selects the seeds."""
-    from ..balance import BalanceConfig, select
+    from unicorn_datasets.seeds.balance import BalanceConfig, select
 
     groups, stats = [], {}
     for spec in recipe.seeds:
@@ -49,11 +49,11 @@ def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list
 
 def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage]:
     """The recipe's stages, in order, each built from its own recipe section."""
-    from ..near_dup import NearDupConfig
-    from ..stages.captions import CaptionConfig, CaptionStage
-    from ..stages.instruct import InstructConfig, InstructStage
-    from ..stages.pretrain import InstructEmbeddings, PretrainStage
-    from ..stages.transfer_stage import TransferConfig
+    from unicorn_datasets.analysis.near_dup import NearDupConfig
+    from unicorn_datasets.stages.captions import CaptionConfig, CaptionStage
+    from unicorn_datasets.stages.instruct import InstructConfig, InstructStage
+    from unicorn_datasets.stages.pretrain import InstructEmbeddings, PretrainStage
+    from unicorn_datasets.stages.transfer import TransferConfig
 
     seed, model_id, mode = recipe.seed, recipe.llm.model, recipe.llm.prompt_mode
     stages: list[Stage] = [
@@ -124,7 +124,7 @@ def build(
     datasets.disable_progress_bars()  # our own bars count rows across ranks
     seeds, seed_stats, selection = collect_seeds(recipe, trust_remote_code)  # bad input fails here
     recipe = with_prior_identity(recipe)  # a missing or unreadable prior fails here too
-    from ..near_dup import NearDupConfig
+    from unicorn_datasets.analysis.near_dup import NearDupConfig
 
     NearDupConfig.from_recipe(recipe)  # so does a bad near_dup section: before anything exists on disk
     ctx = Context(recipe, BuildRepo(out), make_state(), trust_remote_code=trust_remote_code)
@@ -134,8 +134,8 @@ def build(
     try:
         resumed = _start(ctx, recipe, fp, overwrite)
         if ctx.is_main and selection.clusters is not None:  # the balanced selection, for the report's histograms
-            from ..balance import CLUSTERS_FILE
-            from ..repo import write_parquet
+            from unicorn_datasets.dataset.repo import write_parquet
+            from unicorn_datasets.seeds.balance import CLUSTERS_FILE
 
             write_parquet(selection.clusters, ctx.repo.artifacts() / CLUSTERS_FILE)
         if ctx.is_main:
@@ -147,7 +147,7 @@ def build(
         summary: dict[str, Any] = {}
         error = None
         if ctx.is_main:
-            from ..assemble import finish
+            from unicorn_datasets.pipeline.assemble import finish
 
             llm = ctx.llm_describe()
             summary = finish(ctx.repo, recipe.to_dict(), fp, seed_stats, len(seeds), ctx.provenance, stats, llm=llm,

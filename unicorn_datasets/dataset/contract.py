@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .reserved import DEFAULT, ReservedTokens
-from .textutil import IMAGE_TOKEN
+from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
+from unicorn_datasets.text.tokens import IMAGE_TOKEN
 
 RULES = (
     "image_placeholder_count",

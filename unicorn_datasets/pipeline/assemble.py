@@ -17,10 +17,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .atomic import atomic_path, write_text
-from .card import write_card
-from .layout import CONFIGS, ENCODER, MANIFEST, REJECTIONS, REPORT, TEXT_MEAN, TRANSFER, artifact
-from .repo import BuildRepo, write_parquet
+from unicorn_datasets.dataset.atomic import atomic_path, write_text
+from unicorn_datasets.dataset.card import write_card
+from unicorn_datasets.dataset.layout import (
+    CONFIGS,
+    ENCODER,
+    MANIFEST,
+    REJECTIONS,
+    REPORT,
+    TEXT_MEAN,
+    TRANSFER,
+    artifact,
+)
+from unicorn_datasets.dataset.repo import BuildRepo, write_parquet
 
 CONVERSATION = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 CAPTIONS_SCHEMA = pa.schema(
@@ -272,7 +281,7 @@ def finish(
 
 def _diversity(repo: BuildRepo) -> dict[str, Any]:
     """Synth²-style balance of the captions (k-means cluster sizes), written to artifacts/report.json."""
-    from .report import report
+    from unicorn_datasets.analysis.report import report
 
     if not (repo.out / "captions").exists():
         return {}

@@ -19,13 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
-from .transfer import l2_normalize
+from unicorn_datasets.dataset.atomic import atomic_path
+from unicorn_datasets.transfer.methods import l2_normalize
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-    from .encoders import Encoder
+    from unicorn_datasets.encoders import Encoder
 
 __all__ = ["IMAGE_EXTENSIONS", "embed_images", "write_embeddings_parquet"]
 

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .clustering import default_k, kmeans
-from .layout import SEED_CLUSTERS
-from .recipe import Recipe
-from .seeds import Seed, _stable_int, merge_seeds, uniform_draw
+from unicorn_datasets.analysis.clustering import default_k, kmeans
+from unicorn_datasets.dataset.layout import SEED_CLUSTERS
+from unicorn_datasets.recipe import Recipe
+from unicorn_datasets.seeds.sources import Seed, _stable_int, merge_seeds, uniform_draw
 
 CLUSTERS_FILE = SEED_CLUSTERS
 CLUSTERS_SCHEMA = pa.schema(
@@ -62,14 +62,14 @@ def seed_encoder(cfg: BalanceConfig, *, trust_remote_code: bool = False) -> Any:
     """The model that embeds the seeds, or None for hashed TF-IDF."""
     if cfg.encoder == "hashed":
         return None
-    from .encoders import load_encoder
+    from unicorn_datasets.encoders import load_encoder
 
     return load_encoder(cfg.encoder, device=_device(), trust_remote_code=trust_remote_code)
 
 
 def embed_seeds(texts: list[str], cfg: BalanceConfig, encoder: Any) -> np.ndarray:
     if encoder is None:
-        from .report import _hashed_tfidf
+        from unicorn_datasets.analysis.report import _hashed_tfidf
 
         return _hashed_tfidf(texts)
     return encoder.encode_text(texts, batch_size=cfg.batch_size)
@@ -152,7 +152,7 @@ def balance_report(clusters: pa.Table, caption_ids: set[str] | None) -> dict[str
     """Cluster-size histograms (largest first), top-5 share and normalised entropy of the selected seeds,
     balanced vs the uniform draw of the same size, and of the captions built from the balanced seeds
     (accepted rows only). A uniform draw's captions were never generated, so captions have no counterpart."""
-    from .clustering import balance_stats
+    from unicorn_datasets.analysis.clustering import balance_stats
 
     labels = clusters.column("cluster").to_numpy()
     k = int(labels.max()) + 1 if len(labels) else 0

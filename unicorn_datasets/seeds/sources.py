@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .reserved import escape_seed
-from .text import TextChanges, TextError, clean, dedup_key, read_lines
+from unicorn_datasets.text.hygiene import TextChanges, TextError, clean, dedup_key, read_lines
+from unicorn_datasets.text.reserved import escape_seed
 
-SHIPPED = Path(__file__).parent / "data" / "seeds"
+SHIPPED = Path(__file__).parent.parent / "data" / "seeds"
 TEXT_COLUMNS = ("caption", "text", "seed", "sentence")
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
-from .seeding import row_seeds
+from unicorn_datasets.dataset.atomic import atomic_path
+from unicorn_datasets.randomness import row_seeds
 
 __all__ = [
     "BASELINE_METHODS",

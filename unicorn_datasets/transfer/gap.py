@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .text import TextChanges, TextError, clean, read_lines
+from unicorn_datasets.text.hygiene import TextChanges, TextError, clean, read_lines
 
 
 def _read_rows(p: Path, changes: TextChanges) -> list[dict[str, Any]]:
@@ -81,7 +81,7 @@ def encode_pairs(
 
 def gap_report(pairs: str, encoder: Any, *, text_mean: str | None = None, batch_size: int = 32,
                renormalize: bool = False, noise_sigma: float = 0.0) -> dict[str, Any]:
-    from .transfer import gap_statistics
+    from unicorn_datasets.transfer.methods import gap_statistics
 
     changes = TextChanges()
     _, text, image_emb = encode_pairs(pairs, encoder, batch_size=batch_size, changes=changes)

@@ -11,9 +11,9 @@ import datasets
 import pyarrow.parquet as pq
 import yaml
 
-from .atomic import write_text
-from .layout import CARD, REPORT, SEED_CLUSTERS, TEXT_MEAN, artifact
-from .packaged import shipped
+from unicorn_datasets.dataset.atomic import write_text
+from unicorn_datasets.dataset.layout import CARD, REPORT, SEED_CLUSTERS, TEXT_MEAN, artifact
+from unicorn_datasets.packaged import shipped
 
 TEMPLATE = "dataset_card.md"  # in cards/ (shipped inside the package)
 CONFIG_ORDER = ("pretrain", "instruct", "captions")
@@ -228,7 +228,7 @@ def _is_path(spec: str) -> bool:
 
 def llm_name(llm: dict[str, Any]) -> str:
     """The LLM by its Hub id (and GGUF file), or "a local model" when only a path is known: never the path."""
-    from .generation.hf_models import OFFLINE_GEMMA, OFFLINE_GEMMA_HUB_ID
+    from unicorn_datasets.generation.hf_models import OFFLINE_GEMMA, OFFLINE_GEMMA_HUB_ID
 
     model = str(llm.get("model") or "")
     hub = llm.get("hub_id") or (OFFLINE_GEMMA_HUB_ID if model == OFFLINE_GEMMA else None)

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 import datasets
 import pyarrow as pa
 
-from ..generation.engine import Engine, RowOutcome, WorkUnit
-from ..generation.journal import Journal
-from ..layout import JOURNAL
-from ..progress import StageProgress
-from .context import Context, log
+from unicorn_datasets.dataset.layout import JOURNAL
+from unicorn_datasets.generation.engine import Engine, RowOutcome, WorkUnit
+from unicorn_datasets.generation.journal import Journal
+from unicorn_datasets.pipeline.context import Context, log
+from unicorn_datasets.progress import StageProgress
 
 
 @dataclass(frozen=True)

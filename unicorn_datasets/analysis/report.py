@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path, write_text
-from .clustering import balance_stats, default_k, kmeans, normalise
-from .hub import config_files
-from .layout import ARTIFACTS, REJECTIONS, REPORT, artifact
+from unicorn_datasets.analysis.clustering import balance_stats, default_k, kmeans, normalise
+from unicorn_datasets.dataset.atomic import atomic_path, write_text
+from unicorn_datasets.dataset.hub import config_files
+from unicorn_datasets.dataset.layout import ARTIFACTS, REJECTIONS, REPORT, artifact
 
 HASH_DIM = 512  # hashed bag-of-words width: enough to separate topics, small enough for 200k rows in memory
 WORD = re.compile(r"\w+(?:['’]\w+)*")
@@ -186,7 +186,7 @@ def _rejections(path: Path) -> dict[str, Any] | None:
 
 def _seed_balance(folder: Path, cap_files: list[Path]) -> dict[str, Any] | None:
     """Balanced vs uniform seed histograms when the build selected its seeds by concept (balance.py)."""
-    from .balance import CLUSTERS_FILE, balance_report
+    from unicorn_datasets.seeds.balance import CLUSTERS_FILE, balance_report
 
     path = folder / ARTIFACTS / CLUSTERS_FILE
     if not path.is_file():

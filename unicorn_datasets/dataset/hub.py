@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .layout import ARTIFACTS, CARD, LOCK, WORK
+from unicorn_datasets.dataset.layout import ARTIFACTS, CARD, LOCK, WORK
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .recipe import Recipe, RecipeError
+from unicorn_datasets.recipe import Recipe, RecipeError
 
 STAGE = "near_dup"  # the signature parts' stage name in the work area
 REASON = "near_duplicate"
@@ -66,7 +66,7 @@ class NearDupConfig:
 
 
 def shingles(text: str, n: int) -> set[bytes]:
-    from .report import _tokens
+    from unicorn_datasets.analysis.report import _tokens
 
     toks = _tokens(text or "")
     if len(toks) <= n:
@@ -155,8 +155,8 @@ def reject_near_duplicates(ctx: Any, stage: str, cfg: NearDupConfig) -> None:
     import datasets
     import pyarrow.parquet as pq
 
-    from .build.context import log
-    from .build.shards import Shards, run_map
+    from unicorn_datasets.pipeline.context import log
+    from unicorn_datasets.pipeline.shards import Shards, run_map
 
     repo = ctx.repo
     shards = sorted(repo.done_shards(stage))

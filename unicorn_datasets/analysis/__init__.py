@@ -1,0 +1,1 @@
+"""Looking at what a build made: diversity/balance report, clustering, near-duplicate captions."""

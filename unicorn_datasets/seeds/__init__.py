@@ -1,0 +1,1 @@
+"""Seed sources (files, dataset folders, Hub ids, label x template domains) and balanced selection."""

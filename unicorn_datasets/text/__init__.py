@@ -1,0 +1,1 @@
+"""Text at every entrance: hygiene, reserved tokens, shared word/sentence helpers."""
