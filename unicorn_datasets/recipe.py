@@ -62,6 +62,16 @@ class SeedSource:
     min_words: int = field(default=2, metadata=_min(1))
     max_words: int = field(default=120, metadata=_min(1))
     templates_per_label: int = field(default=10, metadata=_min(1))  # domains: captions written per label
+    share: float | None = field(default=None, metadata=_min(0.0))  # fraction of `limit`; None: what is left
+    group_column: str | None = None  # captions: keep one caption per value (one per image), drawn by the build seed
+    split: str | None = None  # captions, Hub id or dataset folder: the split (default: train, else the first)
+    config: str | None = None  # captions, Hub id: the dataset configuration
+    revision: str | None = None  # captions, Hub id: branch, tag or commit
+    license: str | None = None  # the seed set's licence, shown on the card (builtin sets record their own)
+
+    def __post_init__(self) -> None:
+        if self.share is not None and not 0 <= self.share <= 1:
+            raise RecipeError(f"must be a fraction of limit in [0, 1], got {self.share}", "share")
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,13 @@ class Recipe:
     transfer: TransferSection = field(default_factory=TransferSection)
     balance: BalanceSection = field(default_factory=BalanceSection)
     near_dup: NearDupSection = field(default_factory=NearDupSection)
+
+    def __post_init__(self) -> None:
+        shares = [s.share for s in self.seeds if s.share is not None]
+        if sum(shares) > 1 + 1e-9:
+            terms = " + ".join(f"{x:g}" for x in shares)
+            raise RecipeError(f"the seed sources' shares sum to {sum(shares):g} ({terms}); "
+                              "they are fractions of limit and may add up to 1 at most", "seeds")
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "recipe", origins: Mapping[str, str] | None = None) -> Recipe:
