@@ -149,3 +149,20 @@ def test_bad_seed_input_is_one_line_and_writes_nothing(tmp_path: Path, captions_
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("unicorn: error:")]
     assert r.returncode == 3 and len(errors) == 1 and re.search(expect, errors[0]), r.stderr[-2000:]
     assert not out.exists() and time.monotonic() - t0 < 120
+
+
+def test_shares_are_met_or_reported_with_numbers(tmp_path: Path) -> None:
+    from unicorn_datasets.recipe import Recipe
+    from unicorn_datasets.seeds.mix import plan_seeds
+
+    few = tmp_path / "few.txt"
+    few.write_text("\n".join(f"a small red thing number {i}" for i in range(5)))
+    seeds = [{"path": "builtin:open_domain"}, {"path": str(few), "share": 0.25},
+             {"path": "builtin:domains_demo", "kind": "domains", "share": 0.5}]
+    plan = plan_seeds(Recipe.from_dict({"limit": 40, "seeds": seeds}))
+    assert {s.spec.path: s.selected for s in plan.sources} == {"builtin:open_domain": 15, str(few): 5,
+                                                                "builtin:domains_demo": 20}
+    assert any("asks 10 seeds but it holds 5 (5 short" in n for n in plan.notes), plan.notes
+    balanced = plan_seeds(Recipe.from_dict({"limit": 40, "seeds": seeds,
+                                            "balance": {"enabled": True, "encoder": "hashed"}}))
+    assert sum(1 for s in balanced.selection.seeds if s.domain) == 20 and len(balanced.selection.seeds) == 40

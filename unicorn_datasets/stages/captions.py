@@ -236,7 +236,8 @@ class CaptionStage(GenerationStage):
                         cfg.max_attempts)
 
     def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
-        cols = {**{k: rows[k] for k in SEED_COLUMNS},
+        n = len(rows["id"])
+        cols = {**{k: rows[k] if k in rows else [None] * n for k in SEED_COLUMNS},  # rows without domain/label
                 "caption": [o.value for o in outcomes], "raw_output": [o.raw for o in outcomes],
                 "truncated": [o.value is not None and "truncated" in o.notes for o in outcomes],
                 **outcome_columns(outcomes)}
