@@ -208,6 +208,7 @@ class Recipe:
 
     def fingerprint(self) -> str:
         body = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+        body["seeds"] = [{k: v for k, v in s.items() if k != "license"} for s in body["seeds"]]  # a seed set's licence
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
