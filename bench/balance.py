@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unicorn_datasets.seeds.balance import BalanceConfig, balance_report, select
+from unicorn_datasets.analysis.clustering import balance_report
+from unicorn_datasets.seeds.balance import BalanceConfig, select
 from unicorn_datasets.seeds.sources import SHIPPED, load_caption_seeds
 
 

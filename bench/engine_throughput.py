@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from unicorn_datasets import cli  # noqa: E402
 from unicorn_datasets.generation.server.dialects import wire_seed  # noqa: E402  (seed as sent on the wire)
-from unicorn_datasets.pipeline import collect_seeds  # noqa: E402
+from unicorn_datasets.pipeline.loop import collect_seeds  # noqa: E402
 from unicorn_datasets.stages import captions  # noqa: E402
 from unicorn_datasets.testing.fake_openai_server import FakeServer, drain_time, inflight_summary, serve  # noqa: E402
 

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from unicorn_datasets.generation.base import GenerationRequest, SamplingParams  # noqa: E402
 from unicorn_datasets.generation.transformers_backend import TransformersBackend  # noqa: E402
-from unicorn_datasets.pipeline import collect_seeds  # noqa: E402
+from unicorn_datasets.pipeline.loop import collect_seeds  # noqa: E402
 from unicorn_datasets.recipe import load_recipe  # noqa: E402
 from unicorn_datasets.stages import captions  # noqa: E402
 

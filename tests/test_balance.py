@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unicorn_datasets.pipeline import collect_seeds
+from unicorn_datasets.analysis.clustering import balance_report
+from unicorn_datasets.pipeline.loop import collect_seeds
 from unicorn_datasets.recipe import Recipe, RecipeError
-from unicorn_datasets.seeds.balance import BalanceConfig, balance_report, select
+from unicorn_datasets.seeds.balance import BalanceConfig, select
 from unicorn_datasets.seeds.sources import load_caption_seeds, load_domain_seeds
 
 CONCEPTS = {

@@ -18,9 +18,11 @@ from unicorn_datasets.analysis.near_dup import (
     near_duplicates,
     reject_near_duplicates,
 )
+from unicorn_datasets.dataset.rejections import write_rejections
 from unicorn_datasets.dataset.repo import BuildRepo
-from unicorn_datasets.pipeline.assemble import assemble_captions
+from unicorn_datasets.pipeline.loop import rejection_inputs
 from unicorn_datasets.recipe import Recipe, RecipeError
+from unicorn_datasets.stages.captions import assemble_captions
 
 BUS = ("A red double-decker bus drives along a wet city street at dusk while pedestrians with umbrellas wait at "
        "the crossing and shop windows glow with warm light behind them on the corner.")
@@ -95,6 +97,7 @@ def test_build_hook_rejects_and_accounts_for_every_row(tmp_path: Path) -> None:
     ctx = SimpleNamespace(repo=repo, world=1, rank=0, is_main=True, run_stats={}, barrier=lambda: None)
     reject_near_duplicates(ctx, "captions", CFG)
     summary = assemble_captions(repo, "m", "sha")
+    write_rejections(repo, rejection_inputs())  # what the build loop does after a stage that rejects rows
     assert summary["rows_in"] == 8 and summary["rejected"] == {"too_short": 1, "near_duplicate": 3}
     assert summary["rows_out"] == 4
     kept = pq.read_table(repo.out / "captions").column("id").to_pylist()

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from unicorn_datasets.recipe import Recipe, RecipeError
+from unicorn_datasets.text.tokens import words
 
 STAGE = "near_dup"  # the signature parts' stage name in the work area
 REASON = "near_duplicate"
@@ -66,9 +67,7 @@ class NearDupConfig:
 
 
 def shingles(text: str, n: int) -> set[bytes]:
-    from unicorn_datasets.analysis.report import _tokens
-
-    toks = _tokens(text or "")
+    toks = words(text or "")
     if len(toks) <= n:
         return {" ".join(toks).encode()} if toks else {b""}
     return {" ".join(toks[i : i + n]).encode() for i in range(len(toks) - n + 1)}

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from unicorn_datasets.dataset.contract import assert_rows
+from unicorn_datasets.dataset.layout import ARTIFACTS, TRANSFER
 from unicorn_datasets.text.tokens import IMAGE_TOKEN
 
 __all__ = ["DEFAULT_CONFIGS", "IMAGE_TOKEN", "TRAINER_DIM", "DimMismatch", "export_bunny"]
@@ -199,7 +200,7 @@ def _write_config(
 
 
 def _transfer_info(src: str) -> dict[str, Any]:
-    p = Path(src) / "artifacts" / "transfer.json"
+    p = Path(src) / ARTIFACTS / TRANSFER
     return json.loads(p.read_text()) if p.exists() else {}
 
 

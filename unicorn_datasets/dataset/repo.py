@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from unicorn_datasets.dataset.atomic import atomic_path, write_text
 from unicorn_datasets.dataset.contract import assert_table
-from unicorn_datasets.dataset.layout import ARTIFACTS, COMPLETE, LOCK, OUR_FILES, STATE, WORK
+from unicorn_datasets.dataset.layout import ARTIFACTS, COMPLETE, CONFIG_FILES, LOCK, OUR_FILES, STATE, WORK
 
 ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
 FILE_BYTES = 500 * 1024 * 1024
@@ -180,7 +180,9 @@ class BuildRepo:
                 p.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        for name in OUR_FILES - {WORK}:
+        """Everything a build wrote into OUT (called only on a folder that holds a build of ours)."""
+        configs = {p.parent.name for p in self.out.glob(f"*/{CONFIG_FILES}")}
+        for name in (OUR_FILES | configs) - {WORK}:
             p = self.out / name
             if p.is_dir():
                 shutil.rmtree(p)

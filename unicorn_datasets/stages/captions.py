@@ -25,7 +25,8 @@ from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
 from unicorn_datasets.randomness import row_seed
 from unicorn_datasets.recipe import CaptionsSection
 from unicorn_datasets.seeds.sources import Seed
-from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, outcome_columns
+from unicorn_datasets.stages.assembly import Tally, accepted, constant, with_defaults
+from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, StageSpec, outcome_columns, register
 from unicorn_datasets.stages.seed_check import SeedCosine
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
 from unicorn_datasets.text.tokens import complete_sentences
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
     from unicorn_datasets.analysis.near_dup import NearDupConfig
     from unicorn_datasets.dataset.repo import BuildRepo
     from unicorn_datasets.pipeline.context import Context
+    from unicorn_datasets.recipe import Recipe
 
+NAME = "captions"  # the stage, its work-area folder and its config
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
 _LEAKS = ("Seed:", "Description:", "Seed caption:", "Requirements:")
 
@@ -182,7 +185,7 @@ def validate(
 class CaptionStage(GenerationStage):
     """Stage 1: seed rows (`id`, `seed`, `source`) -> one caption each, or a recorded rejection."""
 
-    name = "captions"
+    name = NAME
 
     def __init__(self, cfg: CaptionConfig, seeds: list[Seed], *, build_seed: int, model_id: str,
                  seed_check_encoder: str = "", near_dup: NearDupConfig | None = None) -> None:
@@ -240,8 +243,6 @@ class CaptionStage(GenerationStage):
         return pa.Table.from_pydict(cols, schema=PART_SCHEMA)
 
     def assemble(self, repo: BuildRepo) -> dict[str, Any]:
-        from unicorn_datasets.pipeline.assemble import assemble_captions
-
         # the resolved prompt mode is kept so that a rerun that skips this stage reports the same provenance
         return {**assemble_captions(repo, self.model_id, self.cfg.provenance()["prompt_sha"]),
                 "prompt_mode": self.cfg.prompt_mode}
@@ -256,6 +257,36 @@ class CaptionStage(GenerationStage):
 PART_SCHEMA = pa.schema([("id", pa.string()), ("seed", pa.string()), ("source", pa.string()),
                          ("caption", pa.string()), ("raw_output", pa.string()), ("truncated", pa.bool_()),
                          *OUTCOME_FIELDS])
+CAPTIONS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("seed", pa.string()),
+        ("source", pa.string()),
+        ("caption", pa.string()),
+        ("model", pa.string()),
+        ("prompt_sha", pa.string()),
+        ("gen_seed", pa.uint64()),
+        ("attempts", pa.int32()),
+        ("truncated", pa.bool_()),  # cut by max_new_tokens, kept trimmed (captions.keep_truncated)
+        ("attempt_reasons", pa.list_(pa.string())),  # why earlier attempts of this row were rejected
+    ]
+)
+
+
+def assemble_captions(repo: BuildRepo, model: str, prompt_sha: str) -> dict[str, Any]:
+    """The captions config from the Stage-1 parts (accepted rows), and the stage's summary."""
+    tally, truncated = Tally(), 0
+
+    def tables():
+        nonlocal truncated
+        for t in repo.read_parts(NAME):
+            t = with_defaults(tally.add(t))
+            truncated += pc.sum(t.column("truncated")).as_py() or 0
+            a = constant(constant(accepted(t, "caption"), "model", model), "prompt_sha", prompt_sha)
+            yield a.select(CAPTIONS_SCHEMA.names)
+
+    files = repo.write_config(NAME, tables(), CAPTIONS_SCHEMA)
+    return {**tally.summary(), "files": files, "kept_truncated": int(truncated)}
 
 
 def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
@@ -273,3 +304,25 @@ def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
             f"See {artifact(REJECTIONS)} for the raw outputs, then adjust the recipe (e.g. captions.min_words)."
         )
     return datasets.Dataset(table.sort_by("id"))
+
+
+def _make(recipe: Recipe, seeds: list[Seed], shard_size: int) -> CaptionStage:
+    from unicorn_datasets.analysis.near_dup import NearDupConfig
+
+    return CaptionStage(CaptionConfig.from_recipe(recipe.captions, recipe.llm.prompt_mode), seeds,
+                        build_seed=recipe.seed, model_id=recipe.llm.model, seed_check_encoder=recipe.transfer.encoder,
+                        near_dup=NearDupConfig.from_recipe(recipe))
+
+
+def _card_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
+    c = recipe.get(NAME, {})
+    llm = recipe.get("llm", {})
+    return (f"1. **Captions**: each seed expanded by `{llm.get('model')}` into one objective paragraph "
+            f"({c.get('min_words')}-{c.get('max_words')} words), {llm.get('prompt_mode')} prompts.")
+
+
+SPEC = register(StageSpec(
+    name=NAME, make=_make, enabled=lambda recipe: True, config=NAME, part_schema=PART_SCHEMA, reject_input="seed",
+    about="Stage 1: one dense, objective caption per seed (`id`, `seed`, `source`, `caption`).",
+    card_text=_card_text,
+))

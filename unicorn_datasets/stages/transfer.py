@@ -8,16 +8,23 @@ applies the transfer (mean-shift / c3 / none / a learned prior) and shapes the L
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from unicorn_datasets import prompts
+from unicorn_datasets.dataset.atomic import atomic_path, write_text
+from unicorn_datasets.dataset.layout import ENCODER, TEXT_MEAN, TRANSFER, artifact
+from unicorn_datasets.dataset.markdown import markdown_table
 from unicorn_datasets.randomness import row_seed, row_seeds
 from unicorn_datasets.recipe import Recipe, TransferSection
 from unicorn_datasets.text.tokens import IMAGE_TOKEN
 from unicorn_datasets.transfer.methods import METHODS, apply_transfer
+
+if TYPE_CHECKING:
+    from unicorn_datasets.dataset.repo import BuildRepo
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -85,6 +92,40 @@ def with_prior_identity(recipe: Recipe) -> Recipe:
 
     sha = load_prior(str(t.prior)).weights_sha256()
     return dataclasses.replace(recipe, transfer=dataclasses.replace(t, prior_sha256=sha))
+
+
+def save_transfer_artifacts(repo: BuildRepo, mean: np.ndarray, info: dict[str, Any]) -> None:
+    """The exact text mean (float64) and the transfer's provenance in artifacts/, the encoder's in the work area."""
+    art = repo.artifacts()
+    with atomic_path(art / TEXT_MEAN) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(mean, dtype=np.float64))
+    write_text(
+        art / TRANSFER,
+        json.dumps(
+            {**info, "mean_file": artifact(TEXT_MEAN), "mean_dtype": "float64", "dim": int(mean.shape[0])},
+            indent=2,
+        ),
+    )
+    write_text(repo.work / ENCODER, json.dumps(info.get("encoder", {})))
+
+
+def prior_card_text(prior: dict[str, Any] | None) -> str:
+    """The learned prior a build used, and its own held-out evaluation beside the zero-parameter transfers."""
+    if not prior:
+        return ""
+    data = prior.get("training_data") or {}
+    ev = prior.get("evaluation") or {}
+    text = (f"\n\n   The image embeddings come from a learned **{prior.get('family')} prior** (`{prior.get('path')}`, "
+            f"weights `{prior.get('weights_sha256')}`) trained on {data.get('n_pairs')} caption/image pairs "
+            f"(`{data.get('source')}`, data `{data.get('fingerprint')}`).")
+    methods = ev.get("methods") or {}
+    if methods:
+        rows = [(m, f"{r['paired_cosine']:.3f}", f"{r['recall@1']:.3f}", f"{r['recall@5']:.3f}", f"{r['frechet']:.4f}")
+                for m, r in methods.items()]
+        text += (f" On {ev.get('n')} held-out pairs ({ev.get('split', 'held out')}), against the real image "
+                 "embeddings minus their mean:\n\n"
+                 + markdown_table(rows, ("method", "paired cosine", "recall@1", "recall@5", "Fréchet distance")))
+    return text
 
 
 def describe_instructions() -> list[str]:
