@@ -155,6 +155,10 @@ class NearDupSection:  # near-duplicate captions after Stage 1 (near_dup.py)
     num_perm: int = field(default=128, metadata=_min(8))
     shingle: int = field(default=3, metadata=_min(1))  # words per shingle
 
+    def __post_init__(self) -> None:
+        if self.threshold > 1.0:
+            raise RecipeError(f"must be at most 1 (a Jaccard similarity), got {self.threshold}", "threshold")
+
 
 @dataclass(frozen=True)
 class Recipe:

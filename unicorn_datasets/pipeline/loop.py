@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list[Any], dict[str, Any], Any]:
     """(seeds, per-source stats, the balance.Selection); balance.py selects the seeds."""
-    from unicorn_datasets.seeds.balance import BalanceConfig, select
+    from unicorn_datasets.seeds.balance import balance_section, select
 
     groups, stats = [], {}
     for spec in recipe.seeds:
@@ -44,7 +44,7 @@ def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list
         stats[spec.path] = {**st.as_dict(), "kept": len(group)}
     if not groups:
         raise BuildError("the recipe names no seed sources")
-    selection = select(groups, limit=recipe.limit, seed=recipe.seed, cfg=BalanceConfig.from_recipe(recipe),
+    selection = select(groups, limit=recipe.limit, seed=recipe.seed, cfg=balance_section(recipe),
                        trust_remote_code=trust_remote_code)
     stats["balance"] = selection.summary
     return selection.seeds, stats, selection
@@ -113,9 +113,6 @@ def build(
     datasets.disable_progress_bars()  # our own bars count rows across ranks
     seeds, seed_stats, selection = collect_seeds(recipe, trust_remote_code)  # bad input fails here
     recipe = with_prior_identity(recipe)  # a missing or unreadable prior fails here too
-    from unicorn_datasets.analysis.near_dup import NearDupConfig
-
-    NearDupConfig.from_recipe(recipe)  # so does a bad near_dup section: before anything exists on disk
     ctx = Context(recipe, BuildRepo(out), make_state(), trust_remote_code=trust_remote_code)
     if selection.encoder is not None and selection.summary["encoder"] == recipe.transfer.encoder:
         ctx.loaded_encoder = selection.encoder  # balancing loaded Stage 3's encoder already: load it once

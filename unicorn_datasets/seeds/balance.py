@@ -17,6 +17,7 @@ uniform draw selected it: the report turns it into the cluster-size histograms (
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from unicorn_datasets.analysis.clustering import default_k, hashed_tfidf, kmeans
-from unicorn_datasets.recipe import Recipe
+from unicorn_datasets.recipe import BalanceSection, Recipe
 from unicorn_datasets.seeds.sources import Seed, _stable_int, merge_seeds, uniform_draw
 
 CLUSTERS_SCHEMA = pa.schema(
@@ -35,17 +36,10 @@ CLUSTERS_SCHEMA = pa.schema(
 )
 
 
-@dataclass
-class BalanceConfig:
-    enabled: bool = False
-    encoder: str | None = None  # None: the recipe's transfer.encoder; "hashed": hashed TF-IDF (no model)
-    k: int | None = None  # clusters; None: default_k(available seeds)
-    batch_size: int = 256  # encoder batch
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> BalanceConfig:
-        b = recipe.balance
-        return cls(enabled=b.enabled, encoder=b.encoder or recipe.transfer.encoder, k=b.k, batch_size=b.batch_size)
+def balance_section(recipe: Recipe) -> BalanceSection:
+    """The recipe's `balance` section with its encoder resolved (unset: `transfer.encoder`)."""
+    b = recipe.balance
+    return dataclasses.replace(b, encoder=b.encoder or recipe.transfer.encoder)
 
 
 @dataclass
@@ -56,7 +50,7 @@ class Selection:
     encoder: Any = None  # the model that embedded the seeds (None: none loaded), for Stage 3 to reuse
 
 
-def seed_encoder(cfg: BalanceConfig, *, trust_remote_code: bool = False) -> Any:
+def seed_encoder(cfg: BalanceSection, *, trust_remote_code: bool = False) -> Any:
     """The model that embeds the seeds, or None for hashed TF-IDF."""
     if cfg.encoder == "hashed":
         return None
@@ -65,7 +59,7 @@ def seed_encoder(cfg: BalanceConfig, *, trust_remote_code: bool = False) -> Any:
     return load_encoder(cfg.encoder, device=_device(), trust_remote_code=trust_remote_code)
 
 
-def embed_seeds(texts: list[str], cfg: BalanceConfig, encoder: Any) -> np.ndarray:
+def embed_seeds(texts: list[str], cfg: BalanceSection, encoder: Any) -> np.ndarray:
     if encoder is None:
         return hashed_tfidf(texts)
     return encoder.encode_text(texts, batch_size=cfg.batch_size)
@@ -112,7 +106,7 @@ def _quotas(n_caption: int, n_domain: int, limit: int) -> tuple[int, int]:
     return caption, min(n_domain, limit - caption)
 
 
-def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceConfig,
+def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceSection,
            trust_remote_code: bool = False) -> Selection:
     """The seeds a build uses: a uniform draw, or (cfg.enabled and a binding limit) a balanced one."""
     merged = merge_seeds(groups)

@@ -28,18 +28,19 @@ from unicorn_datasets.stages.instruct.prompting import prompt_provenance
 from unicorn_datasets.stages.instruct.stage import NAME as INSTRUCT
 from unicorn_datasets.stages.instruct.stage import assemble_instruct
 from unicorn_datasets.stages.transfer import (
-    TransferConfig,
     encode_batch,
+    load_stage_prior,
     prior_card_text,
     save_transfer_artifacts,
     shift_batch,
+    transfer_provenance,
 )
 from unicorn_datasets.transfer.methods import MeanAccumulator, reduce_states
 
 if TYPE_CHECKING:
     from unicorn_datasets.dataset.repo import BuildRepo
     from unicorn_datasets.pipeline.context import Context
-    from unicorn_datasets.recipe import Recipe
+    from unicorn_datasets.recipe import Recipe, TransferSection
 
 NAME = "pretrain"  # the stage, its work-area folder and its config
 
@@ -47,7 +48,7 @@ NAME = "pretrain"  # the stage, its work-area folder and its config
 class PretrainStage:
     name = NAME
 
-    def __init__(self, cfg: TransferConfig, *, shard_size: int, build_seed: int) -> None:
+    def __init__(self, cfg: TransferSection, *, shard_size: int, build_seed: int) -> None:
         self.cfg, self.shard_size, self.build_seed = cfg, shard_size, build_seed
         self.info: dict[str, Any] = {}
 
@@ -67,11 +68,11 @@ class PretrainStage:
             emb = np.asarray(table.column("text_embedding").to_pylist(), dtype=np.float32)
             MeanAccumulator(emb.shape[1] if emb.size else None).add(emb).save(sums_dir / f"sum-{shard:05d}.npz")
 
-        prior = cfg.load_prior(_encoder_info(ctx))  # --transfer prior: once per process; refused for another encoder
+        prior = load_stage_prior(cfg, _encoder_info(ctx))  # once per process; refused for another encoder
         run_map(ctx, ENCODE, encode, make_encode, batch_size=self.shard_size, on_part=save_sum)
         acc = reduce_states(sorted(sums_dir.glob("sum-*.npz")))  # fixed order: same bits under any world size
         mean = acc.mean()
-        self.info = cfg.provenance(_encoder_info(ctx), acc.count, prior)
+        self.info = transfer_provenance(cfg, _encoder_info(ctx), acc.count, prior)
         if ctx.is_main:
             save_transfer_artifacts(repo, mean, self.info)
         ctx.barrier()
@@ -122,7 +123,7 @@ def _encoder_info(ctx: Context) -> dict[str, Any]:
     return ctx.encoder().describe()
 
 
-def assemble_pretrain(repo: BuildRepo, cfg: TransferConfig, transfer_info: dict[str, Any]) -> dict[str, Any]:
+def assemble_pretrain(repo: BuildRepo, cfg: TransferSection, transfer_info: dict[str, Any]) -> dict[str, Any]:
     """The pretrain config from the pass-2 parts (every row: Stage 3 rejects none), and the stage's summary."""
     schema: pa.Schema | None = None
     for t in repo.read_parts(NAME, ["embedding"]):
@@ -165,7 +166,7 @@ def assemble_pretrain(repo: BuildRepo, cfg: TransferConfig, transfer_info: dict[
 
 def _make(recipe: Recipe, seeds: list[Any], shard_size: int) -> PretrainStage:
     transfer = recipe.transfer
-    return PretrainStage(TransferConfig.from_recipe(transfer), shard_size=transfer.shard_size or shard_size,
+    return PretrainStage(transfer, shard_size=transfer.shard_size or shard_size,
                          build_seed=recipe.seed)
 
 
