@@ -11,7 +11,7 @@ import httpx2
 import pytest
 
 from unicorn_datasets.generation.base import GenerationRequest
-from unicorn_datasets.recipe import CaptionsSection
+from unicorn_datasets.recipe import CaptionsSection, InstructSection
 from unicorn_datasets.stages import captions
 from unicorn_datasets.stages import instruct as instructions
 from unicorn_datasets.testing.fake_answers import answer
@@ -127,8 +127,8 @@ def test_captions_pass_the_stage_check(instant: Any, mode: str) -> None:
 @pytest.mark.parametrize("chat", [True, False])
 @pytest.mark.parametrize("constrained", [True, False])
 def test_instruct_json_passes_validation(instant: Any, chat: bool, constrained: bool) -> None:
-    cfg = instructions.InstructConfig(constrained=constrained, max_chars=220,
-                                      item_bounds={"mc": (2, 3), "qa": (6, 8), "reasoning": (1, 2)})
+    cfg = InstructSection(constrained=constrained, max_chars=220,
+                          items={"mc": (2, 3), "qa": (6, 8), "reasoning": (1, 2)})
     caption = answer(caption_bodies(1)[0], invalid=False).text
     rows = instructions.InstructRows(cfg, 0, chat)
     prefill = rows.prefill

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from unicorn_datasets.dataset.markdown import markdown_table
-from unicorn_datasets.generation.base import GenerationRequest, GenerationResult
+from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, PromptMode, resolve_prompt_mode
 from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
 from unicorn_datasets.pipeline.context import log
 from unicorn_datasets.pipeline.shards import Shards, run_generation
@@ -32,9 +32,8 @@ from unicorn_datasets.randomness import row_seed
 from unicorn_datasets.stages.assembly import Tally, accepted, constant, embedding_matrix, fixed_list
 from unicorn_datasets.stages.base import CONVERSATION, OUTCOME_FIELDS, StageSpec, outcome_columns, register
 from unicorn_datasets.stages.captions import accepted_captions
-from unicorn_datasets.stages.instruct.config import InstructConfig
 from unicorn_datasets.stages.instruct.conversations import to_conversations
-from unicorn_datasets.stages.instruct.prompting import build_prompt, fewshot, prefill, prompt_provenance, resolve_mode
+from unicorn_datasets.stages.instruct.prompting import build_prompt, fewshot, prefill, prompt_provenance
 from unicorn_datasets.stages.instruct.schema import json_schema
 from unicorn_datasets.stages.instruct.selection import select_tasks, topup_inputs
 from unicorn_datasets.stages.instruct.support import TextEncoder
@@ -44,7 +43,7 @@ from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
 if TYPE_CHECKING:
     from unicorn_datasets.dataset.repo import BuildRepo
     from unicorn_datasets.pipeline.context import Context
-    from unicorn_datasets.recipe import Recipe
+    from unicorn_datasets.recipe import InstructSection, Recipe
 
 NAME = "instruct"  # the stage, its work-area folder and its config
 Row = dict[str, Any]  # needs "id", "caption", "task"
@@ -55,18 +54,23 @@ class InstructRows:
     """The per-row pair a generation engine calls: ``build_request(row, attempt)`` and
     ``validate(row, result) -> (conversations | None, reason, repairs)``."""
 
-    cfg: InstructConfig
+    cfg: InstructSection
     seed: int  # the build seed
     supports_chat: bool  # the backend has a chat template
     encoder: TextEncoder | None = None  # the embedding checks (None = off)
     reserved: ReservedTokens = DEFAULT  # tokens no conversation may carry
+    prompt_mode: PromptMode = "auto"  # `llm.prompt_mode`; "auto": chat when the backend supports it
+
+    @property
+    def mode(self) -> str:
+        return resolve_prompt_mode(self.prompt_mode, self.supports_chat)
 
     @property
     def prefill(self) -> str:
-        return prefill(self.cfg, resolve_mode(self.cfg, self.supports_chat))
+        return prefill(self.cfg, self.mode)
 
     def build_request(self, row: Row, attempt: int) -> GenerationRequest:
-        mode = resolve_mode(self.cfg, self.supports_chat)
+        mode = self.mode
         rid, task = str(row["id"]), row["task"]
         prompt = build_prompt(row["caption"], task, self.cfg, mode)
         schema = json_schema(task, self.cfg) if self.cfg.constrained else None
@@ -86,14 +90,15 @@ class InstructRows:
 class InstructStage:
     name = NAME
 
-    def __init__(self, cfg: InstructConfig, *, mix: dict[str, int | float], build_seed: int, model_id: str) -> None:
-        self.cfg, self.mix, self.build_seed, self.model_id = cfg, dict(mix), build_seed, model_id
+    def __init__(self, cfg: InstructSection, *, prompt_mode: str = "auto", build_seed: int, model_id: str) -> None:
+        self.cfg, self.mix, self.build_seed, self.model_id = cfg, dict(cfg.mix), build_seed, model_id
+        self.prompt_mode = prompt_mode  # as the recipe says (provenance); the backend resolves "auto" in run
         self.selected = 0
         self.rows: InstructRows | None = None
 
     def provenance(self) -> dict[str, Any]:
         c = self.cfg
-        return {"prompt_sha": prompt_provenance(), "item_bounds": c.item_bounds, "prompt_mode": c.prompt_mode,
+        return {"prompt_sha": prompt_provenance(), "item_bounds": c.item_bounds(), "prompt_mode": self.prompt_mode,
                 "constrained": c.constrained, "max_attempts": c.max_attempts, "sampling": c.sampling.as_dict(),
                 "max_verbatim_fraction": c.max_verbatim_fraction, "max_chars": c.max_chars,
                 "min_answer_support_margin": c.min_answer_support_margin, "topup_budget": c.topup_budget,
@@ -223,8 +228,8 @@ def assemble_instruct(
 
 
 def _make(recipe: Recipe, seeds: list[Any], shard_size: int) -> InstructStage:
-    return InstructStage(InstructConfig.from_recipe(recipe.instruct, recipe.llm.prompt_mode), mix=recipe.instruct.mix,
-                         build_seed=recipe.seed, model_id=recipe.llm.model)
+    return InstructStage(recipe.instruct, prompt_mode=recipe.llm.prompt_mode, build_seed=recipe.seed,
+                         model_id=recipe.llm.model)
 
 
 def _card_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
