@@ -22,7 +22,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unicorn_datasets.dataset.atomic import atomic_path, write_text
+from unicorn_datasets.dataset.atomic import atomic_path, swap_folder, write_text
 from unicorn_datasets.dataset.contract import assert_table
 from unicorn_datasets.dataset.layout import ARTIFACTS, COMPLETE, CONFIG_FILES, LOCK, OUR_FILES, STATE, WORK
 
@@ -307,9 +307,7 @@ class BuildRepo:
             name = f"train-{i:05d}-of-{len(files):05d}.parquet"
             f.rename(staging / name)
             names.append(f"{config}/{name}")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        swap_folder(staging, final)
         return names
 
     def artifacts(self) -> Path:

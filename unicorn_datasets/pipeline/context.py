@@ -52,10 +52,6 @@ class Context:
         return self.state.is_main_process
 
     @property
-    def build_seed(self) -> int:
-        return self.recipe.seed
-
-    @property
     def shard_size(self) -> int:
         return self.recipe.shard_size
 
@@ -70,6 +66,11 @@ class Context:
             # kept for the manifest and card of a later run that finishes without loading the model
             write_text(self.repo.work / LLM, json.dumps(self.loaded_backend.describe(), default=str))
         return self.loaded_backend
+
+    def close(self) -> None:
+        """Release the LLM backend (HTTP clients, threads, event loops) when the build ends."""
+        if self.loaded_backend is not None:
+            self.loaded_backend.close()
 
     def llm_describe(self) -> dict[str, Any]:
         """LLM provenance: from the loaded backend, or as saved by the run that loaded it."""

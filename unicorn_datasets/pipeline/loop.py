@@ -144,5 +144,6 @@ def build(
             raise BuildError(error)
         return summary
     finally:
+        ctx.close()
         if ctx.is_main:
             ctx.repo.release_lock()

@@ -13,10 +13,10 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from unicorn_datasets.dataset.sources import open_dataset
 from unicorn_datasets.text.hygiene import TextChanges, TextError, clean, dedup_key, read_lines
 from unicorn_datasets.text.reserved import escape_seed
 
@@ -143,17 +143,10 @@ def _texts_from_csv(p: Path, column: str | None, delimiter: str, stats: SeedStat
 
 
 def _texts_from_dataset(name: str, column: str | None) -> list[str]:
-    import datasets
-
     try:
-        if Path(name).is_dir() and (Path(name) / "dataset_info.json").exists():
-            ds: Any = datasets.load_from_disk(name)
-        else:
-            ds = datasets.load_dataset(name)
+        ds = open_dataset(name)
     except Exception as e:
         raise SeedError(f"{name}: cannot load as a dataset ({type(e).__name__}: {e})") from e
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
     col = _pick_column(ds.column_names, column, name)
     return [str(v) if v is not None else "" for v in ds[col]]
 
