@@ -33,6 +33,7 @@ from unicorn_datasets.analysis.clustering import (
 from unicorn_datasets.dataset.atomic import atomic_path, write_text
 from unicorn_datasets.dataset.hub import config_files
 from unicorn_datasets.dataset.layout import ARTIFACTS, REJECTIONS, REPORT, SEED_CLUSTERS, artifact
+from unicorn_datasets.stages import registered
 from unicorn_datasets.stages.captions import NAME as CAPTIONS
 from unicorn_datasets.stages.instruct.stage import NAME as INSTRUCT
 from unicorn_datasets.stages.pretrain import NAME as PRETRAIN
@@ -283,8 +284,7 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
     # -- composition and accounting
     out["per_source"] = _counts(cap_files, "source") if _has_column(cap_files, "source") else {}
     out["per_task"] = _counts(ins_files, "task") if _has_column(ins_files, "task") else {}
-    out["rows"] = {c: _num_rows(f) for c, f in ((CAPTIONS, cap_files), (PRETRAIN, pre_files), (INSTRUCT, ins_files))
-                   if f}
+    out["rows"] = {c: _num_rows(f) for c in (s.config for s in registered() if s.config) if (f := _files(folder, c))}
     out["rejections"] = _rejections(folder / ARTIFACTS / REJECTIONS)
     out["seed_balance"] = _seed_balance(folder, cap_files)
 
