@@ -95,7 +95,7 @@ _SEED_FILLER = frozenset(
     "who which what photo photograph photographed image picture close up closeup shot view type kind looks looking "
     "seems someone person candid taken showing shows depicting".split()
 )
-_WORD = re.compile(r"[a-z]+")
+_WORD = re.compile(r"[a-z]+")  # letter runs, not text.tokens.words: "cat's" must still mention "cat"
 
 
 def _stem(word: str) -> str:
