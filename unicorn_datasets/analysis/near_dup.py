@@ -28,10 +28,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from unicorn_datasets.dataset.layout import NEAR_DUP
 from unicorn_datasets.recipe import NearDupSection
 from unicorn_datasets.text.tokens import words
 
-STAGE = "near_dup"  # the signature parts' stage name in the work area
+STAGE = NEAR_DUP  # the signature parts' stage name in the work area
 REASON = "near_duplicate"
 SIGNATURE_SEED = 1  # fixed: signatures must not change with the build seed, or resumes would differ
 # LSH band weights (false positive, false negative): candidates are re-checked on the full signature, so a

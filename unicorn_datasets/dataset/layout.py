@@ -27,6 +27,8 @@ LLM = "llm.json"  # the loaded LLM's description, for a later run that finishes 
 ENCODE = "encode"  # Stage 3's first pass (text embeddings): its parts' folder
 ENCODE_SUMS = "encode_sums"  # Stage 3's per-shard float64 sums of the text embeddings
 JOURNAL = "journal"
+STAGING = "staging"  # a config being written, swapped into OUT when complete
+NEAR_DUP = "near_dup"  # the near-duplicate filter's MinHash signature parts
 COMPLETE = "COMPLETE"  # in .build/STAGE/: the stage is assembled
 
 OUR_FILES = frozenset({CARD, WORK, ARTIFACTS})  # what a build may write or replace in OUT, besides its configs

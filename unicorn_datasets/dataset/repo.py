@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from unicorn_datasets.dataset.atomic import atomic_path, swap_folder, write_text
 from unicorn_datasets.dataset.contract import assert_table
-from unicorn_datasets.dataset.layout import ARTIFACTS, COMPLETE, CONFIG_FILES, LOCK, OUR_FILES, STATE, WORK
+from unicorn_datasets.dataset.layout import ARTIFACTS, COMPLETE, CONFIG_FILES, LOCK, OUR_FILES, STAGING, STATE, WORK
 
 ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
 FILE_BYTES = 500 * 1024 * 1024
@@ -252,7 +252,7 @@ class BuildRepo:
     # ---- final configs ---------------------------------------------------------------------
     def write_config(self, config: str, tables: Iterator[pa.Table], schema: pa.Schema) -> list[str]:
         """Stream tables into OUT/<config>/train-XXXXX-of-YYYYY.parquet (files ~FILE_BYTES), staged then swapped in."""
-        staging = self.work / "staging" / config
+        staging = self.work / STAGING / config
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         files: list[Path] = []
