@@ -6,6 +6,10 @@ an optional JSON schema the output must satisfy, stop strings and a per-row seed
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -68,6 +72,30 @@ class RequestFailed(Exception):
         super().__init__(error)
         self.error = " ".join(str(error).split())[:500]  # one line, for the rejection record
         self.reason = reason
+
+
+class GenerationStopped(Exception):
+    """A model call was told to stop (the build is ending): its partial outputs must never become rows."""
+
+
+# The stop flag of the caller's run, seen by an in-process backend on the worker thread it generates on:
+# checked between tokens, so an interrupt ends a long call at once (the engine sets it; see `stop_event`).
+_STOP: ContextVar[threading.Event | None] = ContextVar("unicorn_generation_stop", default=None)
+
+
+@contextlib.contextmanager
+def stop_event(event: threading.Event) -> Iterator[None]:
+    """Within the block (on this thread), backends stop generating once `event` is set."""
+    token = _STOP.set(event)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def current_stop() -> threading.Event | None:
+    """The stop flag a backend should watch while generating (None: nobody will ask it to stop)."""
+    return _STOP.get()
 
 
 class BackendUnavailable(RuntimeError):

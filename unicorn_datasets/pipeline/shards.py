@@ -25,6 +25,7 @@ from unicorn_datasets.dataset.layout import JOURNAL
 from unicorn_datasets.generation.engine import Engine, RowOutcome, WorkUnit
 from unicorn_datasets.generation.journal import Journal
 from unicorn_datasets.pipeline.context import Context, log
+from unicorn_datasets.pipeline.interrupts import on_interrupt
 from unicorn_datasets.progress import StageProgress
 
 
@@ -149,7 +150,8 @@ def run_generation(ctx: Context, stage: GenerationStage, shards: Shards) -> None
 
         t0 = time.monotonic()
         try:
-            es = engine.run(units(), on_done)
+            with on_interrupt(engine.cancel):  # Ctrl-C stops the engine; the build then ends in Interrupted
+                es = engine.run(units(), on_done)
         finally:
             stats["seconds"] += time.monotonic() - t0
             progress.close()
