@@ -14,6 +14,7 @@ import datasets
 from unicorn_datasets import __version__
 from unicorn_datasets.dataset.layout import REJECTIONS, artifact
 from unicorn_datasets.dataset.repo import BuildRepo, RepoError
+from unicorn_datasets.dataset.verify import heal
 from unicorn_datasets.errors import BuildError
 from unicorn_datasets.pipeline.context import Context, log, make_state
 from unicorn_datasets.recipe import Recipe, fingerprint
@@ -109,6 +110,9 @@ def _start(ctx: Context, recipe: Recipe, fp: str, overwrite: bool) -> bool:
             ctx.repo.check_target(overwrite)
             ctx.repo.acquire_lock()
             resumed = ctx.repo.start(recipe.to_dict(), fp, overwrite=overwrite)
+            if resumed:  # what a rerun trusts is checked first; damaged parts and configs are made again
+                for finding in heal(ctx.repo.out, ctx.repo.work):
+                    log(finding)
         except RepoError as e:
             error = str(e)
     error, resumed = ctx.broadcast((error, resumed))
