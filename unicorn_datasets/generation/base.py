@@ -27,12 +27,39 @@ def resolve_prompt_mode(mode: str, supports_chat: bool) -> Literal["chat", "comp
     return mode  # type: ignore[return-value]
 
 
+# The range of each sampling value, as field metadata the recipe check reads (so its error names the key path):
+# "min" inclusive, "above" exclusive, "max" inclusive.
+_RANGES: dict[str, dict[str, float]] = {
+    "max_new_tokens": {"min": 1},
+    "temperature": {"min": 0.0},
+    "top_p": {"above": 0.0, "max": 1.0},
+    "repetition_penalty": {"above": 0.0},
+}
+
+
+def out_of_range(value: float, bounds: dict[str, float]) -> str | None:
+    """Why `value` is outside `bounds` ({"min", "above", "max"}), or None when it is inside."""
+    if "min" in bounds and value < bounds["min"]:
+        return f"must be >= {bounds['min']}"
+    if "above" in bounds and value <= bounds["above"]:
+        return f"must be > {bounds['above']}"
+    if "max" in bounds and value > bounds["max"]:
+        return f"must be <= {bounds['max']}"
+    return None
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.95
-    repetition_penalty: float = 1.0
+    max_new_tokens: int = field(default=512, metadata=_RANGES["max_new_tokens"])
+    temperature: float = field(default=0.7, metadata=_RANGES["temperature"])
+    top_p: float = field(default=0.95, metadata=_RANGES["top_p"])
+    repetition_penalty: float = field(default=1.0, metadata=_RANGES["repetition_penalty"])
+
+    def __post_init__(self) -> None:  # values no server accepts fail here, not at the first request
+        for name, bounds in _RANGES.items():
+            why = out_of_range(getattr(self, name), bounds)
+            if why is not None:
+                raise ValueError(f"sampling {name} {why}, got {getattr(self, name)}")
 
     def as_dict(self) -> dict[str, Any]:
         return {

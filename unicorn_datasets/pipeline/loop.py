@@ -17,6 +17,7 @@ from unicorn_datasets.dataset.repo import BuildRepo, RepoError
 from unicorn_datasets.dataset.verify import heal
 from unicorn_datasets.errors import BuildError
 from unicorn_datasets.pipeline.context import Context, log, make_state
+from unicorn_datasets.pipeline.preflight import probe_servers_first
 from unicorn_datasets.recipe import Recipe, fingerprint
 from unicorn_datasets.seeds.sources import SeedStats, load_caption_seeds, load_domain_seeds
 from unicorn_datasets.stages.transfer import with_prior_identity
@@ -135,6 +136,7 @@ def build(
     if selection.encoder is not None and selection.summary["encoder"] == recipe.transfer.encoder:
         ctx.loaded_encoder = selection.encoder  # balancing loaded Stage 3's encoder already: load it once
     fp = fingerprint(recipe)
+    probe_servers_first(ctx)  # a server that is down: one line, and OUT is not created
     try:
         resumed = _start(ctx, recipe, fp, overwrite)
         if ctx.is_main and selection.clusters is not None:  # the balanced selection, for the report's histograms

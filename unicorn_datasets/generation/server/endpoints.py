@@ -8,6 +8,7 @@ endpoint; the saved Hugging Face token only to Hugging Face hosts (Inference End
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,9 @@ class Endpoint:
 
 
 def make_endpoint(raw: str, *, token: str | None, max_limit: int) -> Endpoint:
+    why = endpoint_problem(raw)
+    if why is not None:
+        raise ValueError(f"endpoint {raw.strip()!r} is not a server URL ({why}); give http(s)://HOST[:PORT]")
     url, url_token = split_endpoint(raw)
     auth = token or url_token
     host = urlsplit(url).hostname or ""
@@ -79,6 +83,25 @@ def make_endpoint(raw: str, *, token: str | None, max_limit: int) -> Endpoint:
 
         auth = get_token()  # Inference Endpoints need the user's token; other servers never see it
     return Endpoint(url=url, token=auth, limit=AdaptiveLimit(max_limit))
+
+
+_HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+
+
+def endpoint_problem(raw: str) -> str | None:
+    """Why `raw` is not a server URL (None when it is): scheme http or https (none means http), then a host."""
+    raw = raw.strip()
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest = "http", raw
+    if scheme.lower() not in ("http", "https"):
+        return f"the scheme must be http or https, got {scheme!r}"
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    if not netloc:
+        return "it names no host"
+    if not _HOST.match(netloc):
+        return f"{netloc!r} is not a host[:port]"
+    return None
 
 
 def split_endpoint(raw: str) -> tuple[str, str | None]:
