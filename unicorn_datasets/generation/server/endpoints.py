@@ -37,14 +37,18 @@ class Endpoint:
     failures: int = 0  # consecutive failed attempts (a success resets it)
     down_until: float = 0.0  # monotonic time before which no request is sent here
     latency: float | None = None  # EWMA of seconds per successful request
-    last_error: str = ""
+    last_error: str = ""  # the error alone (never the URL: messages name the endpoint once)
+    rests: int = 0  # cool-downs since the last success
+    needs_probe: bool = False  # after a cool-down, one health probe decides before rows are sent again
+    down: bool = False  # its probe after a cool-down failed: no success since
+    probes: int = 0  # probes run (requests waiting on one see it change)
 
     def cooling(self, now: float) -> bool:
         return self.down_until > now
 
     def record_success(self, seconds: float, n_tokens: int, in_flight_at_send: int) -> None:
         self.served += 1
-        self.failures, self.down_until = 0, 0.0
+        self.recovered()
         self.latency = seconds if self.latency is None else (
             _LATENCY_ALPHA * seconds + (1 - _LATENCY_ALPHA) * self.latency)
         self.limit.on_success(seconds / max(1, n_tokens), in_flight_at_send)
@@ -56,13 +60,23 @@ class Endpoint:
         if not counts_as_down:
             return
         self.failures += 1
-        if self.failures >= fail_threshold:
-            pause = min(cooldown * 2 ** (self.failures - fail_threshold), 10 * cooldown)
-            now = time.monotonic()
-            if not self.cooling(now):
-                logger.warning("endpoint %s failed %d times in a row (%s): skipped for %.1fs",
-                               self.url, self.failures, error, pause)
-            self.down_until = now + pause
+        now = time.monotonic()
+        if self.failures >= fail_threshold and not self.cooling(now) and not self.needs_probe:
+            self.rest(cooldown, f"failed {self.failures} times in a row ({error})")
+
+    def rest(self, cooldown: float, why: str) -> None:
+        """Skip this endpoint for a cool-down (doubling with each one since the last success, up to 10x); a
+        health probe then decides whether rows go to it again. Failures of requests sent before the cool-down
+        began do not lengthen it: the wait is one cool-down per episode, not per failed row."""
+        pause = min(cooldown * 2**self.rests, 10 * cooldown)
+        self.rests += 1
+        self.down_until = time.monotonic() + pause
+        self.needs_probe = True
+        logger.warning("endpoint %s %s: skipped for %.1fs, then probed", self.url, why, pause)
+
+    def recovered(self) -> None:
+        self.failures, self.rests, self.down_until = 0, 0, 0.0
+        self.needs_probe = self.down = False
 
     def stats(self, now: float) -> dict[str, Any]:
         return {"url": self.url, "kind": self.kind, "served": self.served, "failed": self.failed,
