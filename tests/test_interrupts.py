@@ -19,6 +19,8 @@ from conftest import ROOT, TINY_FLAGS, kill_tree, run_build, start_build
 from unicorn_datasets.pipeline.interrupts import LINE
 from unicorn_datasets.testing.fake_openai_server import serve
 
+ACCELERATE_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 SERVER_FLAGS = ["--recipe", "demo", "--llm", "fake-model", "--prompt-mode", "chat", "--stages", "captions",
                 "--set", "llm.timeout=5", "--set", "captions.min_words=20", "--shard-size", "4"]
 
@@ -40,8 +42,10 @@ def _wait_until(cond, proc: subprocess.Popen, what: str, timeout: float = 300) -
 
 
 def _interrupt(proc: subprocess.Popen, sig: int) -> str:
-    """Send `sig` to the build; a build that does not end is killed and the test fails (no timing asserted)."""
-    proc.send_signal(sig)
+    """Send `sig` to the build (0: already sent); a build that does not end is killed and the test fails (no
+    timing asserted)."""
+    if sig:
+        proc.send_signal(sig)
     try:
         out, _ = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -93,6 +97,23 @@ def test_in_process_build_interrupted_mid_generation_ends_cleanly_and_resumes(
     r = run_build(args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming build" in r.stderr
+    assert _rows_accounted(out) == 8
+
+
+def test_ctrl_c_on_a_two_process_build_ends_every_rank_in_one_line(tiny_llm: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--recipe", "demo", "--out", str(out), "--limit", "8", "--llm", str(tiny_llm), "--stages", "captions",
+            *TINY_FLAGS, "--shard-size", "2", "--batch-size", "2", "--set", "llm.batches_per_call=1"]
+    proc = start_build(args, launcher=ACCELERATE_2)
+    _wait_until(lambda: (out / ".build" / "journal").exists() and _journal_lines(out) >= 1, proc,
+                "generation in the journal")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the launcher and both ranks get it
+    log = _interrupt(proc, 0)
+    assert proc.returncode == 130, log[-3000:]
+    assert log.count(LINE) == 1 and "Traceback" not in log, log[-3000:]
+    assert _lock_is_free(out)
+    r = run_build(args)  # resumed by one process
+    assert r.returncode == 0, r.stderr[-3000:]
     assert _rows_accounted(out) == 8
 
 

@@ -299,7 +299,8 @@ def _report_error(exc: BaseException | None) -> int:
     except KeyboardInterrupt as e:
         from unicorn_datasets.pipeline.interrupts import LINE
 
-        print(LINE, file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under accelerate/torchrun every rank stops: one line, rank 0's
+            print(LINE, file=sys.stderr)
         return getattr(e, "exit_code", 130)  # 130 for SIGINT, 143 for SIGTERM
     except Exception as e:  # unexpected: still one clear line and a non-zero exit; UNICORN_DEBUG=1 shows the trace
         print(f"unicorn: error: {type(e).__name__}: {e} (set UNICORN_DEBUG=1 for the traceback)", file=sys.stderr)
