@@ -42,6 +42,7 @@ from unicorn_datasets.generation.base import (
 )
 from unicorn_datasets.generation.server.dialects import Fatal, Retryable, classified, probe, reported_models, send
 from unicorn_datasets.generation.server.endpoints import Endpoint, make_endpoint
+from unicorn_datasets.generation.server.health import RESUME, ensure_recovered, ping, unavailable_message
 from unicorn_datasets.generation.server.http_pool import ShardedClient
 from unicorn_datasets.generation.server.scheduler import Scheduler
 
@@ -166,7 +167,7 @@ class ServerBackend:
         if none answers (a server can list its models and still refuse every generation)."""
         errors = self._run(self._check_all())
         if len(errors) == len(self.endpoints):
-            raise BackendUnavailable(f"{_unavailable_message(self.endpoints, errors)}; {RESUME}")
+            raise BackendUnavailable(f"{unavailable_message(self.endpoints, errors)}; {RESUME}")
         with self.scheduler.lock:
             for ep in self.endpoints:
                 if ep.url not in errors:
@@ -215,7 +216,7 @@ class ServerBackend:
             started = time.monotonic()
             try:
                 try:
-                    if not await self._ensure_recovered(ep, session):
+                    if not await ensure_recovered(self, ep, session.http[ep.url], session.probe_locks[ep.url]):
                         avoid = ep  # its probe failed: the row goes elsewhere, or waits for the next probe
                         continue
                     await self._ensure_probed(ep, session)
@@ -329,30 +330,6 @@ class ServerBackend:
         if self._unavailable is not None:
             raise self._unavailable
 
-    async def _ensure_recovered(self, ep: Endpoint, session: _Session) -> bool:
-        """After a cool-down, one health probe (per endpoint, not per row) decides: True when rows may go to
-        `ep`. A probe that fails marks it down and rests it again; when every endpoint is down, the backend is:
-        so "down" is decided one cool-down (`cooldown` s) and one probe after the failures began."""
-        if not ep.needs_probe:
-            return True
-        seen = ep.probes
-        async with session.probe_locks[ep.url]:
-            if ep.probes != seen or not ep.needs_probe:  # another row probed it while we waited
-                return not ep.needs_probe
-            error = await self._ping(ep, session)
-            with self.scheduler.lock:
-                ep.probes += 1
-                if error is None:
-                    ep.recovered()
-                    return True
-                ep.last_error, ep.down = error, True
-                ep.rest(self.cooldown, f"still fails after its cool-down ({error})")
-                if all(x.down for x in self.endpoints) and self._unavailable is None:
-                    self._unavailable = BackendUnavailable(_down_message(self.endpoints, self.cooldown))
-        if self._unavailable is not None:
-            raise self._unavailable
-        return False
-
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         delay = min(self.max_backoff, self.backoff * 2**attempt)
         delay = random.uniform(delay / 2, delay)  # jitter: rows that failed together retry apart
@@ -384,37 +361,10 @@ class ServerBackend:
         for ep in self.endpoints:
             if ep.url in errors:
                 continue
-            error = await self._ping(ep, session)
+            error = await ping(self, ep, session.http[ep.url])
             if error is not None:
                 ep.last_error = errors[ep.url] = error
         return errors
-
-    async def _ping(self, ep: Endpoint, session: _Session) -> str | None:
-        """Ask `ep` for one token (twice, for a blip); None when it answered, else its error."""
-        seed = random.getrandbits(31)  # never a resend of an earlier run's ping (servers count those)
-        if self.supports_chat:
-            ping = GenerationRequest(key="health-check", seed=seed, messages=[{"role": "user", "content": "Hi"}])
-        else:
-            ping = GenerationRequest(key="health-check", seed=seed, prompt="Hi")
-        params = SamplingParams(max_new_tokens=1, temperature=0.0)
-        error = None
-        for attempt in range(2):
-            try:
-                if ep.kind is None:
-                    await classified(probe(ep, session.http[ep.url], timeout=min(self.timeout, 10.0),
-                                           server_kind=self.server_kind))
-                await send(ep, ping, params, model=self.model, http=session.http[ep.url])
-            except Fatal:  # up, and it read the request: what it refuses shows on the rows
-                return None
-            except Retryable as e:
-                if e.status == "HTTP 429":  # rate-limited is up
-                    return None
-                error = e.status
-                if attempt == 0:
-                    await asyncio.sleep(min(self.backoff, 1.0))
-                continue
-            return None
-        return error
 
     async def _ensure_probed(self, ep: Endpoint, session: _Session) -> None:
         if ep.kind is not None:
@@ -423,19 +373,6 @@ class ServerBackend:
             if ep.kind is None:
                 await classified(probe(ep, session.http[ep.url], timeout=min(self.timeout, 10.0),
                                        server_kind=self.server_kind))
-
-
-RESUME = "start or fix the server(s), then rerun the same command to resume"
-
-
-def _unavailable_message(endpoints: list[Endpoint], errors: dict[str, str]) -> str:
-    parts = "; ".join(f"{ep.url} -> {errors.get(ep.url) or ep.last_error or 'no answer'}" for ep in endpoints)
-    return f"all {len(endpoints)} endpoint(s) failing: {parts}"
-
-
-def _down_message(endpoints: list[Endpoint], cooldown: float) -> str:
-    return (f"{_unavailable_message(endpoints, {})} (each failed again after a {cooldown:g} s cool-down); "
-            f"{RESUME}")
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
