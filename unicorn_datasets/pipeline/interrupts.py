@@ -67,6 +67,7 @@ def _say_and_exit(signum: int) -> None:
 def _handler(signum: int, frame: object) -> None:
     if _state.signum is not None:  # the second signal: no more cleanup
         _say_and_exit(_state.signum)
+        return  # the watchdog thread is already ending the process: raise nothing that could print twice
     _state.signum = signum
     if _state.hooks:  # a running engine stops itself; its caller raises Interrupted
         for hook in list(_state.hooks):
