@@ -106,7 +106,7 @@ def test_build_hook_rejects_and_accounts_for_every_row(tmp_path: Path) -> None:
     assert rej["c-bus-copy"]["reason"] == "near_duplicate" and rej["c-bus-copy"]["duplicate_of"] == "a-bus"
     assert rej["g-dog-edit"]["duplicate_of"] == "b-dog" and rej["a0-short"]["duplicate_of"] is None
     meta = json.loads((repo.stage_dir("captions") / "part-00000.json").read_text())
-    assert meta == {"rows": 4}
+    assert meta == {"rows": 4, "bytes": repo.part_path("captions", 0).stat().st_size}  # the rewritten part's
     # a rerun (resume) finds the same duplicates and marks nothing new
     dup = near_duplicates(ids, texts, CFG)
     assert mark_parts(repo, "captions", dup) == 0

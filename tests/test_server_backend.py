@@ -308,7 +308,8 @@ def test_fault_proxy_retries_keep_order(servers: list[_Server]) -> None:
     servers.append(srv)
     proxy = FaultProxy(srv.url, fail=(1, 2, 3), drop=(4,), delay={6: 1.5}, only_post=True)
     servers.append(proxy)
-    backend = ServerBackend([proxy.url], max_in_flight=3, timeout=0.5, max_retries=4, **FAST)
+    # fail_threshold above the 3 faults in a row: no cool-down, so no health probe takes a fault meant for a row
+    backend = ServerBackend([proxy.url], max_in_flight=3, timeout=0.5, max_retries=4, fail_threshold=4, **FAST)
     t0 = time.monotonic()
     out = backend.generate(_chat(10), SamplingParams(max_new_tokens=20))
     elapsed = time.monotonic() - t0
@@ -324,9 +325,10 @@ def test_all_endpoints_down_raises_quickly(servers: list[_Server]) -> None:
     always_503 = FaultProxy(srv.url, always_fail=True)
     servers.append(always_503)
     dead = _dead_url()
-    # Two attempts per row stay under the failure run that declares the whole backend down (see
+    # No endpoint rests (fail_threshold above the attempts), so no probe declares the whole backend down (see
     # test_server_client.py): the first row out of retries is raised, and the batch stops.
-    backend = ServerBackend([dead, always_503.url], max_in_flight=8, timeout=1, max_retries=1, **FAST)
+    backend = ServerBackend([dead, always_503.url], max_in_flight=8, timeout=1, max_retries=1, fail_threshold=100,
+                            **FAST)
     t0 = time.monotonic()
     with pytest.raises(RequestFailed) as err:
         backend.generate(_chat(8), SamplingParams(max_new_tokens=4))

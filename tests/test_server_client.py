@@ -82,7 +82,8 @@ def test_each_fault_ends_in_a_result_or_request_failed(quick: FakeServer, fault:
 
 def test_retries_exhausted_raise_request_failed_with_last_error(quick: FakeServer) -> None:
     quick.configure(**{**NO_FAULTS, "error_500": 1.0})
-    backend = ServerBackend([quick.url], max_in_flight=2, timeout=2, max_retries=2, **FAST)
+    # fail_threshold above the attempts made: the endpoint never rests, so no probe can declare it down
+    backend = ServerBackend([quick.url], max_in_flight=2, timeout=2, max_retries=2, fail_threshold=100, **FAST)
     out = asyncio.run(_run_all(backend, _requests(3, "always500")))
     backend.close()
     assert all(isinstance(o, RequestFailed) for o in out)

@@ -148,10 +148,12 @@ def cmd_seeds(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from unicorn_datasets.pipeline.interrupts import handle_signals
     from unicorn_datasets.pipeline.loop import build
 
-    recipe = _recipe_from_args(args)
-    build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    with handle_signals():  # Ctrl-C / SIGTERM: the build stops cleanly, `_report_error` says how to resume
+        recipe = _recipe_from_args(args)
+        build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     return 0
 
 
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except Exception:
+    except (Exception, KeyboardInterrupt):  # KeyboardInterrupt too: Ctrl-C ends in one line, not a traceback
         if os.environ.get("UNICORN_DEBUG"):
             raise
         return _report_error(sys.exc_info()[1])
@@ -346,9 +348,12 @@ def _report_error(exc: BaseException | None) -> int:
     except (BuildError, RepoError, ValueError, RuntimeError) as e:
         print(f"unicorn: error: {e}", file=sys.stderr)
         return EXIT_BUILD
-    except KeyboardInterrupt:
-        print("unicorn: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from unicorn_datasets.pipeline.interrupts import LINE
+
+        if os.environ.get("RANK", "0") == "0":  # under accelerate/torchrun every rank stops: one line, rank 0's
+            print(LINE, file=sys.stderr)
+        return getattr(e, "exit_code", 130)  # 130 for SIGINT, 143 for SIGTERM
     except Exception as e:  # unexpected: still one clear line and a non-zero exit; UNICORN_DEBUG=1 shows the trace
         print(f"unicorn: error: {type(e).__name__}: {e} (set UNICORN_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_BUILD

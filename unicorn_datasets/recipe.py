@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
-from unicorn_datasets.generation.base import PromptMode, SamplingParams
+from unicorn_datasets.generation.base import PromptMode, SamplingParams, out_of_range
 from unicorn_datasets.packaged import shipped
 from unicorn_datasets.transfer.methods import METHODS
 
@@ -91,6 +91,15 @@ class LLMSection:
     max_in_flight: int | None = field(default=None, metadata=_min(1))  # None: the engine picks from the backend
     timeout: float = field(default=300.0, metadata=_min(0.001))  # server backend: seconds per request
     max_retries: int = field(default=5, metadata=_min(0))
+
+    def __post_init__(self) -> None:
+        from unicorn_datasets.generation.server.endpoints import endpoint_problem
+
+        for i, raw in enumerate(self.endpoints):
+            why = endpoint_problem(raw) if raw.strip() else None
+            if why is not None:
+                raise RecipeError(f"{raw.strip()!r} is not a server URL ({why}); give http(s)://HOST[:PORT]",
+                                  f"endpoints[{i}]")
 
 
 @dataclass(frozen=True)
@@ -224,6 +233,10 @@ class Recipe:
             terms = " + ".join(f"{x:g}" for x in shares)
             raise RecipeError(f"the seed sources' shares sum to {sum(shares):g} ({terms}); "
                               "they are fractions of limit and may add up to 1 at most", "seeds")
+        if "instruct" in self.stages and not any(share > 0 for share in self.instruct.mix.values()):
+            raise RecipeError(f"needs a task with a share > 0 when the instruct stage runs, got {self.instruct.mix}; "
+                              "give one (e.g. --set instruct.mix.qa=0.5) or leave instruct out of stages",
+                              "instruct.mix")
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "recipe", origins: Mapping[str, str] | None = None) -> Recipe:
@@ -400,9 +413,10 @@ def _default(f: dataclasses.Field, base: Any) -> Any:
 
 
 def _check(f: dataclasses.Field, value: Any, path: str) -> Any:
-    low, choices = f.metadata.get("min"), f.metadata.get("choices")
-    if low is not None and value is not None and value < low:
-        raise RecipeError(f"'{path}' must be >= {low}, got {value}", path)
+    choices = f.metadata.get("choices")
+    why = out_of_range(value, f.metadata) if value is not None and isinstance(value, int | float) else None
+    if why is not None:
+        raise RecipeError(f"'{path}' {why}, got {value}", path)
     if choices is not None and value not in choices:
         raise _not_one_of(path, choices, value)
     return value

@@ -83,10 +83,14 @@ def _sigkill_pending(pid: int) -> bool:
 
 def write_parquet(table: pa.Table, path: Path, *, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
     """Write with row groups sized by bytes (not rows) and a page index; atomic rename at the end."""
+    with atomic_path(path) as tmp:
+        _write_table(table, tmp, row_group_bytes)
+
+
+def _write_table(table: pa.Table, path: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
     per_row = max(1, table.nbytes // max(1, table.num_rows))
     rows_per_group = max(1, row_group_bytes // per_row)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=rows_per_group, write_page_index=True, compression="zstd")
+    pq.write_table(table, path, row_group_size=rows_per_group, write_page_index=True, compression="zstd")
 
 
 class BuildRepo:
@@ -104,6 +108,8 @@ class BuildRepo:
             raise RepoError(f"--out {self.out} exists and is not a folder")
         if (self.work / STATE).exists():
             return  # ours
+        if overwrite and self.work.is_dir() and {p.name for p in self.out.iterdir()} <= OUR_FILES | self._configs():
+            return  # ours, its state lost: --overwrite starts it again
         # Not ours: anything but our work area is the user's, even a README.md or a folder named like a config.
         foreign = sorted(p.name for p in self.out.iterdir() if p.name != WORK)
         if foreign:
@@ -155,8 +161,8 @@ class BuildRepo:
         """Check or write the build state. Returns True when resuming an earlier build."""
         self.remove_stale_published_tmp()  # we hold the lock: any temporary file is a dead run's
         state_path = self.work / STATE
-        if state_path.exists():
-            state = json.loads(state_path.read_text())
+        state = _read_state(state_path, overwrite) if state_path.exists() else None
+        if state is not None:
             if state["fingerprint"] == fp and not overwrite:
                 return True
             if not overwrite:
@@ -179,10 +185,13 @@ class BuildRepo:
             for p in folder.glob(".*.tmp*") if folder.is_dir() else []:
                 p.unlink(missing_ok=True)
 
+    def _configs(self) -> set[str]:
+        """The folders in OUT that hold published config files (the stages' outputs)."""
+        return {p.parent.name for p in self.out.glob(f"*/{CONFIG_FILES}")}
+
     def clear(self) -> None:
         """Everything a build wrote into OUT (called only on a folder that holds a build of ours)."""
-        configs = {p.parent.name for p in self.out.glob(f"*/{CONFIG_FILES}")}
-        for name in (OUR_FILES | configs) - {WORK}:
+        for name in (OUR_FILES | self._configs()) - {WORK}:
             p = self.out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -211,9 +220,12 @@ class BuildRepo:
         return {int(p.stem.split("-")[1]) for p in self.stage_dir(stage).glob("part-*.parquet")}
 
     def write_part(self, stage: str, shard: int, table: pa.Table, meta: dict[str, Any]) -> None:
-        """Sidecar first, part last: a part's existence is the only 'done' signal."""
-        write_text(self._sidecar(stage, shard), json.dumps(meta))
-        write_parquet(table, self.part_path(stage, shard))
+        """Sidecar first, part last: a part's existence is the only 'done' signal. The sidecar records the
+        part's rows and size, which a rerun checks before trusting it (dataset/verify.py)."""
+        with atomic_path(self.part_path(stage, shard)) as tmp:
+            _write_table(table, tmp)
+            meta = {**meta, "rows": table.num_rows, "bytes": tmp.stat().st_size}
+            write_text(self._sidecar(stage, shard), json.dumps(meta))
 
     def _sidecar(self, stage: str, shard: int) -> Path:
         return self.stage_dir(stage) / f"part-{shard:05d}.json"
@@ -314,6 +326,23 @@ class BuildRepo:
         d = self.out / ARTIFACTS
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def _read_state(path: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The build state; None when it is damaged and --overwrite replaces it. Damaged without --overwrite: one
+    line naming the file and the way out."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str) \
+                or not isinstance(state.get("recipe"), dict):
+            raise ValueError("it lacks the fingerprint or the recipe")
+        return state
+    except (ValueError, UnicodeDecodeError) as e:
+        if overwrite:
+            return None
+        why = " ".join(str(e).split())
+        raise RepoError(f"{path} is damaged ({why}); rerun with --overwrite to start this build again "
+                        "(what it made so far is discarded), or use another --out") from None
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:

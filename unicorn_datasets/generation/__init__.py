@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from unicorn_datasets.generation.base import (
@@ -14,6 +15,8 @@ from unicorn_datasets.generation.base import (
 
 if TYPE_CHECKING:
     from unicorn_datasets.recipe import LLMSection
+
+ENDPOINT_COOLDOWN_S = 10.0
 
 __all__ = ["Backend", "GenerationRequest", "GenerationResult", "SamplingParams", "make_backend"]
 
@@ -30,6 +33,8 @@ def make_backend(llm: LLMSection, *, device: str = "cpu") -> Backend:
             timeout=llm.timeout,
             max_retries=llm.max_retries,
             chat=resolve_prompt_mode(llm.prompt_mode, supports_chat=True) == "chat",  # servers serve chat
+            # seconds a failing endpoint rests before the probe that decides whether it is down (README)
+            cooldown=float(os.environ.get("UNICORN_ENDPOINT_COOLDOWN_S", ENDPOINT_COOLDOWN_S)),
         )
     from unicorn_datasets.generation.transformers_backend import TransformersBackend
 

@@ -6,6 +6,10 @@ an optional JSON schema the output must satisfy, stop strings and a per-row seed
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -23,12 +27,39 @@ def resolve_prompt_mode(mode: str, supports_chat: bool) -> Literal["chat", "comp
     return mode  # type: ignore[return-value]
 
 
+# The range of each sampling value, as field metadata the recipe check reads (so its error names the key path):
+# "min" inclusive, "above" exclusive, "max" inclusive.
+_RANGES: dict[str, dict[str, float]] = {
+    "max_new_tokens": {"min": 1},
+    "temperature": {"min": 0.0},
+    "top_p": {"above": 0.0, "max": 1.0},
+    "repetition_penalty": {"above": 0.0},
+}
+
+
+def out_of_range(value: float, bounds: dict[str, float]) -> str | None:
+    """Why `value` is outside `bounds` ({"min", "above", "max"}), or None when it is inside."""
+    if "min" in bounds and value < bounds["min"]:
+        return f"must be >= {bounds['min']}"
+    if "above" in bounds and value <= bounds["above"]:
+        return f"must be > {bounds['above']}"
+    if "max" in bounds and value > bounds["max"]:
+        return f"must be <= {bounds['max']}"
+    return None
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.95
-    repetition_penalty: float = 1.0
+    max_new_tokens: int = field(default=512, metadata=_RANGES["max_new_tokens"])
+    temperature: float = field(default=0.7, metadata=_RANGES["temperature"])
+    top_p: float = field(default=0.95, metadata=_RANGES["top_p"])
+    repetition_penalty: float = field(default=1.0, metadata=_RANGES["repetition_penalty"])
+
+    def __post_init__(self) -> None:  # values no server accepts fail here, not at the first request
+        for name, bounds in _RANGES.items():
+            why = out_of_range(getattr(self, name), bounds)
+            if why is not None:
+                raise ValueError(f"sampling {name} {why}, got {getattr(self, name)}")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,13 +101,38 @@ class RequestFailed(Exception):
         self.reason = reason
 
 
+class GenerationStopped(Exception):
+    """A model call was told to stop (the build is ending): its partial outputs must never become rows."""
+
+
+# The stop flag of the caller's run, seen by an in-process backend on the worker thread it generates on:
+# checked between tokens, so an interrupt ends a long call at once (the engine sets it; see `stop_event`).
+_STOP: ContextVar[threading.Event | None] = ContextVar("unicorn_generation_stop", default=None)
+
+
+@contextlib.contextmanager
+def stop_event(event: threading.Event) -> Iterator[None]:
+    """Within the block (on this thread), backends stop generating once `event` is set."""
+    token = _STOP.set(event)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def current_stop() -> threading.Event | None:
+    """The stop flag a backend should watch while generating (None: nobody will ask it to stop)."""
+    return _STOP.get()
+
+
 class BackendUnavailable(RuntimeError):
     """The backend as a whole is down (every endpoint unreachable or persistently failing): stop the build."""
 
 
 class FailureRun:
-    """The one "backend is down" rule, for the engine and the server client: failures since the last success,
-    and down once they fill a whole window of requests in flight (at least 20), none of which succeeded."""
+    """The engine's "backend is down" rule, for any backend: failures since the last success, and down once they
+    fill a whole window of requests in flight (at least 20), none of which succeeded. The server client decides
+    sooner, per endpoint (cool-down, then one health probe: generation/server/health.py)."""
 
     MIN_RUN = 20
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from unicorn_datasets.generation.base import (
     GenerationResult,
     RequestFailed,
     SamplingParams,
+    stop_event,
 )
 from unicorn_datasets.generation.journal import Journal, Key, request_digest
 
@@ -120,9 +123,12 @@ class Engine:
         # Every row of a whole window failing for good, with no success between: the backend is down.
         self.failures = FailureRun(self.max_in_flight, fail_after)
         self.stats = EngineStats()
+        self._stop = threading.Event()  # set: a model call running on a worker thread returns soon
+        self._task: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
 
     # ---- public -------------------------------------------------------------------------------
     def run(self, units: Iterable[WorkUnit], on_unit_done: OnUnitDone) -> EngineStats:
+        """Raises asyncio.CancelledError when `cancel` stopped it."""
         coro = self._run(units, on_unit_done)
         try:
             asyncio.get_running_loop()
@@ -131,9 +137,23 @@ class Engine:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # called from a running loop
             return pool.submit(asyncio.run, coro).result()
 
+    def cancel(self) -> None:
+        """Stop the running `run` soon: safe from any thread and from a signal handler. Rows in flight are
+        abandoned (their finished generations are in the journal), parts being written still land."""
+        self._stop.set()
+        if self._task is not None:
+            loop, task = self._task
+            with contextlib.suppress(RuntimeError):  # the loop already closed: nothing left to stop
+                loop.call_soon_threadsafe(task.cancel)
+
     # ---- scheduling ---------------------------------------------------------------------------
     async def _run(self, units: Iterable[WorkUnit], on_done: OnUnitDone) -> EngineStats:
         self.stats = EngineStats()
+        stop = self._stop
+        if stop.is_set():  # cancelled before the loop started
+            self._stop = threading.Event()
+            raise asyncio.CancelledError
+        self._task = (asyncio.get_running_loop(), asyncio.current_task())  # type: ignore[assignment]
         window = asyncio.Semaphore(self.max_in_flight)
         tasks: set[asyncio.Task[None]] = set()
         failure: list[BaseException] = []
@@ -189,13 +209,14 @@ class Engine:
             while tasks:
                 await asyncio.gather(*list(tasks), return_exceptions=True)
         finally:
+            stop.set()  # a model call still running stops at its next token: its rows are abandoned
+            self._task, self._stop = None, threading.Event()  # a later run starts afresh
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*list(tasks), return_exceptions=True)
-            landing.shutdown(wait=True)  # a part being written finishes (atomically) before we return
             if batcher is not None:
                 batcher.cancel()
-                await asyncio.gather(batcher, return_exceptions=True)
+            await asyncio.gather(*list(tasks), *([batcher] if batcher else []), return_exceptions=True)
+            landing.shutdown(wait=True)  # a part being written finishes (atomically) before we return
             aclose = getattr(self.backend, "aclose", None)
             if aclose is not None:  # the HTTP clients bound to this loop close with it, cleanly
                 await aclose()
@@ -285,8 +306,12 @@ class Engine:
                     break
                 group.append(nxt)
             try:
-                results = await asyncio.to_thread(self.backend.generate, [g[0] for g in group], item[1])
-            except BaseException as e:
+                results = await asyncio.to_thread(self._call_model, [g[0] for g in group], item[1], self._stop)
+            except asyncio.CancelledError:  # the engine is stopping: never swallowed, or `_run` waits forever
+                for _, _, fut in group:
+                    fut.cancel()
+                raise
+            except Exception as e:
                 for _, _, fut in group:
                     if not fut.done():
                         fut.set_exception(e)
@@ -294,3 +319,9 @@ class Engine:
             for (_, _, fut), res in zip(group, results, strict=True):
                 if not fut.done():
                     fut.set_result(res)
+
+    def _call_model(self, requests: list[GenerationRequest], params: SamplingParams,
+                    stop: threading.Event) -> list[GenerationResult]:
+        """On the worker thread: the backend sees this run's stop flag (`base.stop_event`) and returns early."""
+        with stop_event(stop):
+            return self.backend.generate(requests, params)

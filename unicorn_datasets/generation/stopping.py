@@ -6,6 +6,8 @@ vocabularies, and it fails on some word-level tokenizers); decoding each row's r
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from transformers import StoppingCriteria
 
@@ -26,3 +28,13 @@ class StopOnStrings(StoppingCriteria):
             text = self.tokenizer.decode(new[row, -self.tail :], skip_special_tokens=False)  # type: ignore[attr-defined]
             done[row] = any(s in text for s in self.stops)
         return done
+
+
+class StopWhenSet(StoppingCriteria):
+    """Every row stops once `event` is set (the build is being interrupted): checked after each token."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.generation.base import (
+    GenerationRequest,
+    GenerationResult,
+    GenerationStopped,
+    SamplingParams,
+    current_stop,
+)
 from unicorn_datasets.generation.continuous import continuous_supports, generate_continuous
 from unicorn_datasets.generation.hf_models import load_causal_lm, resolve_model
 from unicorn_datasets.generation.sampling import PerRowSampler
-from unicorn_datasets.generation.stopping import StopOnStrings
+from unicorn_datasets.generation.stopping import StopOnStrings, StopWhenSet
 
 # Token ids a text-only caption must never contain (image placeholders and other specials).
 _SPECIAL_TOKEN = re.compile(r"^<.*>$|^\[.*\]$")
@@ -83,9 +90,11 @@ class TransformersBackend:
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
         if not requests:
             return []
+        stop_flag = current_stop()
         texts = [self._render(r) for r in requests]
         if self.batching == "continuous" and continuous_supports(requests, params):
-            return self._generate_continuous(requests, texts, params)
+            # transformers' generate_batch cannot be stopped midway: an interrupt waits for this call
+            return _unless_stopped(stop_flag, self._generate_continuous(requests, texts, params))
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         # Sort by prompt length so batches pad little; group by stop strings (one criteria per call).
         order = sorted(range(len(requests)), key=lambda i: (requests[i].stop, lengths[i], requests[i].key))
@@ -100,9 +109,8 @@ class TransformersBackend:
                 and requests[order[start + len(chunk)]].stop == stop
             ):
                 chunk.append(order[start + len(chunk)])
-            for i, res in zip(
-                chunk, self._generate_batch([requests[i] for i in chunk], [texts[i] for i in chunk], params)
-            ):
+            batch = self._generate_batch([requests[i] for i in chunk], [texts[i] for i in chunk], params, stop_flag)
+            for i, res in zip(chunk, _unless_stopped(stop_flag, batch)):
                 results[i] = res
             start += len(chunk)
         return results  # type: ignore[return-value]
@@ -118,7 +126,8 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, reqs: list[GenerationRequest], texts: list[str], params: SamplingParams
+        self, reqs: list[GenerationRequest], texts: list[str], params: SamplingParams,
+        stop_flag: threading.Event | None = None,
     ) -> list[GenerationResult]:
         tok = self.tokenizer
         enc = tok(texts, return_tensors="pt", padding=True).to(self.device)
@@ -133,15 +142,16 @@ class TransformersBackend:
                 processors.append(constraint)
         processors.append(PerRowSampler([r.seed for r in reqs], params.temperature, params.top_p, self.suppress_ids))
         stop = list(reqs[0].stop)
+        criteria = StoppingCriteriaList([StopOnStrings(tok, stop, enc["input_ids"].shape[1])] if stop else [])
+        if stop_flag is not None:
+            criteria.append(StopWhenSet(stop_flag))  # an interrupt ends the call after the current token
         out = self.model.generate(
             **enc,
             max_new_tokens=params.max_new_tokens,
             do_sample=False,
             logits_processor=processors,
             repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
-            stopping_criteria=StoppingCriteriaList([StopOnStrings(tok, stop, enc["input_ids"].shape[1])])
-            if stop
-            else None,
+            stopping_criteria=criteria or None,
             pad_token_id=tok.pad_token_id,
             eos_token_id=self.eos_ids,
             top_k=None,
@@ -168,3 +178,9 @@ class TransformersBackend:
         if cut >= 0:
             text = text[:cut]
         return GenerationResult(text=text, n_tokens=n, finish_reason=finish)
+
+
+def _unless_stopped(flag: threading.Event | None, results: list[GenerationResult]) -> list[GenerationResult]:
+    if flag is not None and flag.is_set():
+        raise GenerationStopped("generation stopped: the build is ending")
+    return results

@@ -15,9 +15,11 @@ from unicorn_datasets import __version__
 from unicorn_datasets.dataset.layout import REJECTIONS, SEED_CLUSTERS, artifact
 from unicorn_datasets.dataset.rejections import write_rejections
 from unicorn_datasets.dataset.repo import BuildRepo, RepoError
+from unicorn_datasets.dataset.verify import heal
 from unicorn_datasets.errors import BuildError
 from unicorn_datasets.pipeline.context import Context, log, make_state
 from unicorn_datasets.pipeline.finish import finish
+from unicorn_datasets.pipeline.preflight import probe_servers_first
 from unicorn_datasets.recipe import Recipe, fingerprint
 from unicorn_datasets.stages import registered, spec_of
 from unicorn_datasets.stages.transfer import with_prior_identity
@@ -89,6 +91,9 @@ def _start(ctx: Context, recipe: Recipe, fp: str, overwrite: bool) -> bool:
             ctx.repo.check_target(overwrite)
             ctx.repo.acquire_lock()
             resumed = ctx.repo.start(recipe.to_dict(), fp, overwrite=overwrite)
+            if resumed:  # what a rerun trusts is checked first; damaged parts and configs are made again
+                for finding in heal(ctx.repo.out, ctx.repo.work):
+                    log(finding)
         except RepoError as e:
             error = str(e)
     error, resumed = ctx.broadcast((error, resumed))
@@ -108,6 +113,7 @@ def build(
     if selection.encoder is not None and selection.summary["encoder"] == recipe.transfer.encoder:
         ctx.loaded_encoder = selection.encoder  # balancing loaded Stage 3's encoder already: load it once
     fp = fingerprint(recipe)
+    probe_servers_first(ctx)  # a server that is down: one line, and OUT is not created
     try:
         resumed = _start(ctx, recipe, fp, overwrite)
         if ctx.is_main and selection.clusters is not None:  # the balanced selection, for the report's histograms

@@ -26,6 +26,7 @@ from unicorn_datasets.dataset.layout import JOURNAL
 from unicorn_datasets.generation.engine import Engine, RowOutcome, WorkUnit
 from unicorn_datasets.generation.journal import Journal
 from unicorn_datasets.pipeline.context import Context, log
+from unicorn_datasets.pipeline.interrupts import on_interrupt
 from unicorn_datasets.progress import StageProgress
 
 
@@ -150,7 +151,8 @@ def run_generation(ctx: Context, stage: RowGenerator, shards: Shards) -> None:
 
         t0 = time.monotonic()
         try:
-            es = engine.run(units(), on_done)
+            with on_interrupt(engine.cancel):  # Ctrl-C stops the engine; the build then ends in Interrupted
+                es = engine.run(units(), on_done)
         finally:
             stats["seconds"] += time.monotonic() - t0
             progress.close()

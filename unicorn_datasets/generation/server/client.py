@@ -15,8 +15,10 @@ Throughput comes from many requests in flight: the servers batch them. Each endp
 limit (`concurrency.AdaptiveLimit`); the scheduler keeps the total under `max_in_flight` and shares the
 load by measured speed. A request retries transient failures on another endpoint when there is one,
 with jittered exponential backoff that honours Retry-After; when its retries run out it raises
-`RequestFailed`. When every endpoint is cooling after repeated failures and nothing has succeeded for
-`max(20, max_in_flight)` attempts in a row (`base.FailureRun`), every request raises `BackendUnavailable`.
+`RequestFailed`. An endpoint that fails `fail_threshold` attempts in a row rests for `cooldown` seconds; then
+one health probe (a one-token request) decides whether rows go to it again. When every endpoint's probe has
+failed, every request raises `BackendUnavailable`: a server that is down is given up on one cool-down and one
+probe after its failures began (plus the request `timeout` when it hangs instead of refusing).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import httpx2
 
 from unicorn_datasets.generation.base import (
     BackendUnavailable,
-    FailureRun,
     GenerationRequest,
     GenerationResult,
     RequestFailed,
@@ -41,13 +42,13 @@ from unicorn_datasets.generation.base import (
 )
 from unicorn_datasets.generation.server.dialects import Fatal, Retryable, classified, probe, reported_models, send
 from unicorn_datasets.generation.server.endpoints import Endpoint, make_endpoint
+from unicorn_datasets.generation.server.health import RESUME, ensure_recovered, ping, unavailable_message
 from unicorn_datasets.generation.server.http_pool import ShardedClient
 from unicorn_datasets.generation.server.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
 
 
 class _Session:
@@ -88,7 +89,12 @@ class _LoopThread:
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result()
+        except BaseException:  # Ctrl-C in the waiting thread: the coroutine must not run on unseen
+            fut.cancel()
+            raise
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -135,7 +141,6 @@ class ServerBackend:
         self._sessions: dict[asyncio.AbstractEventLoop, _Session] = {}
         self._sessions_lock = threading.Lock()
         self._loop_thread: _LoopThread | None = None
-        self._failure_run = FailureRun(self.max_in_flight)  # failed attempts since the last success, all endpoints
         self._unavailable: BackendUnavailable | None = None
         self.requests_failed = 0  # requests that raised RequestFailed
         self.retries = 0  # attempts beyond each request's first
@@ -162,9 +167,12 @@ class ServerBackend:
         if none answers (a server can list its models and still refuse every generation)."""
         errors = self._run(self._check_all())
         if len(errors) == len(self.endpoints):
-            raise BackendUnavailable(_unavailable_message(self.endpoints, errors))
+            raise BackendUnavailable(f"{unavailable_message(self.endpoints, errors)}; {RESUME}")
+        with self.scheduler.lock:
+            for ep in self.endpoints:
+                if ep.url not in errors:
+                    ep.recovered()
         self._unavailable = None
-        self._failure_run.success()
 
     def stats(self) -> dict[str, Any]:
         """Counters for progress and the build summary (a snapshot; cheap enough to call every second)."""
@@ -205,11 +213,14 @@ class ServerBackend:
             if self._unavailable is not None:
                 raise self._unavailable
             ep, epoch, in_flight_at_send = await self.scheduler.acquire(avoid)
-            attempts += 1
             started = time.monotonic()
             try:
                 try:
+                    if not await ensure_recovered(self, ep, session.http[ep.url], session.probe_locks[ep.url]):
+                        avoid = ep  # its probe failed: the row goes elsewhere, or waits for the next probe
+                        continue
                     await self._ensure_probed(ep, session)
+                    attempts += 1
                     result = await send(ep, request, params, model=self.model, http=session.http[ep.url])
                 finally:
                     self.scheduler.release(ep)  # before any backoff sleep: a waiting request gets the slot
@@ -222,9 +233,8 @@ class ServerBackend:
                 self.requests_failed += 1
                 raise RequestFailed(f"row {request.key!r}: endpoint {ep.url} answered {e.status}{detail}") from e
             except Retryable as e:
-                error = f"{ep.url} -> {e.status}"
-                errors.append(error)
-                self._record_failure(ep, e, epoch, error)
+                errors.append(f"{ep.url} -> {e.status}")
+                self._record_failure(ep, e, epoch)
                 failures += 1
                 avoid = ep
                 if failures > self.max_retries:
@@ -237,7 +247,6 @@ class ServerBackend:
                 continue
             with self.scheduler.lock:
                 ep.record_success(time.monotonic() - started, result.n_tokens, in_flight_at_send)
-                self._failure_run.success()
             result.extra.update(endpoint=ep.url, attempts=attempts, errors=errors)
             return result
 
@@ -310,21 +319,14 @@ class ServerBackend:
 
     # ---- failures ---------------------------------------------------------------------------------
 
-    def _record_failure(self, ep: Endpoint, e: Retryable, epoch: int, error: str) -> None:
-        counts_as_down = not error.endswith("HTTP 429")  # rate-limited is busy, not down
+    def _record_failure(self, ep: Endpoint, e: Retryable, epoch: int) -> None:
+        counts_as_down = e.status != "HTTP 429"  # rate-limited is busy, not down
         with self.scheduler.lock:
-            ep.record_failure(error, fail_threshold=self.fail_threshold, cooldown=self.cooldown,
+            ep.record_failure(e.status, fail_threshold=self.fail_threshold, cooldown=self.cooldown,
                               counts_as_down=counts_as_down)
             if e.overload and ep.limit.on_overload(epoch):
                 logger.info("endpoint %s: %s, concurrency limit lowered to %d", ep.url, e.status,
                             ep.limit.current)
-            if counts_as_down:
-                self._failure_run.failure()
-            now = time.monotonic()
-            down = self._failure_run.down and all(x.cooling(now) for x in self.endpoints)
-            if down and self._unavailable is None:
-                self._unavailable = BackendUnavailable(
-                    _unavailable_message(self.endpoints, {x.url: x.last_error for x in self.endpoints}))
         if self._unavailable is not None:
             raise self._unavailable
 
@@ -356,30 +358,12 @@ class ServerBackend:
         """{url: error} for each endpoint whose probe or one-token generation failed (twice, for a blip)."""
         errors = await self._probe_all(fresh=True)
         session = self._session()
-        seed = random.getrandbits(31)  # never a resend of an earlier run's ping (servers count those)
-        if self.supports_chat:
-            ping = GenerationRequest(key="health-check", seed=seed, messages=[{"role": "user", "content": "Hi"}])
-        else:
-            ping = GenerationRequest(key="health-check", seed=seed, prompt="Hi")
-        params = SamplingParams(max_new_tokens=1, temperature=0.0)
         for ep in self.endpoints:
             if ep.url in errors:
                 continue
-            for attempt in range(2):
-                try:
-                    await send(ep, ping, params, model=self.model, http=session.http[ep.url])
-                except Fatal:  # up, and it read the request: what it refuses shows on the rows
-                    pass
-                except Retryable as e:
-                    if e.status == "HTTP 429":  # rate-limited is up
-                        errors.pop(ep.url, None)
-                        break
-                    ep.last_error = errors[ep.url] = e.status
-                    if attempt == 0:
-                        await asyncio.sleep(min(self.backoff, 1.0))
-                    continue
-                errors.pop(ep.url, None)
-                break
+            error = await ping(self, ep, session.http[ep.url])
+            if error is not None:
+                ep.last_error = errors[ep.url] = error
         return errors
 
     async def _ensure_probed(self, ep: Endpoint, session: _Session) -> None:
@@ -389,11 +373,6 @@ class ServerBackend:
             if ep.kind is None:
                 await classified(probe(ep, session.http[ep.url], timeout=min(self.timeout, 10.0),
                                        server_kind=self.server_kind))
-
-
-def _unavailable_message(endpoints: list[Endpoint], errors: dict[str, str]) -> str:
-    parts = "; ".join(f"{ep.url} -> {errors.get(ep.url) or ep.last_error or 'no answer'}" for ep in endpoints)
-    return f"all {len(endpoints)} endpoint(s) failing: {parts}"
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -8,6 +8,7 @@ endpoint; the saved Hugging Face token only to Hugging Face hosts (Inference End
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,14 +37,18 @@ class Endpoint:
     failures: int = 0  # consecutive failed attempts (a success resets it)
     down_until: float = 0.0  # monotonic time before which no request is sent here
     latency: float | None = None  # EWMA of seconds per successful request
-    last_error: str = ""
+    last_error: str = ""  # the error alone (never the URL: messages name the endpoint once)
+    rests: int = 0  # cool-downs since the last success
+    needs_probe: bool = False  # after a cool-down, one health probe decides before rows are sent again
+    down: bool = False  # its probe after a cool-down failed: no success since
+    probes: int = 0  # probes run (requests waiting on one see it change)
 
     def cooling(self, now: float) -> bool:
         return self.down_until > now
 
     def record_success(self, seconds: float, n_tokens: int, in_flight_at_send: int) -> None:
         self.served += 1
-        self.failures, self.down_until = 0, 0.0
+        self.recovered()
         self.latency = seconds if self.latency is None else (
             _LATENCY_ALPHA * seconds + (1 - _LATENCY_ALPHA) * self.latency)
         self.limit.on_success(seconds / max(1, n_tokens), in_flight_at_send)
@@ -55,13 +60,23 @@ class Endpoint:
         if not counts_as_down:
             return
         self.failures += 1
-        if self.failures >= fail_threshold:
-            pause = min(cooldown * 2 ** (self.failures - fail_threshold), 10 * cooldown)
-            now = time.monotonic()
-            if not self.cooling(now):
-                logger.warning("endpoint %s failed %d times in a row (%s): skipped for %.1fs",
-                               self.url, self.failures, error, pause)
-            self.down_until = now + pause
+        now = time.monotonic()
+        if self.failures >= fail_threshold and not self.cooling(now) and not self.needs_probe:
+            self.rest(cooldown, f"failed {self.failures} times in a row ({error})")
+
+    def rest(self, cooldown: float, why: str) -> None:
+        """Skip this endpoint for a cool-down (doubling with each one since the last success, up to 10x); a
+        health probe then decides whether rows go to it again. Failures of requests sent before the cool-down
+        began do not lengthen it: the wait is one cool-down per episode, not per failed row."""
+        pause = min(cooldown * 2**self.rests, 10 * cooldown)
+        self.rests += 1
+        self.down_until = time.monotonic() + pause
+        self.needs_probe = True
+        logger.warning("endpoint %s %s: skipped for %.1fs, then probed", self.url, why, pause)
+
+    def recovered(self) -> None:
+        self.failures, self.rests, self.down_until = 0, 0, 0.0
+        self.needs_probe = self.down = False
 
     def stats(self, now: float) -> dict[str, Any]:
         return {"url": self.url, "kind": self.kind, "served": self.served, "failed": self.failed,
@@ -71,6 +86,9 @@ class Endpoint:
 
 
 def make_endpoint(raw: str, *, token: str | None, max_limit: int) -> Endpoint:
+    why = endpoint_problem(raw)
+    if why is not None:
+        raise ValueError(f"endpoint {raw.strip()!r} is not a server URL ({why}); give http(s)://HOST[:PORT]")
     url, url_token = split_endpoint(raw)
     auth = token or url_token
     host = urlsplit(url).hostname or ""
@@ -79,6 +97,25 @@ def make_endpoint(raw: str, *, token: str | None, max_limit: int) -> Endpoint:
 
         auth = get_token()  # Inference Endpoints need the user's token; other servers never see it
     return Endpoint(url=url, token=auth, limit=AdaptiveLimit(max_limit))
+
+
+_HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+
+
+def endpoint_problem(raw: str) -> str | None:
+    """Why `raw` is not a server URL (None when it is): scheme http or https (none means http), then a host."""
+    raw = raw.strip()
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest = "http", raw
+    if scheme.lower() not in ("http", "https"):
+        return f"the scheme must be http or https, got {scheme!r}"
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    if not netloc:
+        return "it names no host"
+    if not _HOST.match(netloc):
+        return f"{netloc!r} is not a host[:port]"
+    return None
 
 
 def split_endpoint(raw: str) -> tuple[str, str | None]:
