@@ -84,9 +84,9 @@ class TransformersBackend:
         if not requests:
             return []
         texts = [self._render(r) for r in requests]
-        if self.batching == "continuous" and continuous_supports(requests, params):
-            return self._generate_continuous(requests, texts, params)
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        if self.batching == "continuous" and continuous_supports(requests, params):
+            return _with_prompt_tokens(self._generate_continuous(requests, texts, params), lengths)
         # Sort by prompt length so batches pad little; group by stop strings (one criteria per call).
         order = sorted(range(len(requests)), key=lambda i: (requests[i].stop, lengths[i], requests[i].key))
         results: list[GenerationResult | None] = [None] * len(requests)
@@ -105,7 +105,7 @@ class TransformersBackend:
             ):
                 results[i] = res
             start += len(chunk)
-        return results  # type: ignore[return-value]
+        return _with_prompt_tokens(results, lengths)  # type: ignore[arg-type]
 
     def _generate_continuous(
         self, reqs: list[GenerationRequest], texts: list[str], params: SamplingParams
@@ -168,3 +168,10 @@ class TransformersBackend:
         if cut >= 0:
             text = text[:cut]
         return GenerationResult(text=text, n_tokens=n, finish_reason=finish)
+
+
+def _with_prompt_tokens(results: list[GenerationResult], lengths: list[int]) -> list[GenerationResult]:
+    """Each result carries its prompt's token count (as servers report usage.prompt_tokens): `unicorn plan`."""
+    for res, n in zip(results, lengths, strict=True):
+        res.extra["prompt_tokens"] = n
+    return results

@@ -200,10 +200,15 @@ class CaptionStage(GenerationStage):
             prov["near_dup"] = self.near_dup.provenance()
         return prov
 
-    def run(self, ctx: Context) -> None:
+    def prepare(self, ctx: Context) -> None:
+        """What `work_unit` needs of the build (the resolved prompt mode, the model's tokens, the encoder):
+        set by `run`, and by `unicorn plan` before it probes the backend with this stage's requests."""
         if self.cfg.prompt_mode == "auto":
             self.cfg = replace(self.cfg, prompt_mode=ctx.prompt_mode())
         self.ctx = ctx
+
+    def run(self, ctx: Context) -> None:
+        self.prepare(ctx)
         super().run(ctx)
         if self.near_dup and self.near_dup.enabled:  # between the map and rank 0's assembly (near_dup.py)
             from unicorn_datasets.analysis.near_dup import reject_near_duplicates
