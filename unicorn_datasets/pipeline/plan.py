@@ -156,6 +156,11 @@ def _probe_and_predict(ctx: Context, recipe: Recipe, stages: list[Any], seeds: l
     notes: list[str] = []
     captions: dict[str, Any] = {}  # the probe's accepted Stage-1 captions: Stage 2's and 3's probe input
     accepted_rows = 0
+    if recipe.limit is not None and len(seeds) < recipe.limit:
+        notes.append(f"the seed sources yield {len(seeds):,} seeds, fewer than the recipe's limit of "
+                     f"{recipe.limit:,}: the build has {len(seeds):,} Stage-1 rows")
+    if any(isinstance(s, PretrainStage) for s in stages):
+        ctx.encoder()  # an encoder that cannot load fails now, not after the probe's requests
     for stage in stages:
         if isinstance(stage, CaptionStage):
             stage.prepare(ctx)
