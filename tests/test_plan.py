@@ -66,3 +66,23 @@ def test_bad_seeds_and_bad_prices_are_one_line(tmp_path: Path, capsys: pytest.Ca
     assert main(["plan", "--llm-endpoint", "http://127.0.0.1:9", "--price-per-mtok", "cheap"]) == EXIT_BUILD
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("unicorn: error:")]
     assert len(err) == 2 and "missing.txt" in err[0] and "--price-per-mtok cheap" in err[1]
+
+
+def test_plan_of_all_three_stages_follows_stage_one_into_the_task_mix(tiny_llm: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    args = ["--recipe", "demo", "--limit", "9", "--stages", "captions,instruct,pretrain", *TINY_FLAGS,
+            "--set", "instruct.sampling.max_new_tokens=120",
+            "--llm", str(tiny_llm), "--probe", "6", "--json", "--gpu-hour-price", "2", "--gpus", "4"]
+    assert main(["plan", *args]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    stages, probe = plan["stages"], plan["probe"]["stages"]
+    assert list(stages) == ["captions", "instruct", "pretrain"]
+    accepted = stages["captions"]["accepted"]
+    assert accepted == round(9 * probe["captions"]["accept_share"]) > 0
+    assert probe["instruct"]["rows"] > 0 and stages["instruct"]["requests"] > 0  # probed with Stage 1's captions
+    # Stage 2 takes the build's task mix of the predicted captions; Stage 3 encodes every one of them
+    assert stages["instruct"]["rows"] == sum(stages["instruct"]["tasks"].values()) <= accepted
+    assert stages["pretrain"]["rows"] == accepted and stages["pretrain"]["requests"] == 0
+    total = plan["total"]
+    assert total["seconds"] == pytest.approx(sum(s["seconds"] or 0 for s in stages.values()), abs=0.2)
+    assert total["cost_usd"] == pytest.approx(total["seconds"] / 3600 * 4 * 2, abs=0.01)
