@@ -107,7 +107,7 @@ def card_text(recorded: dict[str, Any] | None) -> str:
     lines = ["", "", "### Plan vs build", "",
              "`unicorn plan` predicted this build from a probe; what happened beside it "
              "(actual = this run's work: a resumed build did part of it earlier).", "",
-             "| stage | rows (plan / build) | requests | completion tokens | time |", "|---|---|---|---|---|"]
+             "| stage (plan / build) | rows | requests | completion tokens | time |", "|---|---|---|---|---|"]
     for name, s in recorded["stages"].items():
         p, a = s["predicted"], s.get("actual") or {}
         lines.append(f"| {name} | {_n(p.get('rows'))} / {_n(a.get('rows'))} | {_n(p.get('requests'))} / "

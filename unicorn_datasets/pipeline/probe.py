@@ -1,13 +1,14 @@
 """The probe behind `unicorn plan`: a small sample of a build's real requests, sent and measured.
 
-Rows are sampled from the real seed plan; each LLM stage's own `work_unit` builds and validates
-them and the generation engine sends them, exactly as in a build (no dataset is written: the
-work area is a temporary folder). Stage 2 gets the probe's own Stage-1 captions as input. What is
-measured per stage: rows accepted, requests (attempts) per row, prompt and completion tokens per
-request, request latency, and how long each row held its window slot (all its attempts) at each
-window size. Servers: the window is ramped (a quarter, a half, then all of `max_in_flight`), so a
-server whose latency grows with load shows it. In-process models: one pass at the build's window;
-rows/s and tokens/s are this machine's.
+Rows are sampled from the real seed plan; the build's shard runner (`run_generation`) sends them
+through the generation engine, each LLM stage's own `work_unit` building and validating them and
+its `part_table` landing them, exactly as in a build (no dataset is written: the work area is a
+temporary folder; per-shard costs such as part writes count as they will in the build). Stage 2
+gets the probe's own Stage-1 captions as input. What is measured per stage: rows accepted,
+requests (attempts) per row, prompt and completion tokens per request, request latency, and how
+long each row held its window slot (all its attempts) at each window size. Servers: the window is
+ramped (a quarter, a half, then all of `max_in_flight`), so a server whose latency grows with load
+shows it. In-process models: one pass at the build's window; rows/s and tokens/s are this machine's.
 """
 
 from __future__ import annotations
