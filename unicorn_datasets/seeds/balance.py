@@ -117,8 +117,10 @@ def _quotas(n_caption: int, n_domain: int, limit: int) -> tuple[int, int]:
 
 
 def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceConfig,
-           trust_remote_code: bool = False) -> Selection:
-    """The seeds a build uses: a uniform draw, or (cfg.enabled and a binding limit) a balanced one."""
+           trust_remote_code: bool = False, split: tuple[int, int] | None = None) -> Selection:
+    """The seeds a build uses: a uniform draw, or (cfg.enabled and a binding limit) a balanced one.
+
+    `split`: (caption seeds, domain seeds) when the recipe's shares fix it (mix.py); else in proportion."""
     merged = merge_seeds(groups)
     uniform = uniform_draw(merged, limit=limit, seed=seed)
     if not cfg.enabled:
@@ -132,7 +134,7 @@ def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: Balan
     labels = kmeans(x, k, seed=seed).labels
     captions = [i for i, s in enumerate(merged) if not s.label]
     domains = [i for i, s in enumerate(merged) if s.label]
-    n_cap, n_dom = _quotas(len(captions), len(domains), limit)
+    n_cap, n_dom = split or _quotas(len(captions), len(domains), limit)
     picked = [captions[j] for j in _round_robin([merged[i] for i in captions],
                                                  [int(labels[i]) for i in captions], seed)[:n_cap]]
     picked += [domains[j] for j in _domain_order([merged[i] for i in domains], seed)[:n_dom]]
