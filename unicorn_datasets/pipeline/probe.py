@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ from unicorn_datasets.pipeline.shards import Shards, run_generation
 
 if TYPE_CHECKING:
     from unicorn_datasets.pipeline.context import Context
+
+BUSY = 0.8  # share of the steady span the client's loop thread wanted a core: above it, the client sets the pace
 
 
 @dataclass
@@ -121,6 +124,8 @@ class _Recorder:
         self.first: dict[tuple[int, int], float] = {}
         self.sent: dict[tuple[int, int], float] = {}
         self.done: dict[tuple[int, int], float] = {}
+        # at the first decided row and at each row sent: (process CPU seconds, loop thread's wanted CPU seconds)
+        self.cpu_at: dict[float, tuple[float, float | None]] = {}
 
     def work_unit(self, shard: int, rows: dict[str, list]) -> WorkUnit:
         unit = self.stage.work_unit(shard, rows)
@@ -128,6 +133,8 @@ class _Recorder:
         def make_request(i: int, attempt: int) -> Any:
             req = unit.make_request(i, attempt)
             now = time.monotonic()
+            if (shard, i) not in self.first:
+                self.cpu_at[now] = (time.process_time(), _wanted_cpu())
             self.first.setdefault((shard, i), now)
             self.sent[shard, i] = now
             return req
@@ -136,6 +143,8 @@ class _Recorder:
             now = time.monotonic()
             self.probe.latencies.append(now - self.sent[shard, i])
             self.probe.prompt_tokens += int(res.extra.get("prompt_tokens", 0))
+            if not self.done:
+                self.cpu_at[now] = (time.process_time(), _wanted_cpu())
             self.done[shard, i] = now
             return unit.validate(i, res)
 
@@ -161,6 +170,30 @@ class _Recorder:
         if len(later) < 8 or later[-1] <= opened:
             return None
         return len(later) / (later[-1] - opened)
+
+    def span_cpu(self) -> tuple[float, float] | None:
+        """Over the span `steady_rate` measures: CPU seconds per row (work deferred past it, such as parts
+        landing on their thread, is not in it), and the share of the span the event-loop thread wanted a
+        core (running or waiting for one: near 1 when the client, not the server, sets the pace)."""
+        if not self.done:
+            return None
+        opened = min(self.done.values())
+        later = sorted(t for t in self.first.values() if t > opened)
+        if len(later) < 8 or opened not in self.cpu_at or later[-1] not in self.cpu_at:
+            return None
+        (cpu0, want0), (cpu1, want1) = self.cpu_at[opened], self.cpu_at[later[-1]]
+        busy = (want1 - want0) / (later[-1] - opened) if want0 is not None and want1 is not None else 0.0
+        return (cpu1 - cpu0) / len(later), busy
+
+
+def _wanted_cpu() -> float | None:
+    """Seconds this thread has run or waited for a core (Linux schedstat); None elsewhere."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+            ran, waited = f.read().split()[:2]
+        return (int(ran) + int(waited)) / 1e9
+    except (OSError, ValueError):
+        return None
 
 
 def windows(server: bool, window: int) -> list[int]:
@@ -195,8 +228,13 @@ def run_stage_probe(ctx: Context, stage: Any, rows: datasets.Dataset, *, window:
         rec = _Recorder(stage, probe)
         t0, cpu0 = time.monotonic(), time.process_time()
         run_generation(phase_ctx, rec, shards)
-        probe.phases.append(Phase(w, n, time.monotonic() - t0, rec.row_seconds(), time.process_time() - cpu0,
-                                  rec.steady_rate()))
+        cpu = time.process_time() - cpu0
+        rate, span = rec.steady_rate(), rec.span_cpu()
+        if rate and span and span[1] >= BUSY and cpu / n > span[0]:
+            # the client set the pace over the span, and each row cost more CPU in all than within it: over a
+            # build's length that deferred work is paid for as it goes, at the same pace
+            rate *= span[0] / (cpu / n)
+        probe.phases.append(Phase(w, n, time.monotonic() - t0, rec.row_seconds(), cpu, rate))
         stats = phase_ctx.run_stats[stage.name]
         probe.rows += n
         probe.requests += stats.get("requests", 0)
