@@ -1,4 +1,4 @@
-"""`unicorn build | seeds | push | export | embed-images | report | gap-stats | prior`: the command line.
+"""`unicorn build | plan | seeds | push | export | embed-images | report | gap-stats | prior`: the command line.
 
 Every user-facing failure ends in one clear line on stderr and a non-zero exit code.
 """
@@ -23,14 +23,27 @@ def _build_parser(sub: Any) -> None:
     _recipe_flags(b)
     b.add_argument("--overwrite", action="store_true", help="replace a build made with other settings")
     b.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (LLM2CLIP)")
+    b.add_argument("--plan", help="a plan saved by `unicorn plan --save`: the manifest and card show plan vs build")
     s = sub.add_parser("seeds", help="print the seed plan of a recipe (sources, mix, vocabulary) without generating")
     _recipe_flags(s)
     s.add_argument("--json", action="store_true", help="the plan as JSON")
     s.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (--balance encoder)")
 
 
+def _plan_parser(sub: Any) -> None:
+    p = sub.add_parser("plan", help="predict a build's requests, tokens, time and cost from a small probe")
+    _recipe_flags(p)
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (LLM2CLIP)")
+    p.add_argument("--probe", type=int, default=32, help="rows probed per LLM stage (default: 32)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--save", help="write the plan to this file, for `unicorn build --plan FILE`")
+    p.add_argument("--gpu-hour-price", type=float, help="dollars per GPU hour (with --gpus)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs serving the build (default: 1)")
+    p.add_argument("--price-per-mtok", help="IN,OUT: dollars per million prompt, completion tokens (APIs)")
+
+
 def _recipe_flags(b: argparse.ArgumentParser) -> None:
-    """The flags that set recipe keys: shared by `build` and `seeds` (the same plan either way)."""
+    """The flags that set recipe keys: shared by `build`, `plan` and `seeds` (the same plan either way)."""
     b.add_argument("--recipe", default="demo", help="recipe name in builders/ or a .yaml path (default: demo)")
     b.add_argument("--limit", type=int, help="number of seeds")
     b.add_argument("--seed", type=int, help="build seed (sampling, selection, shuffles)")
@@ -153,7 +166,38 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     with handle_signals():  # Ctrl-C / SIGTERM: the build stops cleanly, `_report_error` says how to resume
         recipe = _recipe_from_args(args)
-        build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+        build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+              plan=args.plan)
+    return 0
+
+
+def _prices(args: argparse.Namespace) -> Any:
+    from unicorn_datasets.pipeline.plan import Prices
+
+    if args.price_per_mtok and args.gpu_hour_price is not None:
+        raise ValueError("give --price-per-mtok (APIs) or --gpu-hour-price (your GPUs), not both")
+    if args.gpus < 1:
+        raise ValueError(f"--gpus {args.gpus}: need at least 1")
+    per_mtok = None
+    if args.price_per_mtok:
+        try:
+            a, b = (float(x) for x in args.price_per_mtok.split(","))
+        except ValueError:
+            raise ValueError(f"--price-per-mtok {args.price_per_mtok}: need IN,OUT dollars, e.g. 0.35,0.40") from None
+        per_mtok = (a, b)
+    return Prices(gpu_hour=args.gpu_hour_price, gpus=args.gpus, per_mtok=per_mtok)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from unicorn_datasets.dataset.atomic import write_text
+    from unicorn_datasets.pipeline.plan import make_plan
+    from unicorn_datasets.pipeline.plan_report import format_plan
+
+    recipe, prices = _recipe_from_args(args), _prices(args)
+    plan = make_plan(recipe, probe_rows=args.probe, prices=prices, trust_remote_code=args.trust_remote_code)
+    if args.save:
+        write_text(Path(args.save), json.dumps(plan, indent=2, default=str))
+    print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
     return 0
 
 
@@ -267,6 +311,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _build_parser(sub)
+    _plan_parser(sub)
     push = sub.add_parser("push", help="push a built dataset folder to the Hub (the viewer shows every config)")
     push.add_argument("folder")
     push.add_argument("--repo", required=True, help="Hub dataset repo id, e.g. me/unicorn")
@@ -312,6 +357,7 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "build": cmd_build,
+    "plan": cmd_plan,
     "seeds": cmd_seeds,
     "push": cmd_push,
     "export": cmd_export,

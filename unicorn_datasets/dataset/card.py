@@ -103,7 +103,7 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
             ("config", "rows", "what it holds"),
         ),
         stages_text=_stages_text(recipe, stages) + _diversity_text(manifest.get("diversity", {}))
-        + _balance_text(manifest.get("diversity", {}).get("seed_balance")),
+        + _balance_text(manifest.get("diversity", {}).get("seed_balance")) + _plan_text(manifest.get("plan")),
         provenance_table=_table(prov_rows, ("what", "value")),
         seeds_table=seeds_table(manifest.get("seeds", {})) + mix_text(manifest.get("seeds", {}).get("mix"),
                                                                        stages.get("captions", {}).get("delivered")),
@@ -111,6 +111,12 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         plots=_plots(out),
     )
     write_text(out / CARD, body)
+
+
+def _plan_text(recorded: dict[str, Any] | None) -> str:
+    from unicorn_datasets.pipeline.plan_report import card_text  # the plan's own wording, one place
+
+    return card_text(recorded)
 
 
 def seeds_table(seeds: dict[str, Any]) -> str:

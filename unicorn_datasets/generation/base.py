@@ -89,7 +89,7 @@ class GenerationResult:
     text: str
     n_tokens: int
     finish_reason: str = "stop"  # "stop" (EOS or stop string) | "length"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. "prompt_tokens" when the backend knows it
 
 
 class RequestFailed(Exception):

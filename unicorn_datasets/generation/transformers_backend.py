@@ -92,10 +92,11 @@ class TransformersBackend:
             return []
         stop_flag = current_stop()
         texts = [self._render(r) for r in requests]
+        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         if self.batching == "continuous" and continuous_supports(requests, params):
             # transformers' generate_batch cannot be stopped midway: an interrupt waits for this call
-            return _unless_stopped(stop_flag, self._generate_continuous(requests, texts, params))
-        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+            return _with_prompt_tokens(_unless_stopped(stop_flag, self._generate_continuous(requests, texts, params)),
+                                       lengths)
         # Sort by prompt length so batches pad little; group by stop strings (one criteria per call).
         order = sorted(range(len(requests)), key=lambda i: (requests[i].stop, lengths[i], requests[i].key))
         results: list[GenerationResult | None] = [None] * len(requests)
@@ -113,7 +114,7 @@ class TransformersBackend:
             for i, res in zip(chunk, _unless_stopped(stop_flag, batch)):
                 results[i] = res
             start += len(chunk)
-        return results  # type: ignore[return-value]
+        return _with_prompt_tokens(results, lengths)  # type: ignore[arg-type]
 
     def _generate_continuous(
         self, reqs: list[GenerationRequest], texts: list[str], params: SamplingParams
@@ -183,4 +184,11 @@ class TransformersBackend:
 def _unless_stopped(flag: threading.Event | None, results: list[GenerationResult]) -> list[GenerationResult]:
     if flag is not None and flag.is_set():
         raise GenerationStopped("generation stopped: the build is ending")
+    return results
+
+
+def _with_prompt_tokens(results: list[GenerationResult], lengths: list[int]) -> list[GenerationResult]:
+    """Each result carries its prompt's token count (as servers report usage.prompt_tokens): `unicorn plan`."""
+    for res, n in zip(results, lengths, strict=True):
+        res.extra["prompt_tokens"] = n
     return results

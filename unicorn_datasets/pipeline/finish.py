@@ -27,6 +27,7 @@ def finish(
     llm: dict[str, Any],
     code_version: str,
     wall: float,
+    plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     stages = {s.name: repo.stage_summary(s.name) for s in registered() if s.config and repo.stage_complete(s.name)}
     manifest = {
@@ -40,6 +41,10 @@ def finish(
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "diversity": _diversity(repo),
     }
+    if plan is not None:  # `unicorn build --plan FILE`: what `unicorn plan` predicted, beside what happened
+        from unicorn_datasets.pipeline.plan_report import compare
+
+        manifest["plan"] = compare(plan, stages, run_stats)
     write_text(repo.artifacts() / MANIFEST, json.dumps(manifest, indent=2, default=str))
     write_card(repo.out, manifest)
     summary = {"stages": stages, "run": run_stats, "wall_seconds": wall, "diversity": manifest["diversity"]}

@@ -103,8 +103,9 @@ def _start(ctx: Context, recipe: Recipe, fp: str, overwrite: bool) -> bool:
 
 
 def build(
-    recipe: Recipe, *, out: str, overwrite: bool = False, trust_remote_code: bool = False
+    recipe: Recipe, *, out: str, overwrite: bool = False, trust_remote_code: bool = False, plan: str | None = None
 ) -> dict[str, Any]:
+    """`plan`: a file saved by `unicorn plan --save`; the manifest and card then show predicted vs actual."""
     t0 = time.monotonic()
     datasets.disable_progress_bars()  # our own bars count rows across ranks
     seeds, seed_stats, selection = collect_seeds(recipe, trust_remote_code)  # bad input fails here
@@ -113,6 +114,9 @@ def build(
     if selection.encoder is not None and selection.summary["encoder"] == recipe.transfer.encoder:
         ctx.loaded_encoder = selection.encoder  # balancing loaded Stage 3's encoder already: load it once
     fp = fingerprint(recipe)
+    from unicorn_datasets.pipeline.plan_report import load_plan
+
+    predicted = load_plan(plan, fp) if plan else None  # a plan for other settings: refused before any write
     probe_servers_first(ctx)  # a server that is down: one line, and OUT is not created
     try:
         resumed = _start(ctx, recipe, fp, overwrite)
@@ -131,7 +135,8 @@ def build(
         if ctx.is_main:
             llm = ctx.llm_describe()
             summary = finish(ctx.repo, recipe.to_dict(), fp, seed_stats, len(seeds), ctx.provenance, stats, llm=llm,
-                             code_version=__version__, wall=time.monotonic() - t0)
+                             code_version=__version__, wall=time.monotonic() - t0,
+                             plan=predicted)
             empty = [s for s, v in summary["stages"].items() if v.get("rows_out", 1) == 0]
             if empty:
                 error = (f"{', '.join(empty)}: every row was rejected, so the dataset has no such config "

@@ -189,10 +189,15 @@ class CaptionStage(GenerationStage):
             prov["near_dup"] = provenance(self.near_dup)
         return prov
 
-    def run(self, ctx: Context) -> None:
+    def prepare(self, ctx: Context) -> None:
+        """What `work_unit` needs of the build (the resolved prompt mode, the model's tokens, the encoder):
+        set by `run`, and by `unicorn plan` before it probes the backend with this stage's requests."""
         if self.mode == "auto":
             self.mode = ctx.prompt_mode()
         self.ctx = ctx
+
+    def run(self, ctx: Context) -> None:
+        self.prepare(ctx)
         super().run(ctx)
         if self.near_dup and self.near_dup.enabled:  # between the map and rank 0's assembly (near_dup.py)
             from unicorn_datasets.analysis.near_dup import reject_near_duplicates

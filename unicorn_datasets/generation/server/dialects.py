@@ -198,14 +198,14 @@ def _openai_body(ep: Endpoint, req: GenerationRequest, params: SamplingParams, m
 
 
 async def _choice(ep: Endpoint, route: str, body: dict[str, Any], http: ShardedClient) -> tuple[dict, Any]:
-    """POST without the fields this server refused before; (the first choice, usage.completion_tokens)."""
+    """POST without the fields this server refused before; (the first choice, the usage object)."""
     for name in ep.dropped:
         body.pop(name, None)
     data = await _post(http, ep.url + route, body)
     choice = (data.get("choices") or [None])[0]
     if not isinstance(choice, dict):
         raise ValueError("response has no choices")
-    return choice, _field(data.get("usage"), "completion_tokens")
+    return choice, data.get("usage")
 
 
 async def _chat(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
@@ -215,8 +215,9 @@ async def _chat(ep: Endpoint, req: GenerationRequest, params: SamplingParams, mo
         body["response_format"] = ({"type": "json_object", "value": req.json_schema} if ep.kind == "tgi" else
                                    {"type": "json_schema",
                                     "json_schema": {"name": "output", "schema": req.json_schema, "strict": True}})
-    choice, used = await _choice(ep, "/v1/chat/completions", body, http)
-    return _result(_field(choice.get("message"), "content") or "", used, choice.get("finish_reason"), params)
+    choice, usage = await _choice(ep, "/v1/chat/completions", body, http)
+    return _result(_field(choice.get("message"), "content") or "", _field(usage, "completion_tokens"),
+                   choice.get("finish_reason"), params, _field(usage, "prompt_tokens"))
 
 
 async def _tgi_generate(ep: Endpoint, req: GenerationRequest, params: SamplingParams,
@@ -252,8 +253,9 @@ async def _completion(ep: Endpoint, req: GenerationRequest, params: SamplingPara
         else:  # vLLM and unknown OpenAI-compatible servers; strict ones refuse it once, then never see it
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "output", "schema": req.json_schema}}
-    choice, used = await _choice(ep, "/v1/completions", body, http)
-    return _result(choice.get("text") or "", used, choice.get("finish_reason"), params)
+    choice, usage = await _choice(ep, "/v1/completions", body, http)
+    return _result(choice.get("text") or "", _field(usage, "completion_tokens"), choice.get("finish_reason"), params,
+                   _field(usage, "prompt_tokens"))
 
 
 def _json_or_none(r: httpx2.Response) -> Any:
@@ -272,8 +274,11 @@ def wire_seed(seed: int) -> int:
     return int(seed) % (2**31 - 1)
 
 
-def _result(text: str, used: Any, raw_finish: Any, params: SamplingParams) -> GenerationResult:
+def _result(text: str, used: Any, raw_finish: Any, params: SamplingParams,
+            prompt_tokens: Any = None) -> GenerationResult:
     extra: dict[str, Any] = {"finish_reason_raw": raw_finish}
+    if isinstance(prompt_tokens, int) and prompt_tokens >= 0:  # usage.prompt_tokens, for `unicorn plan`
+        extra["prompt_tokens"] = prompt_tokens
     if isinstance(used, int) and used >= 0:
         n_tokens = used
     else:

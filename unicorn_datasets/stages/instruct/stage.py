@@ -107,9 +107,12 @@ class InstructStage:
     def prompt_sha(self) -> str:
         return json.dumps(prompt_provenance(), sort_keys=True)
 
+    def prepare(self, ctx: Context) -> None:
+        """What `work_unit` needs of the build (prompt mode, tokens, encoder): set by `run`, and by `unicorn plan`."""
+        self.ctx, self.chat = ctx, ctx.prompt_mode() == "chat"
+
     def run(self, ctx: Context) -> None:
-        chat = ctx.prompt_mode() == "chat"
-        self.ctx, self.chat = ctx, chat
+        self.prepare(ctx)
         caps = accepted_captions(ctx.repo)
         chosen = select_tasks(caps["id"], self.mix, self.build_seed)
 
