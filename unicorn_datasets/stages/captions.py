@@ -26,7 +26,7 @@ from unicorn_datasets.randomness import row_seed
 from unicorn_datasets.recipe import CaptionsSection
 from unicorn_datasets.seeds.sources import Seed
 from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, outcome_columns
-from unicorn_datasets.stages.seed_check import SeedCosine
+from unicorn_datasets.stages.seed_check import OFF_SEED, SeedCosineCheck
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
 from unicorn_datasets.text.tokens import complete_sentences
 
@@ -158,7 +158,7 @@ def check(
         if seed_cosine is None:
             raise ValueError("captions.min_seed_cosine is set but no text encoder was given to the check")
         if seed_cosine(text) < cfg.min_seed_cosine:
-            return "off_seed"
+            return OFF_SEED
     return None
 
 
@@ -191,6 +191,7 @@ class CaptionStage(GenerationStage):
         self.near_dup = near_dup
         self.reserved: ReservedTokens | None = None
         self.ctx: Context | None = None
+        self.seed_check: SeedCosineCheck | None = None  # one per stage: the engine batches its candidates
 
     def provenance(self) -> dict[str, Any]:
         prov = self.cfg.provenance()
@@ -220,17 +221,22 @@ class CaptionStage(GenerationStage):
         ids, seeds, cfg = rows["id"], rows["seed"], self.cfg
         if self.reserved is None:  # work exists, so the model is loaded: its own special tokens count too
             self.reserved = self.ctx.reserved_tokens() if self.ctx is not None else DEFAULT
-        cosine = None
-        if cfg.min_seed_cosine > 0:  # the off-seed check embeds with the Stage-3 text encoder
-            cosine = SeedCosine(self.ctx.encoder(), seeds) if self.ctx is not None else None
+        # The off-seed check embeds with the Stage-3 text encoder, in the engine's check worker: the cheap
+        # checks run inline, and a caption they accept goes to the worker as (caption, seed).
+        if cfg.min_seed_cosine > 0 and self.seed_check is None:
+            if self.ctx is None:
+                raise ValueError("captions.min_seed_cosine is set but no text encoder was given to the check")
+            self.seed_check = SeedCosineCheck(self.ctx.encoder(), cfg.min_seed_cosine)
+        check = self.seed_check if cfg.min_seed_cosine > 0 else None
+        inline = replace(cfg, min_seed_cosine=0.0)
 
         def validate_row(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
-            return validate(res.text, res.finish_reason, cfg, seeds[i],
-                            (lambda c: cosine(i, c)) if cosine else None, reserved=self.reserved)
+            text, reason, notes = validate(res.text, res.finish_reason, inline, seeds[i], reserved=self.reserved)
+            return ((text, seeds[i]) if check is not None and reason is None else text), reason, notes
 
         return WorkUnit(shard, list(ids), lambda i, attempt: build_request(ids[i], seeds[i], cfg, self.build_seed,
                                                                            attempt), validate_row, cfg.sampling,
-                        cfg.max_attempts)
+                        cfg.max_attempts, check=check)
 
     def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
         cols = {**{k: rows[k] for k in ("id", "seed", "source")},
