@@ -161,5 +161,8 @@ def build(
             raise BuildError(error)
         return summary
     finally:
+        close = getattr(ctx.loaded_backend, "close", None)
+        if close is not None:
+            close()  # a server backend's HTTP sessions and loop thread end with the build
         if ctx.is_main:
             ctx.repo.release_lock()

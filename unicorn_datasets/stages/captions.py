@@ -9,6 +9,7 @@ and finally recorded as rejections with the reason.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -98,10 +99,11 @@ def is_degenerate(words: list[str]) -> bool:
     """Repetition loops: few distinct 4-grams, or one word dominating the text."""
     if len(words) < 12:
         return False
-    grams = [tuple(w.lower() for w in words[i : i + 4]) for i in range(len(words) - 3)]
-    if len(set(grams)) / len(grams) < 0.6:
+    low = [w.lower() for w in words]  # once, not once per 4-gram: this runs on every response
+    n_grams = len(words) - 3
+    if len(set(zip(low, low[1:], low[2:], low[3:], strict=False))) / n_grams < 0.6:
         return True
-    top = max(words.count(w) for w in set(words))
+    top = max(Counter(words).values())  # linear, not a count per distinct word
     return top / len(words) > 0.25
 
 
