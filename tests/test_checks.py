@@ -196,3 +196,24 @@ def test_stable_embeddings_do_not_depend_on_the_batch(minilm: Any) -> None:
 
     got = run_batched(minilm, [cosine(FLOWER, FLOWER_SEED), cosine(TEA_BIRDS, FLOWER_SEED)])
     assert got == [float(alone[0] @ alone[3]), float(alone[2] @ alone[3])]
+
+
+def test_stage2_embedding_checks_run_in_the_worker_with_the_inline_results() -> None:
+    from test_instructions import CAPTION, BagOfWordsEncoder, dump, mc_item
+
+    from unicorn_datasets.stages.instruct import InstructConfig, InstructRows, InstructStage
+
+    cfg = InstructConfig(item_bounds={"mc": (1, 3)}, min_answer_support_margin=0.0, max_option_similarity=0.8)
+    good = mc_item(q="What color is the umbrella?", answer="B")  # the caption says a red umbrella
+    wrong = mc_item(q="Which color does the umbrella have?", answer="A")
+    answers = {f"c{i}": [dump([wrong]), dump([good, wrong])] if i % 2 else [dump([good])] for i in range(6)}
+    rows = {"id": list(answers), "caption": [CAPTION] * 6, "task": ["mc"] * 6}
+    stage = InstructStage(cfg, mix={"mc": 1}, build_seed=0, model_id="m")
+    stage.rows = ops = InstructRows(cfg, 0, True, BagOfWordsEncoder())
+    out: list[RowOutcome] = []
+    Engine(Scripted(answers)).run([stage.work_unit(0, rows)], lambda unit, outcomes: out.extend(outcomes))
+    row = {"caption": CAPTION, "task": "mc"}
+    inline = [ops.validate({**row, "id": k}, GenerationResult(text=a[-1], n_tokens=1)) for k, a in answers.items()]
+    assert [(o.value, o.reason, o.notes) for o in out] == inline
+    assert [o.attempt_reasons for o in out] == [["answer_not_supported"] if i % 2 else [] for i in range(6)]
+    assert all(o.notes == ["dropped_unsupported_answer"] for o in out[1::2])
