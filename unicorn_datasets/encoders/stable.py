@@ -23,7 +23,8 @@ import numpy as np
 __all__ = ["CHUNK", "StableEncoder", "encode_stable", "run_batched"]
 
 CHUNK = 16  # texts per encoder call, always (the last chunk is filled with copies of the filler)
-_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# Padded lengths: steps of 32 tokens up to 512 (a caption of 170 tokens pads to 192, not 256), then doubling.
+_BUCKETS = (16, *range(32, 513, 32), 1024, 2048, 4096, 8192)
 T = TypeVar("T")
 
 
