@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import datasets
@@ -27,7 +28,7 @@ from unicorn_datasets.recipe import CaptionsSection, NearDupSection
 from unicorn_datasets.seeds.sources import Seed
 from unicorn_datasets.stages.assembly import Tally, accepted, constant, with_defaults
 from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, StageSpec, outcome_columns, register
-from unicorn_datasets.stages.seed_check import SeedCosine
+from unicorn_datasets.stages.seed_check import OFF_SEED, SeedCosineCheck
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
 from unicorn_datasets.text.tokens import complete_sentences
 
@@ -84,10 +85,11 @@ def is_degenerate(words: list[str]) -> bool:
     """Repetition loops: few distinct 4-grams, or one word dominating the text."""
     if len(words) < 12:
         return False
-    grams = [tuple(w.lower() for w in words[i : i + 4]) for i in range(len(words) - 3)]
-    if len(set(grams)) / len(grams) < 0.6:
+    low = [w.lower() for w in words]  # once, not once per 4-gram: this runs on every response
+    n_grams = len(words) - 3
+    if len(set(zip(low, low[1:], low[2:], low[3:], strict=False))) / n_grams < 0.6:
         return True
-    top = max(words.count(w) for w in set(words))
+    top = max(Counter(words).values())  # linear, not a count per distinct word
     return top / len(words) > 0.25
 
 
@@ -144,7 +146,7 @@ def check(
         if seed_cosine is None:
             raise ValueError("captions.min_seed_cosine is set but no text encoder was given to the check")
         if seed_cosine(text) < cfg.min_seed_cosine:
-            return "off_seed"
+            return OFF_SEED
     return None
 
 
@@ -178,6 +180,7 @@ class CaptionStage(GenerationStage):
         self.near_dup = near_dup
         self.reserved: ReservedTokens | None = None
         self.ctx: Context | None = None
+        self.seed_check: SeedCosineCheck | None = None  # one per stage: the engine batches its candidates
 
     def provenance(self) -> dict[str, Any]:
         prov = caption_provenance(self.cfg, self.mode)
@@ -216,17 +219,22 @@ class CaptionStage(GenerationStage):
         ids, seeds, cfg = rows["id"], rows["seed"], self.cfg
         if self.reserved is None:  # work exists, so the model is loaded: its own special tokens count too
             self.reserved = self.ctx.reserved_tokens() if self.ctx is not None else DEFAULT
-        cosine = None
-        if cfg.min_seed_cosine > 0:  # the off-seed check embeds with the Stage-3 text encoder
-            cosine = SeedCosine(self.ctx.encoder(), seeds) if self.ctx is not None else None
+        # The off-seed check embeds with the Stage-3 text encoder, in the engine's check worker: the cheap
+        # checks run inline, and a caption they accept goes to the worker as (caption, seed).
+        if cfg.min_seed_cosine > 0 and self.seed_check is None:
+            if self.ctx is None:
+                raise ValueError("captions.min_seed_cosine is set but no text encoder was given to the check")
+            self.seed_check = SeedCosineCheck(self.ctx.encoder(), cfg.min_seed_cosine)
+        check = self.seed_check if cfg.min_seed_cosine > 0 else None
+        inline = replace(cfg, min_seed_cosine=0.0)
 
         def validate_row(i: int, res: GenerationResult) -> tuple[Any, str | None, list[str]]:
-            return validate(res.text, res.finish_reason, cfg, seeds[i],
-                            (lambda c: cosine(i, c)) if cosine else None, reserved=self.reserved)
+            text, reason, notes = validate(res.text, res.finish_reason, inline, seeds[i], reserved=self.reserved)
+            return ((text, seeds[i]) if check is not None and reason is None else text), reason, notes
 
         return WorkUnit(shard, list(ids), lambda i, attempt: build_request(ids[i], seeds[i], cfg, self.build_seed,
                                                                            attempt, self.mode), validate_row,
-                        cfg.sampling, cfg.max_attempts)
+                        cfg.sampling, cfg.max_attempts, check=check)
 
     def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
         n = len(rows["id"])

@@ -5,8 +5,10 @@ describes something else ("a vase of tulips" -> birds drinking tea from tulip-pa
 recipe's Stage-3 text encoder, which the build loads anyway, places both texts in one L2-normalised
 space, so their dot product says whether the caption is about the seed.
 
-Callable per batch (`seed_caption_cosine`) and per row (`SeedCosine`: the batch's seeds are encoded
-once, on first use, and each caption with one encoder call).
+Callable per batch (`seed_caption_cosine`), per row (`SeedCosine`: the batch's seeds are encoded
+once, on first use, and each caption with one encoder call), and as the engine's batched check
+(`SeedCosineCheck`: candidates from the whole window, off the event loop, each text embedded
+independently of the batch so that rows do not depend on how candidates were grouped).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SeedCosine", "seed_caption_cosine"]
+from unicorn_datasets.encoders.stable import encode_stable
+from unicorn_datasets.generation.checks import Candidate, Verdict
+
+__all__ = ["OFF_SEED", "SeedCosine", "SeedCosineCheck", "seed_caption_cosine"]
+
+OFF_SEED = "off_seed"  # the rejection reason of a caption below captions.min_seed_cosine
+_SEED_CACHE = 4096  # seed embeddings kept between batches (retries reuse them); bounded for 1M-seed builds
 
 
 def seed_caption_cosine(encoder: Any, seeds: Sequence[str], captions: Sequence[str]) -> np.ndarray:
@@ -43,3 +51,26 @@ class SeedCosine:
             self._seed_emb = np.asarray(self.encoder.encode_text(self.seeds), np.float32)
         c = np.asarray(self.encoder.encode_text([caption]), np.float32)[0]
         return float(self._seed_emb[i] @ c)
+
+
+class SeedCosineCheck:
+    """The batched check: each candidate's value is (caption, seed); a caption whose cosine with its
+    seed is below `min_cosine` is rejected as `off_seed`, else accepted as the caption."""
+
+    def __init__(self, encoder: Any, min_cosine: float) -> None:
+        self.encoder, self.min_cosine = encoder, min_cosine
+        self._seeds: dict[str, np.ndarray] = {}
+
+    def __call__(self, cands: list[Candidate]) -> list[Verdict]:
+        pairs = [c.value for c in cands]
+        new = sorted({s for _, s in pairs if s not in self._seeds})
+        if len(self._seeds) + len(new) > _SEED_CACHE:
+            self._seeds.clear()
+            new = sorted({s for _, s in pairs})
+        self._seeds.update(zip(new, encode_stable(self.encoder, new), strict=True))
+        caps = encode_stable(self.encoder, [c for c, _ in pairs])
+        out: list[Verdict] = []
+        for cand, (caption, seed), emb in zip(cands, pairs, caps, strict=True):
+            ok = float(self._seeds[seed] @ emb) >= self.min_cosine
+            out.append((caption, None, cand.notes) if ok else (None, OFF_SEED, []))
+        return out

@@ -47,11 +47,14 @@ class ReservedTokens:
 
     def __init__(self, extra: Iterable[str] = ()) -> None:
         tokens = sorted({*MEDIA_TOKENS, *COMMON_TOKENS, *extra}, key=len, reverse=True)  # longest first
+        self._bracketed = all(t[:1] in ("<", "[") for t in tokens)  # then a text without "<" or "[" has none
         self.tokens = tuple(tokens)
         self._pattern = re.compile("|".join([*map(re.escape, tokens), _PIPE_TOKEN]) + "|(?i:<image>)")
 
     def find(self, text: str) -> list[str]:
         """The reserved tokens in `text`, in order of appearance."""
+        if self._bracketed and "<" not in text and "[" not in text:  # skip the regex scan (every response)
+            return []
         return [m.group(0) for m in self._pattern.finditer(text)]
 
     def escape(self, text: str) -> tuple[str, bool]:

@@ -2,7 +2,7 @@
 `transformers serve`, Inference Endpoints), retries, adaptive concurrency and failure accounting.
 
 Event loops. HTTP clients are bound to the loop that made them, so the backend keeps one pooled
-HTTP client (`http_pool.ShardedClient`) per endpoint *per event loop*, made lazily the first time a request runs on that
+HTTP client (`http_pool.PooledClient`) per endpoint *per event loop*, made lazily the first time a request runs on that
 loop and reused for the backend's lifetime:
 
 - `await agenerate_one(...)` runs on the caller's loop (the generation engine's): call it concurrently
@@ -28,10 +28,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
-
-import httpx2
 
 from unicorn_datasets.generation.base import (
     BackendUnavailable,
@@ -43,7 +41,7 @@ from unicorn_datasets.generation.base import (
 from unicorn_datasets.generation.server.dialects import Fatal, Retryable, classified, probe, reported_models, send
 from unicorn_datasets.generation.server.endpoints import Endpoint, make_endpoint
 from unicorn_datasets.generation.server.health import RESUME, ensure_recovered, ping, unavailable_message
-from unicorn_datasets.generation.server.http_pool import ShardedClient
+from unicorn_datasets.generation.server.http_pool import PooledClient
 from unicorn_datasets.generation.server.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -56,28 +54,16 @@ class _Session:
 
     def __init__(self, backend: ServerBackend, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.http: dict[str, ShardedClient] = {}
+        self.http: dict[str, PooledClient] = {}
         self.probe_locks = {ep.url: asyncio.Lock() for ep in backend.endpoints}
         b = backend
-        timeout = httpx2.Timeout(b.timeout, connect=min(b.timeout, b.connect_timeout))
         for ep in b.endpoints:
-            # Our own clients, not huggingface_hub's: its hooks refuse every URL under HF_HUB_OFFLINE
-            # (local servers included) and would send the saved Hugging Face token to any server.
-            self.http[ep.url] = ShardedClient(b.max_in_flight, timeout=timeout, on_request=_auth_hook(ep.token))
+            self.http[ep.url] = PooledClient(b.max_in_flight, timeout=b.timeout, connect_timeout=b.connect_timeout,
+                                             token=ep.token)
 
     async def aclose(self) -> None:
         for http in self.http.values():
             await http.aclose()
-
-
-def _auth_hook(token: str | None) -> Callable[[httpx2.Request], Awaitable[None]]:
-    async def hook(request: httpx2.Request) -> None:
-        if token:
-            request.headers["authorization"] = f"Bearer {token}"
-        else:
-            request.headers.pop("authorization", None)
-
-    return hook
 
 
 class _LoopThread:

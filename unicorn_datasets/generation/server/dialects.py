@@ -1,6 +1,6 @@
 """Wire formats: what is sent to each kind of server and how its answer is read.
 
-Plain JSON over pooled httpx clients per endpoint (huggingface_hub's `AsyncInferenceClient` builds
+Plain JSON over a pooled aiohttp client per endpoint (huggingface_hub's `AsyncInferenceClient` builds
 the same bodies, checked against 2.4, but costs a third more CPU per request and rewrites the OpenAI
 `response_format` into TGI's form for every URL endpoint). What is sent where:
 
@@ -32,11 +32,11 @@ import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import httpx2
+import aiohttp
 
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
 from unicorn_datasets.generation.server.endpoints import Endpoint
-from unicorn_datasets.generation.server.http_pool import ShardedClient
+from unicorn_datasets.generation.server.http_pool import PooledClient, Response
 
 T = TypeVar("T")
 
@@ -110,9 +110,9 @@ async def classified(call: Awaitable[T]) -> T:
         return await call
     except (Retryable, Fatal):
         raise
-    except (TimeoutError, httpx2.TimeoutException) as e:
+    except TimeoutError as e:  # aiohttp's timeouts are TimeoutErrors too
         raise Retryable(f"timeout ({type(e).__name__})", overload=True) from e
-    except (httpx2.TransportError, OSError) as e:  # refused, reset, dropped mid-response
+    except (aiohttp.ClientError, OSError) as e:  # refused, reset, dropped mid-response
         raise Retryable(f"connection error ({type(e).__name__})") from e
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # malformed or truncated body, no choices
         raise Retryable(f"bad response ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
@@ -121,7 +121,7 @@ async def classified(call: Awaitable[T]) -> T:
 # ---- probing ---------------------------------------------------------------------------------------
 
 
-async def probe(ep: Endpoint, http: ShardedClient, *, timeout: float, server_kind: str | None) -> None:
+async def probe(ep: Endpoint, http: PooledClient, *, timeout: float, server_kind: str | None) -> None:
     """Sets `ep.kind` and `ep.info` from GET /info (TGI) or GET /v1/models (OpenAI-compatible)."""
     kind, info = "openai", {}
     r = await http.get(ep.url + "/info", timeout=timeout)
@@ -164,7 +164,7 @@ def payload_model(ep: Endpoint, model: str | None) -> str | None:
 
 
 async def send(ep: Endpoint, req: GenerationRequest, params: SamplingParams, *, model: str | None,
-               http: ShardedClient) -> GenerationResult:
+               http: PooledClient) -> GenerationResult:
     """One HTTP call in the endpoint's dialect; every failure comes out as Retryable or Fatal."""
     if req.messages is not None:
         return await classified(_chat(ep, req, params, model, http))
@@ -173,7 +173,7 @@ async def send(ep: Endpoint, req: GenerationRequest, params: SamplingParams, *, 
     return await classified(_completion(ep, req, params, model, http))
 
 
-async def _post(http: ShardedClient, url: str, body: dict[str, Any]) -> Any:
+async def _post(http: PooledClient, url: str, body: dict[str, Any]) -> Any:
     r = await http.post(url, json={k: v for k, v in body.items() if v is not None})
     check_status(r.status_code, r)
     return r.json()
@@ -197,7 +197,7 @@ def _openai_body(ep: Endpoint, req: GenerationRequest, params: SamplingParams, m
     return body
 
 
-async def _choice(ep: Endpoint, route: str, body: dict[str, Any], http: ShardedClient) -> tuple[dict, Any]:
+async def _choice(ep: Endpoint, route: str, body: dict[str, Any], http: PooledClient) -> tuple[dict, Any]:
     """POST without the fields this server refused before; (the first choice, the usage object)."""
     for name in ep.dropped:
         body.pop(name, None)
@@ -209,7 +209,7 @@ async def _choice(ep: Endpoint, route: str, body: dict[str, Any], http: ShardedC
 
 
 async def _chat(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
-                http: ShardedClient) -> GenerationResult:
+                http: PooledClient) -> GenerationResult:
     body = _openai_body(ep, req, params, model, messages=req.messages)
     if req.json_schema is not None:
         body["response_format"] = ({"type": "json_object", "value": req.json_schema} if ep.kind == "tgi" else
@@ -221,7 +221,7 @@ async def _chat(ep: Endpoint, req: GenerationRequest, params: SamplingParams, mo
 
 
 async def _tgi_generate(ep: Endpoint, req: GenerationRequest, params: SamplingParams,
-                        http: ShardedClient) -> GenerationResult:
+                        http: PooledClient) -> GenerationResult:
     sample = params.temperature > 0  # TGI rejects temperature=0: greedy is do_sample=False
     parameters = {
         "details": True,
@@ -243,7 +243,7 @@ async def _tgi_generate(ep: Endpoint, req: GenerationRequest, params: SamplingPa
 
 
 async def _completion(ep: Endpoint, req: GenerationRequest, params: SamplingParams, model: str | None,
-                      http: ShardedClient) -> GenerationResult:
+                      http: PooledClient) -> GenerationResult:
     body = _openai_body(ep, req, params, model, prompt=req.prompt)
     if req.json_schema is not None:
         if ep.kind == "sglang":
@@ -258,7 +258,7 @@ async def _completion(ep: Endpoint, req: GenerationRequest, params: SamplingPara
                    _field(usage, "prompt_tokens"))
 
 
-def _json_or_none(r: httpx2.Response) -> Any:
+def _json_or_none(r: Response) -> Any:
     try:
         return r.json()
     except ValueError:

@@ -1,53 +1,71 @@
-"""Several small httpx connection pools behind one object, so a window of hundreds costs O(1) per request.
+"""The HTTP client of one endpoint on one event loop: an aiohttp session with a pool of keep-alive connections.
 
-httpx's pool scans every pooled connection on each request and each response close
-(`has_expired` calls `getpeername` per socket), so one client with 256 connections spends most of
-its CPU scanning; at 0.1 s latency the scan, not the server, set the pace (bench/README.md). Here
-each client holds at most POOL_SIZE connections and a request goes to the least busy client.
+Chosen by measurement (bench/README.md, "A lean client"): per request, aiohttp spends a fraction of the
+CPU httpx does. httpx's pool scans every pooled connection on each request and each response close
+(`has_expired` calls `getpeername` per socket), so even spread over pools of 32 it cost ~2 ms of CPU
+per request at K=256; aiohttp's connector hands out a free connection in O(1).
+
+The answer is read whole and returned as a small `Response` (status, headers, body), so the dialects
+never hold a connection open while they parse.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Awaitable, Callable
+import json
+import urllib.request
 from typing import Any
 
-import httpx2
-
-POOL_SIZE = 32  # connections per httpx client: small enough that the per-request scan stays cheap
+import aiohttp
 
 
-class ShardedClient:
-    """`get`/`post`/`aclose` like an `httpx2.AsyncClient`, over ceil(connections / POOL_SIZE) of them."""
+class Response:
+    """What the dialects read from an answer: `status_code`, `headers`, `text`, `json()`."""
 
-    def __init__(self, connections: int, *, timeout: httpx2.Timeout,
-                 on_request: Callable[[httpx2.Request], Awaitable[None]]) -> None:
-        n = max(1, math.ceil(connections / POOL_SIZE))
-        per = math.ceil(connections / n)
-        limits = httpx2.Limits(max_connections=per, max_keepalive_connections=per)
-        ssl = httpx2.create_ssl_context()  # one for all: each costs ~20-50 ms of CPU to build
-        self.clients = [httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=True, verify=ssl,
-                                           event_hooks={"request": [on_request]}) for _ in range(n)]
-        self.busy = [0] * n
+    __slots__ = ("body", "headers", "status_code")
 
-    async def _call(self, method: str, url: str, **kw: Any) -> httpx2.Response:
-        i = min(range(len(self.clients)), key=self.busy.__getitem__)
-        self.busy[i] += 1
-        try:
-            return await self.clients[i].request(method, url, **kw)
-        finally:
-            self.busy[i] -= 1
+    def __init__(self, status_code: int, headers: Any, body: bytes) -> None:
+        self.status_code, self.headers, self.body = status_code, headers, body
 
-    async def get(self, url: str, **kw: Any) -> httpx2.Response:
-        return await self._call("GET", url, **kw)
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
 
-    async def post(self, url: str, **kw: Any) -> httpx2.Response:
-        return await self._call("POST", url, **kw)
+    def json(self) -> Any:
+        return json.loads(self.body)  # ValueError on a malformed body: the dialects classify it as retryable
+
+
+class PooledClient:
+    """`get`/`post`/`aclose` over one aiohttp session with up to `connections` connections (made on this loop)."""
+
+    def __init__(self, connections: int, *, timeout: float, connect_timeout: float, token: str | None) -> None:
+        self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, connect_timeout))
+        # Our own client, not huggingface_hub's: its hooks refuse every URL under HF_HUB_OFFLINE (local servers
+        # included) and would send the saved Hugging Face token to any server. Only this endpoint's token is sent.
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        connector = aiohttp.TCPConnector(limit=max(1, connections), limit_per_host=0)
+        # Proxies from the environment only when some are set: reading them costs a thread hop per request.
+        self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, headers=headers,
+                                             trust_env=bool(urllib.request.getproxies()))
+
+    async def _call(self, method: str, url: str, *, json_body: Any = None, timeout: float | None = None) -> Response:
+        kw: dict[str, Any] = {}
+        if json_body is not None:
+            kw["data"] = json.dumps(json_body).encode()
+            kw["headers"] = {"content-type": "application/json"}
+        if timeout is not None:
+            kw["timeout"] = aiohttp.ClientTimeout(total=timeout, sock_connect=self.timeout.sock_connect)
+        async with self.session.request(method, url, **kw) as r:
+            return Response(r.status, r.headers, await r.read())
+
+    async def get(self, url: str, *, timeout: float | None = None) -> Response:
+        return await self._call("GET", url, timeout=timeout)
+
+    async def post(self, url: str, *, json: Any, timeout: float | None = None) -> Response:  # noqa: A002
+        return await self._call("POST", url, json_body=json, timeout=timeout)
 
     @property
     def is_closed(self) -> bool:
-        return all(c.is_closed for c in self.clients)
+        return self.session.closed
 
     async def aclose(self) -> None:
-        for c in self.clients:
-            await c.aclose()
+        await self.session.close()

@@ -13,6 +13,7 @@ numbered after the previous rounds', so a resumed build skips them.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from unicorn_datasets.dataset.markdown import markdown_table
+from unicorn_datasets.encoders.stable import run_batched
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, PromptMode, resolve_prompt_mode
+from unicorn_datasets.generation.checks import Candidate, Verdict
 from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
 from unicorn_datasets.pipeline.context import log
 from unicorn_datasets.pipeline.shards import Shards, run_generation
@@ -83,8 +86,17 @@ class InstructRows:
         return GenerationRequest(key=rid, seed=rseed, prompt=prompt, json_schema=schema, stop=stop)
 
     def validate(self, row: Row, result: GenerationResult) -> tuple[Any, str | None, list[str]]:
-        v = validate(row["task"], self.prefill + result.text, row["caption"], self.cfg, self.encoder, self.reserved)
+        """The whole validation, embedding checks (if on) included, in the caller's thread."""
+        return self._validate(row, result.text, self.encoder)
+
+    def _validate(self, row: Row, text: str, encoder: TextEncoder | None) -> Verdict:
+        v = validate(row["task"], self.prefill + text, row["caption"], self.cfg, encoder, self.reserved)
         return (to_conversations(row["task"], v.items) if v.items is not None else None), v.reason, v.repairs
+
+    def check(self, cands: list[Candidate]) -> list[Verdict]:
+        """The engine's batched check (embedding checks on): each candidate's value is (row, model text);
+        the encoder calls of the whole batch are answered together (encoders/stable.py)."""
+        return run_batched(self.encoder, [functools.partial(self._validate, *c.value) for c in cands])
 
 
 class InstructStage:
@@ -95,6 +107,7 @@ class InstructStage:
         self.prompt_mode = prompt_mode  # as the recipe says (provenance); the backend resolves "auto" in run
         self.selected = 0
         self.rows: InstructRows | None = None
+        self._check: Any = None  # rows.check, kept as one object
 
     def provenance(self) -> dict[str, Any]:
         c = self.cfg
@@ -150,9 +163,17 @@ class InstructStage:
         items = [{"id": str(i), "caption": "" if c is None else str(c), "task": t}
                  for i, c, t in zip(rows["id"], rows["caption"], rows["task"], strict=True)]
         empty = {k: RowOutcome(reason="empty_caption") for k, r in enumerate(items) if not r["caption"].strip()}
+        if ops.encoder is None:
+            return WorkUnit(shard, [r["id"] for r in items], lambda k, attempt: ops.build_request(items[k], attempt),
+                            lambda k, res: ops.validate(items[k], res), self.cfg.sampling, self.cfg.max_attempts,
+                            decided=empty)
+        # Embedding checks on: the whole validation runs in the engine's check worker, off the event loop
+        # (the cheap checks cannot run first: an item the embeddings drop changes what the rest decide).
+        if self._check is None or self._check.__self__ is not ops:
+            self._check = ops.check  # one object for every unit: the worker batches by check
         return WorkUnit(shard, [r["id"] for r in items], lambda k, attempt: ops.build_request(items[k], attempt),
-                        lambda k, res: ops.validate(items[k], res), self.cfg.sampling, self.cfg.max_attempts,
-                        decided=empty)
+                        lambda k, res: ((items[k], res.text), None, []), self.cfg.sampling, self.cfg.max_attempts,
+                        decided=empty, check=self._check)
 
     def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
         pre = self._row_ops().prefill
