@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from unicorn_datasets.testing.fake_answers import answer, request_text, schema_of
+from unicorn_datasets.testing.fake_http import ClientGone, Conn, send, send_json, wait_or_hangup
+from unicorn_datasets.testing.inflight import drain_time, inflight_summary  # noqa: F401  (re-exported for benches)
 
 FAULTS = ("error_500", "error_503", "error_429", "reset", "hang", "bad_body", "empty")
 _Z99 = 2.3263478740408408  # standard normal quantile at 0.99
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
-            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 @dataclass
@@ -129,47 +129,6 @@ class _Stats:
         return out
 
 
-class _ClientGone(Exception):
-    pass
-
-
-class _Conn:
-    """Buffered reads of HTTP/1.1 requests from one connection."""
-
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
-        self.buf = bytearray()
-
-    async def fill(self) -> None:
-        data = await self.reader.read(65536)
-        if not data:
-            raise _ClientGone
-        self.buf += data
-
-    async def read_request(self) -> tuple[str, str, dict[str, str], bytes] | None:
-        try:
-            while b"\r\n\r\n" not in self.buf:
-                await self.fill()
-        except (_ClientGone, ConnectionError):
-            return None
-        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        method, target, _version = (lines[0].split(" ") + ["", ""])[:3]
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        length = int(headers.get("content-length", "0") or 0)
-        self.buf = bytearray(rest)
-        try:
-            while len(self.buf) < length:
-                await self.fill()
-        except (_ClientGone, ConnectionError):
-            return None
-        body, self.buf = bytes(self.buf[:length]), self.buf[length:]
-        return method, target, headers, body
-
-
 class FakeOpenAIServer:
     def __init__(self, config: FakeServerConfig) -> None:
         self.config = config
@@ -182,7 +141,7 @@ class FakeOpenAIServer:
             await asyncio.sleep(self.config.sample_interval)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Conn(reader)
+        conn = Conn(reader)
         try:
             while True:
                 req = await conn.read_request()
@@ -192,31 +151,31 @@ class FakeOpenAIServer:
                 keep = await self.route(method, target, body, conn, writer)
                 if not keep or headers.get("connection", "").lower() == "close":
                     return
-        except (ConnectionError, _ClientGone):
+        except (ConnectionError, ClientGone):
             return
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def route(self, method: str, target: str, raw: bytes, conn: _Conn, writer: asyncio.StreamWriter) -> bool:
+    async def route(self, method: str, target: str, raw: bytes, conn: Conn, writer: asyncio.StreamWriter) -> bool:
         path, _, query = target.partition("?")
         path = path.rstrip("/")
         if method == "GET" and path == "/stats":
-            return await _send_json(writer, 200, self.stats.as_dict(with_series="series=0" not in query))
+            return await send_json(writer, 200, self.stats.as_dict(with_series="series=0" not in query))
         if method == "POST" and path == "/stats/reset":
             self.stats.reset()
-            return await _send_json(writer, 200, {"reset": True})
+            return await send_json(writer, 200, {"reset": True})
         if method == "POST" and path == "/control":
-            return await _send_json(writer, *self.control(raw))
+            return await send_json(writer, *self.control(raw))
         if method == "GET" and path == "/v1/models":
             self.stats.received["models"] += 1
-            return await _send_json(writer, 200, {"object": "list", "data": [
+            return await send_json(writer, 200, {"object": "list", "data": [
                 {"id": self.config.model, "object": "model", "owned_by": "fake", "created": 0}]})
         kinds = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
         if method == "POST" and path in kinds:
             return await self.generate(kinds[path], raw, conn, writer)
         self.stats.received["other"] += 1
-        return await _send_json(writer, 404, {"error": {"message": f"no route {method} {path}"}})
+        return await send_json(writer, 404, {"error": {"message": f"no route {method} {path}"}})
 
     def control(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -230,7 +189,7 @@ class FakeOpenAIServer:
             return 400, {"error": {"message": str(e)}}
         return 200, asdict(self.config)
 
-    async def generate(self, kind: str, raw: bytes, conn: _Conn, writer: asyncio.StreamWriter) -> bool:
+    async def generate(self, kind: str, raw: bytes, conn: Conn, writer: asyncio.StreamWriter) -> bool:
         st, cfg = self.stats, self.config
         st.received[kind] += 1
         if cfg.down == "refuse":  # the control routes stay up, so a test can bring the server back
@@ -245,13 +204,13 @@ class FakeOpenAIServer:
                 raise ValueError("body is not an object")
         except ValueError as e:
             st.failed["bad_request"] += 1
-            return await _send_json(writer, 400, {"error": {"message": f"invalid JSON body: {e}"}})
+            return await send_json(writer, 400, {"error": {"message": f"invalid JSON body: {e}"}})
         if body.get("stream"):
             st.failed["bad_request"] += 1
-            return await _send_json(writer, 400, {"error": {"message": "streaming is not supported"}})
+            return await send_json(writer, 400, {"error": {"message": "streaming is not supported"}})
         if cfg.down == "503":
             st.failed["down"] += 1
-            return await _send_json(writer, 503, {"error": {"message": "server is down"}})
+            return await send_json(writer, 503, {"error": {"message": "server is down"}})
         key = request_key(body)
         attempt = st.attempts[key]
         st.attempts[key] += 1
@@ -262,7 +221,7 @@ class FakeOpenAIServer:
             st.failed[fault] += 1
             status = int(fault[-3:])
             extra = {"Retry-After": f"{cfg.retry_after:g}"} if status == 429 else {}
-            return await _send_json(writer, status, {"error": {"message": f"injected {status}"}}, extra)
+            return await send_json(writer, status, {"error": {"message": f"injected {status}"}}, extra)
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         try:
@@ -271,7 +230,7 @@ class FakeOpenAIServer:
                 delay /= 2
             if fault == "hang":
                 st.failed["hang"] += 1
-            if not await _wait_or_hangup(delay, conn):
+            if not await wait_or_hangup(delay, conn):
                 st.cancelled += fault != "hang"
                 return False
             if fault == "hang":
@@ -284,7 +243,7 @@ class FakeOpenAIServer:
                 return False
             if fault == "bad_body":
                 st.failed["bad_body"] += 1
-                return await _send(writer, 200, b'{"id": "x", "choices": [{"message": {"content": ', {})
+                return await send(writer, 200, b'{"id": "x", "choices": [{"message": {"content": ', {})
             invalid = _uniform(key, cfg.seed, "invalid") < cfg.invalid
             ans = answer(body, invalid=invalid)
             text, tokens, finish = ans.text, ans.completion_tokens, ans.finish_reason
@@ -296,7 +255,7 @@ class FakeOpenAIServer:
                 st.served[kind] += 1
                 st.invalid += invalid
             st.completion_tokens += tokens
-            return await _send_json(writer, 200, _payload(kind, cfg.model, key, body, text, tokens, finish))
+            return await send_json(writer, 200, _payload(kind, cfg.model, key, body, text, tokens, finish))
         finally:
             st.in_flight -= 1
             st.last_response = st.now()
@@ -324,25 +283,6 @@ def _pick_fault(cfg: FakeServerConfig, key: bytes, attempt: int) -> str | None:
     return None
 
 
-async def _wait_or_hangup(delay: float, conn: _Conn) -> bool:
-    """Sleep `delay` seconds; False as soon as the client closes the connection."""
-    sleeper = asyncio.ensure_future(asyncio.sleep(delay))
-    watcher = asyncio.ensure_future(conn.fill())
-    try:
-        while True:
-            done, _ = await asyncio.wait({sleeper, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if sleeper in done:
-                return True
-            if watcher.exception() is not None:
-                return False
-            watcher = asyncio.ensure_future(conn.fill())  # pipelined bytes: kept in the buffer, keep watching
-    finally:
-        for t in (sleeper, watcher):
-            t.cancel()
-        # wait until the watcher has really stopped: the connection's next read must be the only reader
-        await asyncio.gather(sleeper, watcher, return_exceptions=True)
-
-
 def _apply_stop(text: str, finish: str, stop: Any) -> tuple[str, str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=-1)
@@ -360,19 +300,6 @@ def _payload(kind: str, model: str, key: bytes, body: dict[str, Any], text: str,
         return {**common, "object": "chat.completion", "choices": [choice]}
     return {**common, "object": "text_completion",
             "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
-
-
-async def _send_json(writer: asyncio.StreamWriter, status: int, obj: Any,
-                     headers: dict[str, str] | None = None) -> bool:
-    return await _send(writer, status, json.dumps(obj).encode(), headers or {})
-
-
-async def _send(writer: asyncio.StreamWriter, status: int, data: bytes, headers: dict[str, str]) -> bool:
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", "Content-Type: application/json",
-            f"Content-Length: {len(data)}", *(f"{k}: {v}" for k, v in headers.items())]
-    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
-    await writer.drain()
-    return True
 
 
 async def _main(config: FakeServerConfig, host: str, port: int) -> None:
@@ -464,21 +391,6 @@ def serve(host: str = "127.0.0.1", **config: Any) -> Iterator[FakeServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def inflight_summary(series: list[list[float]], start: float, end: float) -> dict[str, float]:
-    """Mean and 5th percentile of the sampled in-flight count between two server times."""
-    values = sorted(int(sample[1]) for sample in series if start <= sample[0] <= end)
-    if not values:
-        return {"mean": 0.0, "p5": 0.0, "samples": 0}
-    return {"mean": sum(values) / len(values), "p5": float(values[int(0.05 * (len(values) - 1))]),
-            "samples": len(values)}
-
-
-def drain_time(series: list[list[float]], total: int, window: int) -> float | None:
-    """When the client had sent all but its last `window` requests: after that no full window can exist,
-    so in-flight counts measure the tail of the latency distribution, not the client."""
-    return next((sample[0] for sample in series if sample[2] >= total - window), None)
 
 
 if __name__ == "__main__":
