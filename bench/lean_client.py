@@ -116,12 +116,11 @@ def measure(server: FakeServer, cmd: list[str], env: dict[str, str]) -> dict[str
 
 def _work(recipe: str, rows: int) -> tuple[list[Any], Any, int]:
     from unicorn_datasets import cli
-    from unicorn_datasets.pipeline import collect_seeds
-    from unicorn_datasets.stages import captions
+    from unicorn_datasets.pipeline.loop import collect_seeds
 
     args = cli.parser().parse_args(["build", *build_args(recipe, "http://unused", "unused", 64, rows, False)])
     r = cli._recipe_from_args(args)
-    return collect_seeds(r)[0][:rows], captions.CaptionConfig.from_recipe(r.captions, "chat"), r.seed
+    return collect_seeds(r)[0][:rows], r.captions, r.seed
 
 
 def peer(kind: str, url: str, k: int, recipe: str, rows: int) -> None:
@@ -132,7 +131,7 @@ def peer(kind: str, url: str, k: int, recipe: str, rows: int) -> None:
     p = cfg.sampling
 
     def body(s: Any, attempt: int) -> dict[str, Any]:
-        req = captions.build_request(s.id, s.seed, cfg, build_seed, attempt)
+        req = captions.build_request(s.id, s.seed, cfg, build_seed, attempt, "chat")
         return {"model": "fake-model", "messages": req.messages, "max_tokens": p.max_new_tokens,
                 "temperature": p.temperature, "top_p": p.top_p, "seed": wire_seed(req.seed)}
 
@@ -204,7 +203,7 @@ def distilabel_cmd(url: str, k: int, recipe: str, rows: int, work: Path) -> list
     seeds, cfg, _ = _work(recipe, rows)
     p = cfg.sampling
     job = {"url": url, "model": "fake-model", "k": k, "replicas": 1,
-           "prompts": [captions.build_request(s.id, s.seed, cfg, 0, 0).messages[0]["content"] for s in seeds],
+           "prompts": [captions.build_request(s.id, s.seed, cfg, 0, 0, "chat").messages[0]["content"] for s in seeds],
            "generation_kwargs": {"max_new_tokens": p.max_new_tokens, "temperature": p.temperature, "top_p": p.top_p}}
     path = work / f"distilabel-{k}.json"
     path.write_text(json.dumps(job))

@@ -16,8 +16,9 @@ from unicorn_datasets.encoders.stable import encode_stable, run_batched
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
 from unicorn_datasets.generation.checks import Candidate
 from unicorn_datasets.generation.engine import Engine, RowOutcome, WorkUnit
+from unicorn_datasets.recipe import CaptionsSection
 from unicorn_datasets.stages import captions
-from unicorn_datasets.stages.captions import CaptionConfig, CaptionStage
+from unicorn_datasets.stages.captions import CaptionStage
 from unicorn_datasets.stages.seed_check import SeedCosine
 
 PARAMS = SamplingParams(max_new_tokens=16)
@@ -81,9 +82,9 @@ def caption_rows(n: int) -> tuple[dict[str, list], dict[str, list[str]]]:
     return {"id": ids, "seed": seeds, "source": ["t"] * n}, answers
 
 
-def caption_part(encoder: Any, cfg: CaptionConfig, rows: dict[str, list], answers: dict[str, list[str]],
+def caption_part(encoder: Any, cfg: CaptionsSection, rows: dict[str, list], answers: dict[str, list[str]],
                  **engine: Any) -> dict[str, list]:
-    stage = CaptionStage(cfg, [], build_seed=0, model_id="m")
+    stage = CaptionStage(cfg, [], prompt_mode="completion", build_seed=0, model_id="m")
     stage.ctx = Ctx(encoder)  # type: ignore[assignment]
     parts: list[dict[str, list]] = []
     halves = [{k: v[:3] for k, v in rows.items()}, {k: v[3:] for k, v in rows.items()}]  # two shards
@@ -94,7 +95,7 @@ def caption_part(encoder: Any, cfg: CaptionConfig, rows: dict[str, list], answer
 
 
 def test_seed_cosine_via_the_worker_gives_the_rows_of_the_inline_check(minilm: Any) -> None:
-    cfg = CaptionConfig(min_words=20, max_words=80, min_seed_cosine=0.3, max_attempts=2, prompt_mode="completion")
+    cfg = CaptionsSection(min_words=20, max_words=80, min_seed_cosine=0.3, max_attempts=2)
     rows, answers = caption_rows(6)
     batched = caption_part(minilm, cfg, rows, answers)
     one_by_one = caption_part(minilm, cfg, rows, answers, check_batch=1, check_wait=0.0)
@@ -201,14 +202,16 @@ def test_stable_embeddings_do_not_depend_on_the_batch(minilm: Any) -> None:
 def test_stage2_embedding_checks_run_in_the_worker_with_the_inline_results() -> None:
     from test_instructions import CAPTION, BagOfWordsEncoder, dump, mc_item
 
-    from unicorn_datasets.stages.instruct import InstructConfig, InstructRows, InstructStage
+    from unicorn_datasets.recipe import InstructSection
+    from unicorn_datasets.stages.instruct import InstructRows, InstructStage
 
-    cfg = InstructConfig(item_bounds={"mc": (1, 3)}, min_answer_support_margin=0.0, max_option_similarity=0.8)
+    cfg = InstructSection(items={"mc": (1, 3)}, min_answer_support_margin=0.0, max_option_similarity=0.8,
+                          mix={"mc": 1})
     good = mc_item(q="What color is the umbrella?", answer="B")  # the caption says a red umbrella
     wrong = mc_item(q="Which color does the umbrella have?", answer="A")
     answers = {f"c{i}": [dump([wrong]), dump([good, wrong])] if i % 2 else [dump([good])] for i in range(6)}
     rows = {"id": list(answers), "caption": [CAPTION] * 6, "task": ["mc"] * 6}
-    stage = InstructStage(cfg, mix={"mc": 1}, build_seed=0, model_id="m")
+    stage = InstructStage(cfg, build_seed=0, model_id="m")
     stage.rows = ops = InstructRows(cfg, 0, True, BagOfWordsEncoder())
     out: list[RowOutcome] = []
     Engine(Scripted(answers)).run([stage.work_unit(0, rows)], lambda unit, outcomes: out.extend(outcomes))

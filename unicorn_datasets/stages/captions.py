@@ -178,6 +178,7 @@ class CaptionStage(GenerationStage):
         self.mode = prompt_mode  # "chat" | "completion" | "auto" (resolved from the backend when the stage runs)
         self.seed_check_encoder = seed_check_encoder  # the encoder of the off-seed check (transfer.encoder)
         self.near_dup = near_dup
+        self.seed_check: SeedCosineCheck | None = None  # made on first use: it needs the loaded encoder
         self.reserved: ReservedTokens | None = None
         self.ctx: Context | None = None
         self.seed_check: SeedCosineCheck | None = None  # one per stage: the engine batches its candidates
