@@ -31,6 +31,8 @@ def _build_parser(sub: Any) -> None:
     b.add_argument("--encoder", help="Stage-3 encoder: CLIP/SigLIP/sentence-transformers folder, minilm, llm2clip")
     b.add_argument("--transfer", choices=["mean-shift", "c3", "none", "prior"], help="Stage-3 transfer method")
     b.add_argument("--prior", help="--transfer prior: a folder made by `unicorn prior train`")
+    b.add_argument("--allow-worse-prior", action="store_true", default=None,
+                   help="use a prior that lost to the mean shift on its validation pairs (refused otherwise)")
     b.add_argument(
         "--renormalize",
         action=argparse.BooleanOptionalAction,
@@ -72,6 +74,7 @@ _FLAG_KEYS = (
     ("stages", "--stages", "stages"),
     ("balance", "--balance", "balance.enabled"),
     ("prior", "--prior", "transfer.prior"),
+    ("allow_worse_prior", "--allow-worse-prior", "transfer.allow_worse_prior"),
 )
 
 
@@ -161,7 +164,9 @@ def _prior_parser(sub: Any) -> None:
     tr.add_argument("pairs", help=".parquet/.jsonl/dataset folder: caption + image_embedding (or image paths)")
     tr.add_argument("--encoder", required=True, help="the encoder of the builds that will use the prior")
     tr.add_argument("--out", required=True, help="the prior folder to write")
-    tr.add_argument("--family", choices=["linear", "flow"], default="linear")
+    tr.add_argument("--family", default="linear",
+                    help="linear, orthogonal, flow, a comma-separated list or all: each is fitted and compared with "
+                         "the mean shift on the validation split; the best is saved (default: linear)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-fraction", type=float, default=0.1)
     tr.add_argument("--max-epochs", type=int, help="flow: epoch cap (early stopping usually ends sooner)")
@@ -190,7 +195,9 @@ def cmd_prior(args: argparse.Namespace) -> int:
     if args.prior_command == "train":
         hyper = {k: getattr(args, k) for k in ("max_epochs", "patience", "hidden", "layers", "lr", "steps")
                  if getattr(args, k) is not None}
-        if hyper and args.family != "flow":
+        from unicorn_datasets.prior.train import families_of
+
+        if hyper and "flow" not in families_of(args.family):
             raise ValueError(f"--{next(iter(hyper)).replace('_', '-')} applies to --family flow only")
         enc = load_encoder(args.encoder, device=args.device, trust_remote_code=args.trust_remote_code)
         result = train_prior(args.pairs, enc, args.out, family=args.family, seed=args.seed,

@@ -35,8 +35,8 @@ STAGES: tuple[str, ...] = typing.get_args(StageName)
 InstructTask = Literal["mc", "qa", "reasoning"]
 INSTRUCT_TASKS: tuple[str, ...] = typing.get_args(InstructTask)
 
-# Fields that do not change a single row: excluded from the fingerprint.
-_NOT_IN_FINGERPRINT = ("description", "license", "license_name", "license_link")
+# Fields that do not change a single row: excluded from the fingerprint (a dotted path names a nested key).
+_NOT_IN_FINGERPRINT = ("description", "license", "license_name", "license_link", "transfer.allow_worse_prior")
 
 
 class RecipeError(ValueError):
@@ -132,6 +132,7 @@ class TransferSection:
     shard_size: int | None = field(default=None, metadata=_min(1))  # rows per Stage-3 shard; None: shard_size
     prior: str | None = None  # method "prior": a folder made by `unicorn prior train`
     prior_sha256: str | None = None  # set by the build from the prior's weights (so a retrained prior is refused)
+    allow_worse_prior: bool = False  # use a prior that lost to the mean shift on its validation pairs
 
     def __post_init__(self) -> None:
         if self.method == "prior" and not self.prior:
@@ -190,7 +191,13 @@ class Recipe:
         return _plain(self)
 
     def fingerprint(self) -> str:
-        body = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+        body = self.to_dict()
+        for key in _NOT_IN_FINGERPRINT:
+            *parents, leaf = key.split(".")
+            node = body
+            for p in parents:
+                node = node.get(p) or {}
+            node.pop(leaf, None)
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

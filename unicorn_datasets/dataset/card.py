@@ -164,12 +164,21 @@ def _prior_text(prior: dict[str, Any] | None) -> str:
             f"weights `{prior.get('weights_sha256')}`) trained on {data.get('n_pairs')} caption/image pairs "
             f"(`{data.get('source')}`, data `{data.get('fingerprint')}`).")
     methods = ev.get("methods") or {}
-    if methods:
-        rows = [(m, f"{r['paired_cosine']:.3f}", f"{r['recall@1']:.3f}", f"{r['recall@5']:.3f}", f"{r['frechet']:.4f}")
-                for m, r in methods.items()]
+    rows = []
+    for m, r in methods.items():
+        for kind in ("centred", "uncentred"):
+            x = r.get(kind) or (r if kind == "centred" and "paired_cosine" in r else None)  # old flat = centred
+            if x:
+                rows.append((m, kind, f"{x['paired_cosine']:.3f}", f"{x['recall@1']:.3f}", f"{x['recall@5']:.3f}",
+                             f"{x['frechet']:.4f}"))
+    if rows:
         text += (f" On {ev.get('n')} held-out pairs ({ev.get('split', 'held out')}), against the real image "
-                 "embeddings minus their mean:\n\n"
-                 + _table(rows, ("method", "paired cosine", "recall@1", "recall@5", "Fréchet distance")))
+                 "embeddings minus their mean (centred, Unicorn's test time) and as the image tower gives them "
+                 "(uncentred):\n\n"
+                 + _table(rows, ("method", "comparison", "paired cosine", "recall@1", "recall@5", "Fréchet distance")))
+    cmp = prior.get("comparison") or {}
+    if cmp.get("summary"):
+        text += f"\n\n   Validation: {cmp['summary']}."
     return text
 
 

@@ -71,7 +71,7 @@ def prior_provenance(prior: Any) -> dict[str, Any]:
     """What the manifest and card say about a prior: where, which, trained on what, and its own evaluation."""
     cfg = prior.config()
     training = {k: v for k, v in (cfg.get("training") or {}).items() if k != "val_loss_history"}
-    return {k: cfg.get(k) for k in ("family", "dim", "hyper", "training_data", "weights_sha256")} | {
+    return {k: cfg.get(k) for k in ("family", "dim", "hyper", "training_data", "weights_sha256", "comparison")} | {
         "training": training, "evaluation": prior.evaluation}
 
 
@@ -83,8 +83,30 @@ def with_prior_identity(recipe: Recipe) -> Recipe:
         return recipe
     from unicorn_datasets.prior import load_prior
 
-    sha = load_prior(str(t.prior)).weights_sha256()
-    return dataclasses.replace(recipe, transfer=dataclasses.replace(t, prior_sha256=sha))
+    prior = load_prior(str(t.prior))
+    check_against_mean_shift(prior, str(t.prior), allow_worse=t.allow_worse_prior)
+    return dataclasses.replace(recipe, transfer=dataclasses.replace(t, prior_sha256=prior.weights_sha256()))
+
+
+def check_against_mean_shift(prior: Any, folder: str, *, allow_worse: bool) -> None:
+    """A prior that lost to the mean shift on its own validation pairs would make Stage 3 worse than training
+    none: refused unless allowed (then a warning); a prior without that record gets a warning."""
+    import sys
+
+    from unicorn_datasets.prior.base import PriorError
+
+    cmp = prior.meta.get("comparison")
+    if not cmp:
+        print(f"unicorn: warning: the prior {folder} records no comparison with the mean shift (trained before "
+              "it was recorded); retrain it with `unicorn prior train` to know whether it helps", file=sys.stderr)
+    elif cmp.get("worse_than_mean_shift"):
+        msg = (f"the prior {folder} lost to the mean shift on its validation pairs (paired cosine "
+               f"{cmp['families'][cmp['chosen']]:.3f} vs {cmp['mean_shift']:.3f}): Stage 3 would be worse than "
+               "--transfer mean-shift")
+        if not allow_worse:
+            raise PriorError(f"{msg}; use --transfer mean-shift, retrain on more pairs, or pass "
+                             "--allow-worse-prior (transfer.allow_worse_prior) to use it anyway")
+        print(f"unicorn: warning: {msg}; used anyway (--allow-worse-prior)", file=sys.stderr)
 
 
 def describe_instructions() -> list[str]:
