@@ -139,7 +139,16 @@ def cmd_embed_images(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from unicorn_datasets.analysis.report import report
 
-    print(json.dumps(report(args.folder, k=args.k, seed=args.seed), indent=2, default=str))
+    if len(args.folders) > 2:
+        raise ValueError(f"unicorn report takes one build folder, or two to compare; got {len(args.folders)}")
+    if len(args.folders) == 2:
+        from unicorn_datasets.analysis.compare import compare_builds
+
+        result = compare_builds(*args.folders, k=args.k, encoder=args.encoder, embeddings=args.embeddings,
+                                seed=args.seed)
+    else:
+        result = report(args.folders[0], k=args.k, encoder=args.encoder, embeddings=args.embeddings, seed=args.seed)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -247,9 +256,14 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("--keep-path", action="store_true")
     em.add_argument("--no-center", action="store_true", help="do not subtract the image-set mean")
     em.add_argument("--trust-remote-code", action="store_true")
-    rp = sub.add_parser("report", help="diversity/balance statistics of a built dataset folder")
-    rp.add_argument("folder")
-    rp.add_argument("--k", type=int, help="k-means clusters (default: sqrt(n/2) in [2, 100])")
+    rp = sub.add_parser("report", help="diversity/balance statistics of a built dataset folder (two: compared)")
+    rp.add_argument("folders", nargs="+", metavar="FOLDER", help="a build folder, or two to compare on one k and "
+                                                                 "encoder (the first one's)")
+    rp.add_argument("--k", type=int, help="k-means clusters (default: the build's report.k)")
+    rp.add_argument("--encoder", help="caption text encoder (default: the build's report/balance/transfer encoder; "
+                                      "hashed: hashed TF-IDF)")
+    rp.add_argument("--embeddings", choices=["text", "hashed", "stored"], default="text",
+                    help="cluster the caption text (default), hashed TF-IDF, or the stored pretrain.embedding")
     rp.add_argument("--seed", type=int, default=0)
     gp = sub.add_parser("gap-stats", help="paired cosine of transferred captions vs real image embeddings")
     gp.add_argument("pairs", help=".parquet/.jsonl with caption + image_embedding (or image paths)")

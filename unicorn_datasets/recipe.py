@@ -36,7 +36,8 @@ InstructTask = Literal["mc", "qa", "reasoning"]
 INSTRUCT_TASKS: tuple[str, ...] = typing.get_args(InstructTask)
 
 # Fields that do not change a single row: excluded from the fingerprint (a dotted path names a nested key).
-_NOT_IN_FINGERPRINT = ("description", "license", "license_name", "license_link", "transfer.allow_worse_prior")
+_NOT_IN_FINGERPRINT = ("description", "license", "license_name", "license_link", "transfer.allow_worse_prior",
+                       "report")
 
 
 class RecipeError(ValueError):
@@ -149,6 +150,12 @@ class BalanceSection:  # concept-balanced seed selection (balance.py)
 
 
 @dataclass(frozen=True)
+class ReportSection:  # the diversity report (analysis/report.py): fixed settings, so builds compare
+    k: int = field(default=32, metadata=_min(2))  # k-means clusters of the caption text embeddings
+    encoder: str | None = None  # None: balance.encoder, else transfer.encoder; "hashed": hashed TF-IDF
+
+
+@dataclass(frozen=True)
 class NearDupSection:  # near-duplicate captions after Stage 1 (near_dup.py)
     enabled: bool = False
     method: Literal["minhash"] = "minhash"  # bench/README.md: why not embedding cosine
@@ -177,6 +184,7 @@ class Recipe:
     transfer: TransferSection = field(default_factory=TransferSection)
     balance: BalanceSection = field(default_factory=BalanceSection)
     near_dup: NearDupSection = field(default_factory=NearDupSection)
+    report: ReportSection = field(default_factory=ReportSection)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "recipe", origins: Mapping[str, str] | None = None) -> Recipe:

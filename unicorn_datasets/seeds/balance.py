@@ -1,18 +1,20 @@
-"""Concept-balanced seed selection (Synth²): when a limit keeps fewer seeds than are available, cover
-semantic clusters evenly instead of drawing uniformly at random.
+"""Concept-balanced seed selection (Synth²): cover each source's concepts and semantic clusters evenly
+instead of drawing uniformly at random.
 
 All available seeds (deduplicated, ordered by id) are embedded (the recipe's encoder, or hashed TF-IDF)
-and clustered once with k-means (clustering.py). The limit is split between caption seeds and domain
-(label x template) seeds in proportion to what is available, which is what a uniform draw gives in
-expectation, then:
+and clustered once with k-means (clustering.py). The limit is split equally between the seed sources
+(the recipe's `seeds` entries; a source with fewer seeds gives the rest to the others), then inside a
+source between caption seeds and labelled (label x template) seeds in proportion to what it has, then:
 - caption seeds are drawn round-robin across clusters: every cluster gives its 1st seed, then its 2nd...
 - domain seeds are drawn round-robin by template, then label, then domain: every label gets one template
   before any label gets a second, and the domains take turns.
 Ties inside a round (which cluster/label gets the last places) and the order inside a cluster follow a hash
 of (build seed, seed id), so the selection depends on the build seed only, never on input order.
 
-`artifacts/seed_clusters.parquet` records every available seed's cluster and whether the balanced and the
-uniform draw selected it: the report turns it into the cluster-size histograms (seeds and captions).
+Without a binding limit every seed is kept (in that order) and the clusters are recorded all the same.
+`artifacts/seed_clusters.parquet` records every available seed's cluster, domain and label, and whether the
+balanced and the uniform draw selected it: the report turns it into the cluster-size histograms (seeds
+and captions) and the concept histograms of the delivered captions.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from unicorn_datasets.seeds.sources import Seed, _stable_int, merge_seeds, unifo
 CLUSTERS_FILE = SEED_CLUSTERS
 CLUSTERS_SCHEMA = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("cluster", pa.int32()), ("balanced", pa.bool_()),
-     ("uniform", pa.bool_())]
+     ("uniform", pa.bool_()), ("domain", pa.string()), ("label", pa.string())]
 )
 
 
@@ -96,7 +98,7 @@ def _domain_order(seeds: list[Seed], build_seed: int) -> list[int]:
     tie = [_stable_int(build_seed, "balance", s.id) for s in seeds]
     by_label: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i in sorted(range(len(seeds)), key=lambda i: tie[i]):
-        by_label[(seeds[i].source, seeds[i].label)].append(i)
+        by_label[(seeds[i].domain or seeds[i].source, seeds[i].label)].append(i)
     labels_of: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for key in sorted(by_label, key=lambda key: _stable_int(build_seed, "balance-label", *key)):
         labels_of[key[0]].append(key)
@@ -116,43 +118,74 @@ def _quotas(n_caption: int, n_domain: int, limit: int) -> tuple[int, int]:
     return caption, min(n_domain, limit - caption)
 
 
+def _shares(sizes: list[int], limit: int) -> list[int]:
+    """An equal share of `limit` per source; a source with fewer seeds gives the rest to the others."""
+    out = [0] * len(sizes)
+    left = min(limit, sum(sizes))
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
+    for pos, i in enumerate(order):
+        out[i] = min(sizes[i], -(-left // (len(order) - pos)))
+        left -= out[i]
+    return out
+
+
+def _source_order(members: list[int], merged: list[Seed], labels: np.ndarray, quota: int, seed: int) -> list[int]:
+    """One source's `quota` seeds: labelled ones by domain, then label, then template; the others round-robin
+    across semantic clusters."""
+    captions = [i for i in members if not merged[i].label]
+    domains = [i for i in members if merged[i].label]
+    n_cap, n_dom = _quotas(len(captions), len(domains), quota)
+    picked = [captions[j] for j in _round_robin([merged[i] for i in captions],
+                                                 [int(labels[i]) for i in captions], seed)[:n_cap]]
+    return picked + [domains[j] for j in _domain_order([merged[i] for i in domains], seed)[:n_dom]]
+
+
 def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceConfig,
            trust_remote_code: bool = False) -> Selection:
-    """The seeds a build uses: a uniform draw, or (cfg.enabled and a binding limit) a balanced one."""
+    """The seeds a build uses: a uniform draw, or (cfg.enabled) a balanced one: an equal share of the limit
+    per seed source (the recipe's `seeds` entries), spread over each source's concepts. Without a binding
+    limit every seed is kept, in that balanced order, and the clusters are still recorded for the report."""
     merged = merge_seeds(groups)
     uniform = uniform_draw(merged, limit=limit, seed=seed)
     if not cfg.enabled:
         return Selection(uniform, None, {"enabled": False})
-    if limit is None or limit >= len(merged):
-        return Selection(uniform, None, {"enabled": True, "applied": False,
-                                         "why": f"the limit keeps all {len(merged)} available seeds"})
     encoder = seed_encoder(cfg, trust_remote_code=trust_remote_code)
     x = embed_seeds([s.seed for s in merged], cfg, encoder)
     k = min(cfg.k or default_k(len(merged)), len(merged))
     labels = kmeans(x, k, seed=seed).labels
-    captions = [i for i, s in enumerate(merged) if not s.label]
-    domains = [i for i, s in enumerate(merged) if s.label]
-    n_cap, n_dom = _quotas(len(captions), len(domains), limit)
-    picked = [captions[j] for j in _round_robin([merged[i] for i in captions],
-                                                 [int(labels[i]) for i in captions], seed)[:n_cap]]
-    picked += [domains[j] for j in _domain_order([merged[i] for i in domains], seed)[:n_dom]]
+    group_of: dict[str, int] = {}
+    for g, group in enumerate(groups):
+        for s in group:
+            group_of.setdefault(s.id, g)
+    members: list[list[int]] = [[] for _ in groups]
+    for i, s in enumerate(merged):
+        members[group_of[s.id]].append(i)
+    shares = _shares([len(m) for m in members], len(merged) if limit is None else limit)
+    picked = [i for m, q in zip(members, shares, strict=True) for i in _source_order(m, merged, labels, q, seed)]
     chosen = [merged[i] for i in picked]
     balanced_ids = {s.id for s in chosen}
     uniform_ids = {s.id for s in uniform}
     table = pa.Table.from_arrays(
         [pa.array([s.id for s in merged]), pa.array([s.source for s in merged]), pa.array(labels, pa.int32()),
-         pa.array([s.id in balanced_ids for s in merged]), pa.array([s.id in uniform_ids for s in merged])],
+         pa.array([s.id in balanced_ids for s in merged]), pa.array([s.id in uniform_ids for s in merged]),
+         pa.array([s.domain for s in merged], pa.string()), pa.array([s.label or None for s in merged], pa.string())],
         schema=CLUSTERS_SCHEMA)
+    binding = limit is not None and limit < len(merged)
     summary = {"enabled": True, "applied": True, "encoder": cfg.encoder, "k": k, "available": len(merged),
-               "selected": len(chosen), "caption_seeds": n_cap, "domain_seeds": n_dom}
+               "selected": len(chosen), "limit_binding": binding, "per_source": shares,
+               "caption_seeds": sum(not s.label for s in chosen), "domain_seeds": sum(bool(s.label) for s in chosen)}
+    if not binding:
+        summary["why"] = f"the limit keeps all {len(merged)} available seeds: every concept is delivered in full"
     return Selection(chosen, table, summary, encoder)
 
 
 def balance_report(clusters: pa.Table, caption_ids: set[str] | None) -> dict[str, Any]:
     """Cluster-size histograms (largest first), top-5 share and normalised entropy of the selected seeds,
     balanced vs the uniform draw of the same size, and of the captions built from the balanced seeds
-    (accepted rows only). A uniform draw's captions were never generated, so captions have no counterpart."""
+    (accepted rows only); with labelled seeds, the concept histograms (domain, label) of those captions.
+    A uniform draw's captions were never generated, so captions have no counterpart."""
     from unicorn_datasets.analysis.clustering import balance_stats
+    from unicorn_datasets.analysis.concepts import concept_stats
 
     labels = clusters.column("cluster").to_numpy()
     k = int(labels.max()) + 1 if len(labels) else 0
@@ -164,4 +197,10 @@ def balance_report(clusters: pa.Table, caption_ids: set[str] | None) -> dict[str
     if caption_ids is not None:
         mask = np.fromiter((i in caption_ids for i in ids), bool, len(ids))
         out["captions_balanced"] = balance_stats(labels[mask], k)
+        for name in ("domain", "label"):  # seed_clusters files written before these columns have none
+            if name in clusters.column_names:
+                values = clusters.column(name).to_pylist()
+                st = concept_stats(v for v, m in zip(values, mask, strict=True) if m)
+                if st["rows"]:
+                    out[f"captions_by_{name}"] = {**st, "unlabelled": int(mask.sum()) - st["rows"]}
     return out

@@ -34,6 +34,7 @@ class Seed:
     seed: str
     source: str
     label: str = ""  # domain seeds: the label placed in the template (balanced selection draws across labels)
+    domain: str | None = None  # domain seeds: the domain of domains.json the label belongs to
 
 
 @dataclass
@@ -226,7 +227,7 @@ def load_domain_seeds(
     domains = spec.get("domains") if isinstance(spec, dict) else None
     if not isinstance(domains, dict) or not domains:
         raise SeedError(f'{p}: expected {{"domains": {{NAME: {{"templates": [...], "labels": [...]}}}}}}')
-    texts_by_source: list[tuple[str, str, str]] = []
+    texts_by_source: list[tuple[str, str, str, str]] = []
     for name, d in domains.items():
         templates, labels = d.get("templates") or [], d.get("labels") or []
         if not templates or not labels:
@@ -239,16 +240,16 @@ def load_domain_seeds(
             rng = np.random.default_rng(_stable_int(seed, name, label))
             for j in rng.choice(len(templates), size=k, replace=False):
                 text = normalize(templates[int(j)].replace("{label}", str(label)), stats)
-                texts_by_source.append((f"domain_{name}", text, str(label)))
+                texts_by_source.append((f"domain_{name}", text, str(label), name))
     out: list[Seed] = []
     seen: set[str] = set()
-    for source, text, label in texts_by_source:
+    for source, text, label, domain in texts_by_source:
         stats.read += 1
         if dedup_key(text) in seen:
             stats.duplicates += 1
             continue
         seen.add(dedup_key(text))
-        out.append(Seed(seed_id(source, text), text, source, label))
+        out.append(Seed(seed_id(source, text), text, source, label, domain))
     if not out:
         raise SeedError(f"{p}: no domain seeds")
     return out
