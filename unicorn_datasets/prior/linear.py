@@ -54,6 +54,8 @@ def ridge_fit(
     Without a validation split, the smallest alpha is used."""
     a0 = np.zeros((x.shape[1], y.shape[1])) if anchor is None else anchor
     u, s, vt = np.linalg.svd(x, full_matrices=False)
+    keep = s > 1e-9 * s.max()  # centred rows: the all-ones direction (and any other null one) has s = 0
+    u, s, vt = u[:, keep], s[keep], vt[keep]
     r = y - x @ a0
     uty = u.T @ r
     grid = sorted(float(a) for a in alphas) + ([math.inf] if np.any(a0) else [])
@@ -64,13 +66,17 @@ def ridge_fit(
     n_fit, n_val = x.shape[0], 0 if val is None else val[0].shape[0]
     for alpha in grid:
         if math.isinf(alpha):
-            w, loo = a0, x @ a0
+            w, loo = a0, x @ a0 + r - r / (1 - 1 / n_fit)  # the limit of the formula below: only the mean left out
         else:
             shrink = s**2 / (s**2 + alpha)
             w = a0 + vt.T @ ((s / (s**2 + alpha))[:, None] * uty)
-            leverage = np.minimum((u**2) @ shrink, 1 - 1e-6)
+            # 1 - leverage of ridge with an unpenalised intercept (x and y are centred with their mean: without
+            # the 1/n, a left-out row is "predicted" through the mean when the map can interpolate, n <= d),
+            # written as a sum of non-negative terms, so it does not cancel when the leverage nears 1
+            u2 = u**2
+            free = np.maximum(1 - 1 / n_fit - u2.sum(axis=1), 0.0) + u2 @ (alpha / (s**2 + alpha))
             fitted = u @ (shrink[:, None] * uty)  # the in-sample prediction of r
-            loo = x @ a0 + r - (r - fitted) / (1 - leverage)[:, None]
+            loo = x @ a0 + r - (r - fitted) / np.maximum(free, 1e-12)[:, None]
         if val is None:
             return w, alpha, scores
         val_cos = _row_cosine(val[0] @ w, val[1]) if np.any(w) else 0.0
