@@ -4,7 +4,7 @@
   python bench/prior.py curve --data synthetic|realish [--sizes 250,1000,4000,16000]
                                                               # held-out eval (and fit seconds, linear vs
                                                               # flow) against training-set size
-  python bench/prior.py gap [--sizes 200,883,2000] [--noise 0.02,0.05] [--seeds 0,1]
+  python bench/prior.py gap [--sizes 200,883,2000] [--noise 0.02,0.05] [--seeds 0,1] [--identity 0.6]
                                                               # issue 20: never worse than the mean shift
 
 Data (no real images offline):
@@ -12,7 +12,8 @@ Data (no real images offline):
   one rotation each) plus a modality offset and noise: a known nonlinear relation.
 - gap (issue 20): the text side is the offline MiniLM on every shipped seed (open-domain captions and
   label x template domain seeds, 3,124 texts); the image side is the text embedding mapped by 0.6 I + 0.4 Q
-  (Q a random orthogonal matrix), shifted by a gap vector (norm 0.5) and noised per dimension, L2-normalised.
+  (Q a random orthogonal matrix; --identity 0: Q alone, a pure rotation), shifted by a gap vector (norm 0.5)
+  and noised per dimension, L2-normalised.
 - realish:   the text side is the offline MiniLM (384-d) on captions stitched from the shipped seed sentences
   (real text geometry); the image side is a fixed random one-hidden-layer "image tower" of the text embedding
   (tanh), plus a modality offset and noise. Real language, synthetic image side.
@@ -160,14 +161,14 @@ def seed_texts_minilm(cache: Path | None) -> np.ndarray:
     return emb
 
 
-def gap_pairs(text: np.ndarray, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows shuffled by `seed`; image = Norm((0.6 I + 0.4 Q) t + gap + noise * N(0, I))."""
+def gap_pairs(text: np.ndarray, noise: float, seed: int, identity: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Rows shuffled by `seed`; image = Norm((a I + (1 - a) Q) t + gap + noise * N(0, I)), a = `identity`."""
     rng = np.random.default_rng(seed)
     d = text.shape[1]
     q = _rotation(rng, d)
     gap = rng.standard_normal(d)
     t = text[rng.permutation(len(text))]
-    image = t @ (0.6 * np.eye(d) + 0.4 * q).T + 0.5 * gap / np.linalg.norm(gap)
+    image = t @ (identity * np.eye(d) + (1 - identity) * q).T + 0.5 * gap / np.linalg.norm(gap)
     return t, l2_normalize(image + noise * rng.standard_normal(t.shape))
 
 
@@ -184,7 +185,7 @@ def gap(args: argparse.Namespace) -> None:
     rows = []
     for noise in (float(x) for x in args.noise.split(",")):
         for seed in (int(x) for x in args.seeds.split(",")):
-            t, v = gap_pairs(text, noise, seed)
+            t, v = gap_pairs(text, noise, seed, args.identity)
             test_t, test_v = t[-args.test:], v[-args.test:]
             for n in (int(x) for x in args.sizes.split(",")):
                 fits = {"ridge toward 0 (before)": fit_families(t[:n], v[:n], ["linear"], shrink_to="zero"),
@@ -202,7 +203,8 @@ def gap(args: argparse.Namespace) -> None:
                        "train_says": fits["train --family linear,orthogonal"].meta["comparison"]["summary"]}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-    print(json.dumps({"test_pairs": args.test, "metric": "held-out centred paired cosine", "rows": rows}, indent=2))
+    print(json.dumps({"test_pairs": args.test, "identity": args.identity, "metric": "held-out centred paired cosine",
+                      "rows": rows}, indent=2))
 
 
 def main() -> None:
@@ -221,6 +223,7 @@ def main() -> None:
     g.add_argument("--noise", default="0.02,0.05")
     g.add_argument("--seeds", default="0,1", help="relation seeds (Q, gap, noise, row order)")
     g.add_argument("--test", type=int, default=1000)
+    g.add_argument("--identity", type=float, default=0.6, help="a in a I + (1 - a) Q (0: a pure rotation)")
     g.add_argument("--cache", help="folder to cache the MiniLM embeddings in")
     args = p.parse_args()
     {"stage3": stage3, "curve": curve, "gap": gap}[args.cmd](args)

@@ -322,6 +322,8 @@ def test_linear_prior_shrinks_toward_the_mean_shift_and_plain_ridge_does_not() -
     assert paired_cosine(shrunk.sample(t)[:, 0], real) >= ms - 0.005
     assert paired_cosine(ridge.sample(t)[:, 0], real) < ms - 0.05
     assert ridge.meta["comparison"]["worse_than_mean_shift"] and ridge.meta["comparison"]["winner"] == "mean-shift"
+    summary = ridge.meta["comparison"]["summary"]  # the one line `prior train` prints
+    assert summary.startswith("the mean shift wins on 100 validation pairs") and "--allow-worse-prior" in summary
     assert not shrunk.meta["comparison"]["worse_than_mean_shift"]
 
 
