@@ -196,12 +196,12 @@ def test_report_a_b_compares_two_builds_on_one_k_and_encoder(tmp_path: Path,
     small = _folder(tmp_path / "small", [10, 10], captions=[f"a red car number {i}" for i in range(20)])
     big = _folder(tmp_path / "big", [30] * 4, captions=[f"{w} thing {i}" for w in ("cat", "ship", "tree", "car")
                                                          for i in range(30)])
-    _manifest(small, 3, "hashed")
-    _manifest(big, 8, "hashed")  # built with another k: measured with the first build's
+    _manifest(small, 8, "hashed")
+    _manifest(big, 10, "hashed")  # built with another k: measured with the first build's
     assert main(["report", str(small), str(big)]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["k"] == 3 and r["encoder"].startswith("hashed-tfidf") and r["clustered"] == "caption text"
-    assert r["a"]["n_captions"] == 20 and r["b"]["n_captions"] == 120 and "report.k=8" in r["note"]
+    assert r["k"] == 8 and r["encoder"].startswith("hashed-tfidf") and r["clustered"] == "caption text"
+    assert r["a"]["n_captions"] == 20 and r["b"]["n_captions"] == 120 and "report.k=10" in r["note"]
     assert r["b_minus_a"]["top5_share"] == pytest.approx(r["b"]["top5_share"] - r["a"]["top5_share"])
     assert main(["report", str(small), str(big), "--k", "16"]) == 0  # 20 rows are too few for 16 clusters
     r = json.loads(capsys.readouterr().out)
@@ -232,6 +232,7 @@ def test_two_builds_of_different_sizes_report_diversity_alike_and_the_card_says_
             assert f"diversity: not enough rows ({rep['n_captions']} captions for k=2" in r.stderr
         else:
             assert c["status"] == "ok" and sum(c["cluster_sizes"]) == rep["n_captions"]
+            assert rep["top5_share"] is None and "k=2" in c["top5_why"]  # 5 of 2 clusters: no figure
             assert "diversity of the caption text (minilm): k=2 clusters" in r.stderr
             assert "(`report.k`, the same for every build, so builds compare)" in card
     both = compare_builds(outs[8], outs[24])

@@ -279,7 +279,10 @@ def _cluster(x: np.ndarray, k: int, seed: int) -> dict[str, Any]:
                        f"({MIN_ROWS_PER_CLUSTER} per cluster); compare small builds with a smaller report.k",
                 "cluster_sizes": [], "top5_share": None, "entropy": None, "entropy_normalised": None}
     km = kmeans(x, k, seed=seed, normalised=True)
-    return {"k": k, "status": "ok", "inertia": km.inertia, "iterations": km.iterations, **balance_stats(km.labels, k)}
+    out = {"k": k, "status": "ok", "inertia": km.inertia, "iterations": km.iterations, **balance_stats(km.labels, k)}
+    if k <= 5:  # the 5 largest clusters are all of them: 100% says nothing
+        out.update(top5_share=None, top5_why=f"k={k}: the 5 largest clusters are all the clusters")
+    return out
 
 
 def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embeddings: str = "text",

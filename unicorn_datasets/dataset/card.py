@@ -187,16 +187,20 @@ def _diversity_text(div: dict[str, Any]) -> str:
         return ""
     what = (f"the {div.get('clustered', 'caption text')} of {div.get('rows_clustered', div.get('n_captions'))} "
             f"captions, embedded with `{div.get('encoder')}`, in k={div.get('k')} k-means clusters")
-    if div.get("status") == "not enough rows" or div.get("top5_share") is None:
+    if div.get("status") == "not enough rows" or div.get("entropy") is None:
         text = f"\n\n**Diversity and balance** (Synth²-style, `{artifact(REPORT)}`): {what}: not enough rows " \
                f"({div.get('why', '')})."
     else:
         text = (f"\n\n**Diversity and balance** (Synth²-style, `{artifact(REPORT)}`): {what} (`report.k`, the same "
-                f"for every build, so builds compare); the 5 largest hold {div['top5_share']:.1%} (Synth²'s "
+                f"for every build, so builds compare); the 5 largest hold {_share(div.get('top5_share'))} (Synth²'s "
                 f"synthetic captions: 57.7%, real sets 69.8-83.0%, with an unpublished encoder and k); cluster-size "
                 f"entropy {div.get('entropy', 0):.2f} (normalised {div.get('entropy_normalised', 0):.2f}); mean "
                 f"per-caption type-token ratio {div.get('ttr', 0):.2f}.")
     return text + _concepts_text(div.get("concepts") or {}, div.get("seed_balance") or {})
+
+
+def _share(x: float | None) -> str:
+    return "- (k <= 5: all clusters)" if x is None else f"{x:.1%}"
 
 
 def _concepts_text(concepts: dict[str, Any], seed_balance: dict[str, Any]) -> str:

@@ -341,7 +341,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     div = summary.get("diversity") or {}
     if div.get("status") == "not enough rows":
         lines.append(f"diversity: not enough rows ({div.get('why')}) ({artifact(REPORT)})")
-    elif div.get("k"):
+    elif div.get("entropy") is not None:
         lines.append(f"diversity of the caption text ({div.get('encoder')}): k={div['k']} clusters, top-5 share "
                      f"{_num(div.get('top5_share'))} (Synth² 0.577), normalised entropy "
                      f"{_num(div.get('entropy_normalised'))}, mean per-caption TTR {_num(div.get('ttr'))} "
