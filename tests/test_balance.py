@@ -137,17 +137,6 @@ def test_a_balanced_build_hands_its_encoder_to_stage3(tiny_llm: Path, tmp_path: 
     assert report["seed_balance"]["k"] == 3 and sum(report["seed_balance"]["seeds_balanced"]["cluster_sizes"]) == 6
 
 
-def test_each_source_gets_an_equal_share_spread_over_its_concepts(tmp_path: Path) -> None:
-    big = load_caption_seeds(str(_write(tmp_path / "big.txt", _skewed_texts(300))), source="big")
-    small = load_caption_seeds(str(_write(tmp_path / "small.txt", [f"a tiny {w} number {i}" for i in range(30)
-                                                                 for w in ("cat",)])), source="small")
-    sel = select([big, small], limit=40, seed=0, cfg=CFG)
-    by_source = {src: sum(s.source == src for s in sel.seeds) for src in ("big", "small")}
-    assert by_source == {"big": 20, "small": 20} and sel.summary["per_source"] == [20, 20]  # not 36 / 4
-    few = select([big, small[:5]], limit=40, seed=0, cfg=CFG)  # a small source gives its unused share away
-    assert sum(s.source == "small" for s in few.seeds) == 5 and len(few.seeds) == 40
-
-
 def test_domain_seeds_record_their_domain_and_the_delivered_concepts_are_counted(tmp_path: Path) -> None:
     spec = {"domains": {"birds": {"templates": [f"t{i} a {{label}} bird" for i in range(4)],
                                   "labels": ["owl", "jay"]},

@@ -70,6 +70,7 @@ def caption_part(ids: list[str], accepted: set[str]) -> pa.Table:
                 else RowOutcome(reason="too_short", attempts=2, attempt_reasons=["too_short", "too_short"])
                 for i in ids]
     cols = {"id": ids, "seed": [f"seed {i}" for i in ids], "source": ["s"] * len(ids),
+            "domain": [None] * len(ids), "label": [None] * len(ids),
             "caption": [o.value for o in outcomes], "raw_output": ["raw"] * len(ids),
             "truncated": [False] * len(ids), **outcome_columns(outcomes)}
     return pa.Table.from_pydict(cols, schema=PART_SCHEMA)

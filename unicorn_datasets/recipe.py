@@ -63,6 +63,16 @@ class SeedSource:
     min_words: int = field(default=2, metadata=_min(1))
     max_words: int = field(default=120, metadata=_min(1))
     templates_per_label: int = field(default=10, metadata=_min(1))  # domains: captions written per label
+    share: float | None = field(default=None, metadata=_min(0.0))  # fraction of `limit`; None: what is left
+    group_column: str | None = None  # captions: keep one caption per value (one per image), drawn by the build seed
+    split: str | None = None  # captions, Hub id or dataset folder: the split (default: train, else the first)
+    config: str | None = None  # captions, Hub id: the dataset configuration
+    revision: str | None = None  # captions, Hub id: branch, tag or commit
+    license: str | None = None  # the seed set's licence, shown on the card (builtin sets record their own)
+
+    def __post_init__(self) -> None:
+        if self.share is not None and not 0 <= self.share <= 1:
+            raise RecipeError(f"must be a fraction of limit in [0, 1], got {self.share}", "share")
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,13 @@ class Recipe:
     near_dup: NearDupSection = field(default_factory=NearDupSection)
     report: ReportSection = field(default_factory=ReportSection)
 
+    def __post_init__(self) -> None:
+        shares = [s.share for s in self.seeds if s.share is not None]
+        if sum(shares) > 1 + 1e-9:
+            terms = " + ".join(f"{x:g}" for x in shares)
+            raise RecipeError(f"the seed sources' shares sum to {sum(shares):g} ({terms}); "
+                              "they are fractions of limit and may add up to 1 at most", "seeds")
+
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "recipe", origins: Mapping[str, str] | None = None) -> Recipe:
         """Validate and default a plain mapping. `origins` maps a key path to the flag or `--set` that set it."""
@@ -206,6 +223,7 @@ class Recipe:
             for p in parents:
                 node = node.get(p) or {}
             node.pop(leaf, None)
+        body["seeds"] = [{k: v for k, v in s.items() if k != "license"} for s in body["seeds"]]  # a seed set's licence
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -104,7 +104,8 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         stages_text=_stages_text(recipe, stages) + _diversity_text(manifest.get("diversity", {}))
         + _balance_text(manifest.get("diversity", {}).get("seed_balance")),
         provenance_table=_table(prov_rows, ("what", "value")),
-        seeds_table=seeds_table(manifest.get("seeds", {})),
+        seeds_table=seeds_table(manifest.get("seeds", {})) + mix_text(manifest.get("seeds", {}).get("mix"),
+                                                                       stages.get("captions", {}).get("delivered")),
         task_mix_table=task_mix_table(recipe, stages),
         rejections_table=rejections_table(stages),
         plots=_plots(out),
@@ -116,13 +117,55 @@ def seeds_table(seeds: dict[str, Any]) -> str:
     """One row per seed source: read, kept, filtered and every hygiene change (only the non-zero ones)."""
     rows = []
     for source, st in seeds.items():
-        if not isinstance(st, dict):
-            continue  # "selected": the count after merging and --limit
+        if not isinstance(st, dict) or source in ("balance", "mix"):
+            continue  # "selected": the count after merging and --limit; the selection and the mix: below
         changes = {k: v for k, v in st.items() if k not in ("read", "kept") and v}
         rows.append((f"`{source}`", st.get("read", 0), st.get("kept", 0),
                      ", ".join(f"{k}: {v}" for k, v in changes.items()) or "none"))
     table = _table(rows, ("source", "read", "kept", "filtered and cleaned"))
     return f"{table}\n\n{seeds.get('selected', 0)} seeds selected after merging the sources (and `limit`)."
+
+
+def mix_text(mix: dict[str, Any] | None, delivered: dict[str, Any] | None) -> str:
+    """The seed mix (mix.py): per source and per domain, asked (share), selected and delivered (accepted
+    captions), each source's content hash and licence, the lists a vocabulary came from, and any shortfall."""
+    if not mix:
+        return ""
+    delivered = delivered or {}
+    by_source, by_domain = delivered.get("sources") or {}, delivered.get("domains") or {}
+    total = sum(by_source.values()) or 1
+    rows, lists = [], []
+    for s in mix.get("sources", []):
+        if s["kind"] == "domains":
+            got = sum(by_domain.values())  # domain rows carry their domain, not the file: one domain source
+            lists += (s.get("origin") or {}).get("origins") or []
+        else:
+            got = by_source.get(s.get("source"), 0)
+        share = "-" if s.get("share") is None else f"{s['share']:.2%}"
+        rows.append((s["kind"], f"`{_short_path(s['path'])}`", share, s.get("available"), s.get("selected"), got,
+                     f"{got / total:.1%}", f"`{(s.get('origin') or {}).get('sha256') or '-'}`",
+                     s.get("license") or "unknown"))
+    text = (f"\n\n**Seed mix** (`limit` {mix.get('limit')}; share = fraction of the limit the recipe asks; "
+            "delivered = accepted Stage-1 captions):\n\n"
+            + _table(rows, ("kind", "source", "share", "available", "selected", "delivered", "delivered share",
+                            "sha256", "licence")))
+    domains = sorted(set(mix.get("selected_by_domain") or {}) | set(by_domain))
+    if domains:
+        sel = mix.get("selected_by_domain") or {}
+        text += "\n\nPer domain (label x template seeds):\n\n" + _table(
+            [(d, sel.get(d, 0), by_domain.get(d, 0)) for d in domains], ("domain", "selected", "delivered"))
+    if lists:
+        text += "\n\nVocabulary lists: " + "; ".join(
+            f"{o.get('name')} from {o.get('origin')} (licence: {o.get('license')})"
+            + (f" {o['notice']}" if o.get("notice") else "") for o in lists) + "."
+    for note in mix.get("notes") or []:
+        text += f"\n\n> Note: {note}"
+    return text
+
+
+def _short_path(path: str) -> str:
+    """A seed path on the card: builtin names and Hub ids as they are, a local file by its name only."""
+    return path if path.startswith("builtin:") or not _is_path(path) else Path(path).name
 
 
 def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:

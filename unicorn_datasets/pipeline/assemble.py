@@ -37,6 +37,8 @@ CAPTIONS_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("seed", pa.string()),
         ("source", pa.string()),
+        ("domain", pa.string()),  # domain seeds: the label's domain and the label; null for caption seeds
+        ("label", pa.string()),
         ("caption", pa.string()),
         ("model", pa.string()),
         ("prompt_sha", pa.string()),
@@ -58,7 +60,7 @@ INSTRUCT_COLUMNS = [
 REJECT_INPUT = {"captions": "seed", "instruct": "caption"}
 # Columns that parts written before they existed lack (a resumed build): value for such rows.
 _PART_DEFAULTS = {"truncated": (pa.bool_(), False), "attempt_reasons": (pa.list_(pa.string()), []),
-                  "server_error": (pa.string(), None)}
+                  "server_error": (pa.string(), None), "domain": (pa.string(), None), "label": (pa.string(), None)}
 
 
 def _with_defaults(table: pa.Table) -> pa.Table:
@@ -123,6 +125,7 @@ def write_rejections(repo: BuildRepo) -> int:
 
 def assemble_captions(repo: BuildRepo, model: str, prompt_sha: str) -> dict[str, Any]:
     tally, truncated = _Tally(), 0
+    delivered: dict[str, Counter[str]] = {"sources": Counter(), "domains": Counter()}  # the card's delivered mix
 
     def tables():
         nonlocal truncated
@@ -130,11 +133,14 @@ def assemble_captions(repo: BuildRepo, model: str, prompt_sha: str) -> dict[str,
             t = _with_defaults(tally.add(t))
             truncated += pc.sum(t.column("truncated")).as_py() or 0
             a = _constant(_constant(_accepted(t, "caption"), "model", model), "prompt_sha", prompt_sha)
+            delivered["sources"].update(a.column("source").to_pylist())
+            delivered["domains"].update(d for d in a.column("domain").to_pylist() if d is not None)
             yield a.select(CAPTIONS_SCHEMA.names)
 
     files = repo.write_config("captions", tables(), CAPTIONS_SCHEMA)
     write_rejections(repo)
-    return {**tally.summary(), "files": files, "kept_truncated": int(truncated)}
+    return {**tally.summary(), "files": files, "kept_truncated": int(truncated),
+            "delivered": {k: dict(sorted(v.items())) for k, v in delivered.items()}}
 
 
 

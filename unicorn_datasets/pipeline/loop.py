@@ -17,7 +17,6 @@ from unicorn_datasets.dataset.repo import BuildRepo, RepoError
 from unicorn_datasets.errors import BuildError
 from unicorn_datasets.pipeline.context import Context, log, make_state
 from unicorn_datasets.recipe import Recipe, fingerprint
-from unicorn_datasets.seeds.sources import SeedStats, load_caption_seeds, load_domain_seeds
 from unicorn_datasets.stages.transfer import with_prior_identity
 
 if TYPE_CHECKING:  # stages import the shard runner from this package: no import cycle at run time
@@ -25,26 +24,18 @@ if TYPE_CHECKING:  # stages import the shard runner from this package: no import
 
 
 def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list[Any], dict[str, Any], Any]:
-    """(seeds, per-source stats, the balance.Selection); balance.py selects the seeds."""
-    from unicorn_datasets.seeds.balance import BalanceConfig, select
+    """(seeds, per-source stats, the balance.Selection); seeds/mix.py loads the sources and applies the mix."""
+    from unicorn_datasets.seeds.mix import plan_seeds
 
-    groups, stats = [], {}
-    for spec in recipe.seeds:
-        st = SeedStats()
-        if spec.kind == "domains":
-            group = load_domain_seeds(spec.path, templates_per_label=spec.templates_per_label, seed=recipe.seed,
-                                      stats=st)
-        else:
-            group = load_caption_seeds(spec.path, column=spec.column, source=spec.source, min_words=spec.min_words,
-                                       max_words=spec.max_words, stats=st)
-        groups.append(group)
-        stats[spec.path] = {**st.as_dict(), "kept": len(group)}
-    if not groups:
+    if not recipe.seeds:
         raise BuildError("the recipe names no seed sources")
-    selection = select(groups, limit=recipe.limit, seed=recipe.seed, cfg=BalanceConfig.from_recipe(recipe),
-                       trust_remote_code=trust_remote_code)
-    stats["balance"] = selection.summary
-    return selection.seeds, stats, selection
+    plan = plan_seeds(recipe, trust_remote_code)
+    for note in plan.notes:  # unmeetable shares, a limit above what the sources hold: said before generation
+        log(note)
+    stats: dict[str, Any] = {p.spec.path: p.stats for p in plan.sources}
+    stats["balance"] = plan.selection.summary
+    stats["mix"] = plan.mix()
+    return plan.selection.seeds, stats, plan.selection
 
 
 def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage]:

@@ -1,10 +1,10 @@
-"""Concept-balanced seed selection (Synth²): cover each source's concepts and semantic clusters evenly
-instead of drawing uniformly at random.
+"""Concept-balanced seed selection (Synth²): cover concepts and semantic clusters evenly instead of
+drawing uniformly at random.
 
 All available seeds (deduplicated, ordered by id) are embedded (the recipe's encoder, or hashed TF-IDF)
-and clustered once with k-means (clustering.py). The limit is split equally between the seed sources
-(the recipe's `seeds` entries; a source with fewer seeds gives the rest to the others), then inside a
-source between caption seeds and labelled (label x template) seeds in proportion to what it has, then:
+and clustered once with k-means (clustering.py). The limit is split between caption seeds and labelled
+(label x template) seeds by the recipe's per-source shares (mix.py), else in proportion to what is
+available, then:
 - caption seeds are drawn round-robin across clusters: every cluster gives its 1st seed, then its 2nd...
 - domain seeds are drawn round-robin by template, then label, then domain: every label gets one template
   before any label gets a second, and the domains take turns.
@@ -118,33 +118,13 @@ def _quotas(n_caption: int, n_domain: int, limit: int) -> tuple[int, int]:
     return caption, min(n_domain, limit - caption)
 
 
-def _shares(sizes: list[int], limit: int) -> list[int]:
-    """An equal share of `limit` per source; a source with fewer seeds gives the rest to the others."""
-    out = [0] * len(sizes)
-    left = min(limit, sum(sizes))
-    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
-    for pos, i in enumerate(order):
-        out[i] = min(sizes[i], -(-left // (len(order) - pos)))
-        left -= out[i]
-    return out
-
-
-def _source_order(members: list[int], merged: list[Seed], labels: np.ndarray, quota: int, seed: int) -> list[int]:
-    """One source's `quota` seeds: labelled ones by domain, then label, then template; the others round-robin
-    across semantic clusters."""
-    captions = [i for i in members if not merged[i].label]
-    domains = [i for i in members if merged[i].label]
-    n_cap, n_dom = _quotas(len(captions), len(domains), quota)
-    picked = [captions[j] for j in _round_robin([merged[i] for i in captions],
-                                                 [int(labels[i]) for i in captions], seed)[:n_cap]]
-    return picked + [domains[j] for j in _domain_order([merged[i] for i in domains], seed)[:n_dom]]
-
-
 def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceConfig,
-           trust_remote_code: bool = False) -> Selection:
-    """The seeds a build uses: a uniform draw, or (cfg.enabled) a balanced one: an equal share of the limit
-    per seed source (the recipe's `seeds` entries), spread over each source's concepts. Without a binding
-    limit every seed is kept, in that balanced order, and the clusters are still recorded for the report."""
+           trust_remote_code: bool = False, split: tuple[int, int] | None = None) -> Selection:
+    """The seeds a build uses: a uniform draw, or (cfg.enabled) a balanced one: caption seeds round-robin
+    across semantic clusters, labelled seeds by domain, then label, then template. Without a binding limit
+    every seed is kept, in that order, and the clusters are still recorded for the report.
+
+    `split`: (caption seeds, domain seeds) when the recipe's shares fix it (mix.py); else in proportion."""
     merged = merge_seeds(groups)
     uniform = uniform_draw(merged, limit=limit, seed=seed)
     if not cfg.enabled:
@@ -153,15 +133,12 @@ def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: Balan
     x = embed_seeds([s.seed for s in merged], cfg, encoder)
     k = min(cfg.k or default_k(len(merged)), len(merged))
     labels = kmeans(x, k, seed=seed).labels
-    group_of: dict[str, int] = {}
-    for g, group in enumerate(groups):
-        for s in group:
-            group_of.setdefault(s.id, g)
-    members: list[list[int]] = [[] for _ in groups]
-    for i, s in enumerate(merged):
-        members[group_of[s.id]].append(i)
-    shares = _shares([len(m) for m in members], len(merged) if limit is None else limit)
-    picked = [i for m, q in zip(members, shares, strict=True) for i in _source_order(m, merged, labels, q, seed)]
+    captions = [i for i, s in enumerate(merged) if not s.label]
+    domains = [i for i, s in enumerate(merged) if s.label]
+    n_cap, n_dom = split or _quotas(len(captions), len(domains), len(merged) if limit is None else limit)
+    picked = [captions[j] for j in _round_robin([merged[i] for i in captions],
+                                                 [int(labels[i]) for i in captions], seed)[:n_cap]]
+    picked += [domains[j] for j in _domain_order([merged[i] for i in domains], seed)[:n_dom]]
     chosen = [merged[i] for i in picked]
     balanced_ids = {s.id for s in chosen}
     uniform_ids = {s.id for s in uniform}
@@ -172,8 +149,7 @@ def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: Balan
         schema=CLUSTERS_SCHEMA)
     binding = limit is not None and limit < len(merged)
     summary = {"enabled": True, "applied": True, "encoder": cfg.encoder, "k": k, "available": len(merged),
-               "selected": len(chosen), "limit_binding": binding, "per_source": shares,
-               "caption_seeds": sum(not s.label for s in chosen), "domain_seeds": sum(bool(s.label) for s in chosen)}
+               "selected": len(chosen), "limit_binding": binding, "caption_seeds": n_cap, "domain_seeds": n_dom}
     if not binding:
         summary["why"] = f"the limit keeps all {len(merged)} available seeds: every concept is delivered in full"
     return Selection(chosen, table, summary, encoder)

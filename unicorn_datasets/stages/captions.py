@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from unicorn_datasets.dataset.repo import BuildRepo
     from unicorn_datasets.pipeline.context import Context
 
+SEED_COLUMNS = ("id", "seed", "source", "domain", "label")  # what a seed row carries into its caption row
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
 _LEAKS = ("Seed:", "Description:", "Seed caption:", "Requirements:")
 
@@ -180,7 +181,7 @@ def validate(
 
 
 class CaptionStage(GenerationStage):
-    """Stage 1: seed rows (`id`, `seed`, `source`) -> one caption each, or a recorded rejection."""
+    """Stage 1: seed rows (`id`, `seed`, `source`, `domain`, `label`) -> one caption each, or a recorded rejection."""
 
     name = "captions"
 
@@ -213,7 +214,9 @@ class CaptionStage(GenerationStage):
     def inputs(self, ctx: Context) -> datasets.Dataset:
         s = self.seeds
         return datasets.Dataset.from_dict(
-            {"id": [x.id for x in s], "seed": [x.seed for x in s], "source": [x.source for x in s]}
+            {"id": [x.id for x in s], "seed": [x.seed for x in s], "source": [x.source for x in s],
+             "domain": [x.domain for x in s], "label": [x.label for x in s]},
+            features=datasets.Features({k: datasets.Value("string") for k in SEED_COLUMNS}),
         )
 
     def work_unit(self, shard: int, rows: dict[str, list]) -> WorkUnit:
@@ -233,7 +236,8 @@ class CaptionStage(GenerationStage):
                         cfg.max_attempts)
 
     def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
-        cols = {**{k: rows[k] for k in ("id", "seed", "source")},
+        n = len(rows["id"])
+        cols = {**{k: rows[k] if k in rows else [None] * n for k in SEED_COLUMNS},  # rows without domain/label
                 "caption": [o.value for o in outcomes], "raw_output": [o.raw for o in outcomes],
                 "truncated": [o.value is not None and "truncated" in o.notes for o in outcomes],
                 **outcome_columns(outcomes)}
@@ -254,6 +258,7 @@ class CaptionStage(GenerationStage):
 
 
 PART_SCHEMA = pa.schema([("id", pa.string()), ("seed", pa.string()), ("source", pa.string()),
+                         ("domain", pa.string()), ("label", pa.string()),  # null for caption seeds
                          ("caption", pa.string()), ("raw_output", pa.string()), ("truncated", pa.bool_()),
                          *OUTCOME_FIELDS])
 
