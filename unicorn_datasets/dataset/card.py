@@ -281,8 +281,8 @@ def _balance_text(sb: dict[str, Any] | None) -> str:
     if not rows:
         return ""
     return (f"\n\n**Concept-balanced seeds**: {sb.get('available')} available seeds in k={sb.get('k')} k-means "
-            "clusters; each seed source got an equal share of the limit, spread over its concepts (domain, "
-            "label, template) and, for caption seeds, round-robin across clusters, instead of a uniform draw "
+            "clusters; the seeds were spread over their concepts (domain, then label, then template) and, for "
+            "caption seeds, round-robin across clusters, instead of a uniform draw "
             f"(`{artifact(SEED_CLUSTERS)}`, `{artifact(REPORT)}` key `seed_balance`).\n\n"
             + _table(rows, ("selection", "rows", "top-5 share", "normalised entropy",
                             "cluster sizes, largest first")))
