@@ -151,7 +151,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from unicorn_datasets.pipeline import build
+    from unicorn_datasets.pipeline.loop import build
 
     recipe = _recipe_from_args(args)
     build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)

@@ -34,6 +34,10 @@ StageName = Literal["captions", "instruct", "pretrain"]
 STAGES: tuple[str, ...] = typing.get_args(StageName)
 InstructTask = Literal["mc", "qa", "reasoning"]
 INSTRUCT_TASKS: tuple[str, ...] = typing.get_args(InstructTask)
+# (min, max) items per task when `instruct.items` leaves a task out; the paper asks 6-8 for mc/qa and leaves
+# reasoning open (UNCONFIRMED)
+INSTRUCT_ITEMS = {"mc": (6, 8), "qa": (6, 8), "reasoning": (2, 4)}
+INSTRUCT_MAX_CHARS = 2000  # `instruct.max_chars` for a task a per-task mapping leaves out
 
 # Fields that do not change a single row: excluded from the fingerprint (a dotted path names a nested key).
 _NOT_IN_FINGERPRINT = ("description", "license", "license_name", "license_link", "transfer.allow_worse_prior",
@@ -107,7 +111,7 @@ class InstructSection:
     mix: dict[InstructTask, int | float] = field(default_factory=lambda: {"mc": 1 / 3, "qa": 1 / 3, "reasoning": 1 / 3})
     items: dict[InstructTask, tuple[int, int]] = field(default_factory=dict)  # (min, max) per task; unset: built-in
     # schema maxLength per question/option/answer: one number, or per task ({reasoning: 600}; others 2000)
-    max_chars: int | dict[InstructTask, int] = 2000
+    max_chars: int | dict[InstructTask, int] = INSTRUCT_MAX_CHARS
     max_attempts: int = field(default=3, metadata=_min(1))
     max_verbatim_fraction: float = 0.6
     max_option_similarity: float = 0.92  # MC options this similar (embedding cosine) drop their item
@@ -124,12 +128,35 @@ class InstructSection:
     sampling: SamplingParams = SamplingParams(max_new_tokens=1024, temperature=0.7, top_p=0.95)
 
     def __post_init__(self) -> None:
+        for key, tasks in (("items", self.items), ("max_chars", self.max_chars if isinstance(self.max_chars, dict)
+                                                   else {})):
+            if unknown := sorted(set(tasks) - set(INSTRUCT_TASKS)):
+                raise RecipeError(f"unknown task(s) {unknown}; expected {', '.join(INSTRUCT_TASKS)}", key)
         for task, (lo, hi) in self.items.items():
             if not 1 <= lo <= hi:
                 raise RecipeError(f"must be [min, max] with 1 <= min <= max, got [{lo}, {hi}]", f"items.{task}")
         for task, share in self.mix.items():
             if share < 0:
                 raise RecipeError(f"must be a count or a fraction >= 0, got {share}", f"mix.{task}")
+        if not 0.0 < self.max_verbatim_fraction <= 1.0:
+            raise RecipeError(f"must be in (0, 1], got {self.max_verbatim_fraction}", "max_verbatim_fraction")
+
+    def bounds(self, task: str) -> tuple[int, int]:
+        """(min, max) items for `task`."""
+        return tuple(self.items.get(task, INSTRUCT_ITEMS[task]))  # type: ignore[return-value]
+
+    def item_bounds(self) -> dict[str, tuple[int, int]]:
+        return {task: self.bounds(task) for task in INSTRUCT_ITEMS}
+
+    def chars(self, task: str) -> int:
+        """The schema's maxLength for `task`'s strings."""
+        if isinstance(self.max_chars, dict):
+            return int(self.max_chars.get(task, INSTRUCT_MAX_CHARS))  # type: ignore[call-overload]
+        return int(self.max_chars)
+
+    @property
+    def needs_encoder(self) -> bool:
+        return self.min_answer_support_margin is not None
 
 
 @dataclass(frozen=True)
@@ -172,6 +199,10 @@ class NearDupSection:  # near-duplicate captions after Stage 1 (near_dup.py)
     threshold: float = field(default=0.5, metadata=_min(0.01))  # MinHash Jaccard of word shingles (<= 1)
     num_perm: int = field(default=128, metadata=_min(8))
     shingle: int = field(default=3, metadata=_min(1))  # words per shingle
+
+    def __post_init__(self) -> None:
+        if self.threshold > 1.0:
+            raise RecipeError(f"must be at most 1 (a Jaccard similarity), got {self.threshold}", "threshold")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""The dataset card: YAML `configs` + `dataset_info` that `datasets` and the Hub viewer read, plus prose."""
+"""The dataset card: YAML `configs` + `dataset_info` that `datasets` and the Hub viewer read, plus prose.
+
+What the card says about each stage (its config's line, its paragraph, its own sections such as the task mix)
+comes from the stage registry (`StageSpec`)."""
 
 from __future__ import annotations
 
@@ -12,16 +15,17 @@ import pyarrow.parquet as pq
 import yaml
 
 from unicorn_datasets.dataset.atomic import write_text
-from unicorn_datasets.dataset.layout import CARD, REPORT, SEED_CLUSTERS, TEXT_MEAN, artifact
+from unicorn_datasets.dataset.layout import CARD, REPORT, SEED_CLUSTERS, artifact
+from unicorn_datasets.dataset.markdown import markdown_table as _table
 from unicorn_datasets.packaged import shipped
+from unicorn_datasets.stages import registered
 
 TEMPLATE = "dataset_card.md"  # in cards/ (shipped inside the package)
-CONFIG_ORDER = ("pretrain", "instruct", "captions")
-ABOUT = {
-    "captions": "Stage 1: one dense, objective caption per seed (`id`, `seed`, `source`, `caption`).",
-    "pretrain": "Stage 3: caption + synthetic image `embedding` + LLaVA `conversations` for projector pretraining.",
-    "instruct": "Stage 2: multi-turn instruction data (`task` = mc / qa / reasoning), `embedding` joined by `id`.",
-}
+
+
+def config_order() -> list[str]:
+    """The configs, last stage first: the most derived config (the trainer's input) is the default one."""
+    return [spec.config for spec in reversed(registered()) if spec.config]
 
 
 def arrow_nbytes(files: list[Path]) -> int:
@@ -50,14 +54,9 @@ def _config_info(out: Path, config: str) -> dict[str, Any] | None:
     }
 
 
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def write_card(out: Path, manifest: dict[str, Any]) -> None:
-    infos = [i for c in CONFIG_ORDER if (i := _config_info(out, c))]
+    infos = [i for c in config_order() if (i := _config_info(out, c))]
+    about = {spec.config: spec.about for spec in registered() if spec.config}
     configs = []
     for n, info in enumerate(infos):
         entry: dict[str, Any] = {
@@ -89,7 +88,9 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
     ]
     for stage, p in prov.items():
         prov_rows.append((stage, "`" + json.dumps(_no_paths(p), sort_keys=True, default=str) + "`"))
+    sections = {key: fn(recipe, stages) for spec in registered() for key, fn in spec.card_sections.items()}
     body = Template((shipped("cards") / TEMPLATE).read_text(encoding="utf-8")).substitute(
+        **sections,
         yaml=yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(),
         title=f"{recipe.get('name')}: synthetic vision-language training data",
         description=recipe.get("description", ""),
@@ -98,7 +99,7 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         fingerprint=manifest.get("fingerprint"),
         load_path=out.name,
         configs_table=_table(
-            [(i["config_name"], i["splits"][0]["num_examples"], ABOUT[i["config_name"]]) for i in infos],
+            [(i["config_name"], i["splits"][0]["num_examples"], about[i["config_name"]]) for i in infos],
             ("config", "rows", "what it holds"),
         ),
         stages_text=_stages_text(recipe, stages) + _diversity_text(manifest.get("diversity", {}))
@@ -106,7 +107,6 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         provenance_table=_table(prov_rows, ("what", "value")),
         seeds_table=seeds_table(manifest.get("seeds", {})) + mix_text(manifest.get("seeds", {}).get("mix"),
                                                                        stages.get("captions", {}).get("delivered")),
-        task_mix_table=task_mix_table(recipe, stages),
         rejections_table=rejections_table(stages),
         plots=_plots(out),
     )
@@ -169,60 +169,7 @@ def _short_path(path: str) -> str:
 
 
 def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
-    parts = []
-    if "captions" in stages:
-        c = recipe.get("captions", {})
-        llm = recipe.get("llm", {})
-        parts.append(
-            f"1. **Captions**: each seed expanded by `{llm.get('model')}` into one objective paragraph "
-            f"({c.get('min_words')}-{c.get('max_words')} words), {llm.get('prompt_mode')} prompts."
-        )
-    if "instruct" in stages:
-        parts.append(
-            f"2. **Instructions**: task mix {stages['instruct'].get('tasks')}, JSON-schema constrained output, "
-            "validated (option letters, item counts, verbatim copying) and retried."
-        )
-    if "pretrain" in stages:
-        t = stages["pretrain"].get("transfer", {})
-        enc = t.get("encoder", {})
-        parts.append(
-            f"3. **Transfer**: captions encoded with `{enc.get('encoder', enc.get('path'))}` "
-            f"({stages['pretrain'].get('dim')}-d, "
-            f"L2-normalised), method `{t.get('method')}` (renormalise: {t.get('renormalize')}, noise sigma: "
-            f"{t.get('noise_sigma')}); the text mean over {t.get('count')} captions is in `{artifact(TEXT_MEAN)}`; "
-            f"{stages['pretrain'].get('truncated_by_encoder', 0)} caption(s) were cut by the encoder's token limit. "
-            "At inference on real images, subtract the mean of the image set (`unicorn embed-images`)."
-            + _prior_text(t.get("prior"))
-        )
-    return "\n".join(parts)
-
-
-def _prior_text(prior: dict[str, Any] | None) -> str:
-    """The learned prior a build used, and its own held-out evaluation beside the zero-parameter transfers."""
-    if not prior:
-        return ""
-    data = prior.get("training_data") or {}
-    ev = prior.get("evaluation") or {}
-    text = (f"\n\n   The image embeddings come from a learned **{prior.get('family')} prior** (`{prior.get('path')}`, "
-            f"weights `{prior.get('weights_sha256')}`) trained on {data.get('n_pairs')} caption/image pairs "
-            f"(`{data.get('source')}`, data `{data.get('fingerprint')}`).")
-    methods = ev.get("methods") or {}
-    rows = []
-    for m, r in methods.items():
-        for kind in ("centred", "uncentred"):
-            x = r.get(kind) or (r if kind == "centred" and "paired_cosine" in r else None)  # old flat = centred
-            if x:
-                rows.append((m, kind, f"{x['paired_cosine']:.3f}", f"{x['recall@1']:.3f}", f"{x['recall@5']:.3f}",
-                             f"{x['frechet']:.4f}"))
-    if rows:
-        text += (f" On {ev.get('n')} held-out pairs ({ev.get('split', 'held out')}), against the real image "
-                 "embeddings minus their mean (centred, Unicorn's test time) and as the image tower gives them "
-                 "(uncentred):\n\n"
-                 + _table(rows, ("method", "comparison", "paired cosine", "recall@1", "recall@5", "Fréchet distance")))
-    cmp = prior.get("comparison") or {}
-    if cmp.get("summary"):
-        text += f"\n\n   Validation: {cmp['summary']}."
-    return text
+    return "\n".join(spec.card_text(recipe, stages) for spec in registered() if spec.name in stages and spec.card_text)
 
 
 def _diversity_text(div: dict[str, Any]) -> str:
@@ -334,25 +281,9 @@ def _no_paths(value: Any) -> Any:
     return value
 
 
-def task_mix_table(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
-    """Requested (recipe `instruct.mix`) beside delivered (accepted instruct rows) per task."""
-    if "instruct" not in stages:
-        return "No instruction data in this build."
-    mix = recipe.get("instruct", {}).get("mix") or {}
-    delivered = stages["instruct"].get("tasks", {})
-    total = sum(delivered.values()) or 1
-    rows = []
-    for task in sorted(set(mix) | set(delivered)):
-        want = mix.get(task, 0)
-        asked = f"{want:.0%} of captions" if isinstance(want, float) and want < 1 else str(want)
-        got = delivered.get(task, 0)
-        rows.append((task, asked, got, f"{got / total:.1%}"))
-    return _table(rows, ("task", "requested", "delivered rows", "delivered share"))
-
-
 def rejections_table(stages: dict[str, Any]) -> str:
     rows = []
-    for stage in ("captions", "instruct"):
+    for stage in (spec.name for spec in registered() if spec.reject_input):
         s = stages.get(stage)
         if not s:
             continue

@@ -13,12 +13,13 @@ of (build seed, seed id), so the selection depends on the build seed only, never
 
 Without a binding limit every seed is kept (in that order) and the clusters are recorded all the same.
 `artifacts/seed_clusters.parquet` records every available seed's cluster, domain and label, and whether the
-balanced and the uniform draw selected it: the report turns it into the cluster-size histograms (seeds
-and captions) and the concept histograms of the delivered captions.
+balanced and the uniform draw selected it: the report turns it into the cluster-size histograms and the
+concept histograms of the delivered captions (clustering.balance_report).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,29 +28,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from unicorn_datasets.analysis.clustering import default_k, kmeans
-from unicorn_datasets.dataset.layout import SEED_CLUSTERS
-from unicorn_datasets.recipe import Recipe
+from unicorn_datasets.analysis.clustering import default_k, hashed_tfidf, kmeans
+from unicorn_datasets.recipe import BalanceSection, Recipe
 from unicorn_datasets.seeds.sources import Seed, _stable_int, merge_seeds, uniform_draw
 
-CLUSTERS_FILE = SEED_CLUSTERS
 CLUSTERS_SCHEMA = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("cluster", pa.int32()), ("balanced", pa.bool_()),
      ("uniform", pa.bool_()), ("domain", pa.string()), ("label", pa.string())]
 )
 
 
-@dataclass
-class BalanceConfig:
-    enabled: bool = False
-    encoder: str | None = None  # None: the recipe's transfer.encoder; "hashed": hashed TF-IDF (no model)
-    k: int | None = None  # clusters; None: default_k(available seeds)
-    batch_size: int = 256  # encoder batch
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> BalanceConfig:
-        b = recipe.balance
-        return cls(enabled=b.enabled, encoder=b.encoder or recipe.transfer.encoder, k=b.k, batch_size=b.batch_size)
+def balance_section(recipe: Recipe) -> BalanceSection:
+    """The recipe's `balance` section with its encoder resolved (unset: `transfer.encoder`)."""
+    b = recipe.balance
+    return dataclasses.replace(b, encoder=b.encoder or recipe.transfer.encoder)
 
 
 @dataclass
@@ -60,7 +52,7 @@ class Selection:
     encoder: Any = None  # the model that embedded the seeds (None: none loaded), for Stage 3 to reuse
 
 
-def seed_encoder(cfg: BalanceConfig, *, trust_remote_code: bool = False) -> Any:
+def seed_encoder(cfg: BalanceSection, *, trust_remote_code: bool = False) -> Any:
     """The model that embeds the seeds, or None for hashed TF-IDF."""
     if cfg.encoder == "hashed":
         return None
@@ -69,11 +61,9 @@ def seed_encoder(cfg: BalanceConfig, *, trust_remote_code: bool = False) -> Any:
     return load_encoder(cfg.encoder, device=_device(), trust_remote_code=trust_remote_code)
 
 
-def embed_seeds(texts: list[str], cfg: BalanceConfig, encoder: Any) -> np.ndarray:
+def embed_seeds(texts: list[str], cfg: BalanceSection, encoder: Any) -> np.ndarray:
     if encoder is None:
-        from unicorn_datasets.analysis.report import _hashed_tfidf
-
-        return _hashed_tfidf(texts)
+        return hashed_tfidf(texts)
     return encoder.encode_text(texts, batch_size=cfg.batch_size)
 
 
@@ -118,7 +108,7 @@ def _quotas(n_caption: int, n_domain: int, limit: int) -> tuple[int, int]:
     return caption, min(n_domain, limit - caption)
 
 
-def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceConfig,
+def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceSection,
            trust_remote_code: bool = False, split: tuple[int, int] | None = None) -> Selection:
     """The seeds a build uses: a uniform draw, or (cfg.enabled) a balanced one: caption seeds round-robin
     across semantic clusters, labelled seeds by domain, then label, then template. Without a binding limit
@@ -153,30 +143,3 @@ def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: Balan
     if not binding:
         summary["why"] = f"the limit keeps all {len(merged)} available seeds: every concept is delivered in full"
     return Selection(chosen, table, summary, encoder)
-
-
-def balance_report(clusters: pa.Table, caption_ids: set[str] | None) -> dict[str, Any]:
-    """Cluster-size histograms (largest first), top-5 share and normalised entropy of the selected seeds,
-    balanced vs the uniform draw of the same size, and of the captions built from the balanced seeds
-    (accepted rows only); with labelled seeds, the concept histograms (domain, label) of those captions.
-    A uniform draw's captions were never generated, so captions have no counterpart."""
-    from unicorn_datasets.analysis.clustering import balance_stats
-    from unicorn_datasets.analysis.concepts import concept_stats
-
-    labels = clusters.column("cluster").to_numpy()
-    k = int(labels.max()) + 1 if len(labels) else 0
-    ids = clusters.column("id").to_pylist()
-    out: dict[str, Any] = {"k": k, "available": len(ids)}
-    for name in ("balanced", "uniform"):
-        mask = clusters.column(name).to_numpy(zero_copy_only=False)
-        out[f"seeds_{name}"] = balance_stats(labels[mask], k)
-    if caption_ids is not None:
-        mask = np.fromiter((i in caption_ids for i in ids), bool, len(ids))
-        out["captions_balanced"] = balance_stats(labels[mask], k)
-        for name in ("domain", "label"):  # seed_clusters files written before these columns have none
-            if name in clusters.column_names:
-                values = clusters.column(name).to_pylist()
-                st = concept_stats(v for v, m in zip(values, mask, strict=True) if m)
-                if st["rows"]:
-                    out[f"captions_by_{name}"] = {**st, "unlabelled": int(mask.sum()) - st["rows"]}
-    return out

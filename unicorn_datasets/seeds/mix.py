@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from unicorn_datasets.recipe import Recipe, SeedSource
-from unicorn_datasets.seeds.balance import BalanceConfig, Selection, select
+from unicorn_datasets.recipe import BalanceSection, Recipe, SeedSource
+from unicorn_datasets.seeds.balance import Selection, balance_section, select
 from unicorn_datasets.seeds.sources import (
     Seed,
     SeedStats,
@@ -149,7 +149,7 @@ def plan_seeds(recipe: Recipe, trust_remote_code: bool = False) -> SeedPlan:
     _dedup_across(plans)
     limit, notes = recipe.limit, []
     total = sum(p.available for p in plans)
-    cfg = BalanceConfig.from_recipe(recipe)
+    cfg = balance_section(recipe)
     if limit is not None and limit > total:
         notes.append(f"limit {_fmt(limit)} is above what all seed sources hold together ({_fmt(total)}): "
                      f"the build makes {_fmt(total)} rows at most")
@@ -170,7 +170,7 @@ def plan_seeds(recipe: Recipe, trust_remote_code: bool = False) -> SeedPlan:
     return SeedPlan(limit, plans, selection, notes)
 
 
-def _shared_selection(plans: list[SourcePlan], limit: int, seed: int, cfg: BalanceConfig, notes: list[str],
+def _shared_selection(plans: list[SourcePlan], limit: int, seed: int, cfg: BalanceSection, notes: list[str],
                       trust_remote_code: bool) -> Selection:
     rest = _quotas(plans, limit, notes)
     chosen: list[Seed] = []

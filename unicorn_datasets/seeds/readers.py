@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unicorn_datasets.dataset.sources import is_saved_dataset, open_dataset
 from unicorn_datasets.text.hygiene import TextChanges, TextError, read_lines
 
 TEXT_COLUMNS = ("caption", "text", "seed", "sentence", "sentences", "captions")
@@ -181,18 +182,6 @@ def _columns(ds: Any) -> list[str]:
     return list(first) if first else []
 
 
-def _pick_split(ds: Any, split: str | None, where: str) -> Any:
-    import datasets
-
-    if not isinstance(ds, datasets.DatasetDict | datasets.IterableDatasetDict):
-        return ds
-    if split is None:
-        return ds["train"] if "train" in ds else ds[next(iter(ds))]
-    if split not in ds:
-        raise SeedError(f"{where}: no split '{split}' (--seed-split; splits: {', '.join(ds)})")
-    return ds[split]
-
-
 def _check_hub(name: str, config: str | None, revision: str | None) -> None:
     """Fail fast, in one line, when the Hub cannot be reached (offline mode, no network)."""
     from huggingface_hub import HfApi, constants
@@ -210,23 +199,19 @@ def _check_hub(name: str, config: str | None, revision: str | None) -> None:
 def read_dataset(name: str, column: str | None, group_column: str | None, *, split: str | None = None,
                  config: str | None = None, revision: str | None = None) -> CaptionRows:
     """A saved dataset folder (memory-mapped) or a data folder / Hub id (streamed), only the needed columns."""
-    import datasets
 
     p = Path(name).expanduser()
-    saved = p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists())
     try:
-        if saved:
-            ds: Any = datasets.load_from_disk(str(p))
-        else:
-            if not p.is_dir():
-                _check_hub(name, config, revision)
-            ds = datasets.load_dataset(str(p) if p.is_dir() else name, config, revision=revision, streaming=True)
+        if not p.is_dir():
+            _check_hub(name, config, revision)
+        ds: Any = open_dataset(name, split, config=config, revision=revision, streaming=not is_saved_dataset(p))
     except SeedError:
         raise
+    except ValueError as e:  # a missing split: open_dataset names the ones there are
+        raise SeedError(f"{e} (--seed-split)") from None
     except Exception as e:
         raise SeedError(f"{name}: cannot load as a dataset ({type(e).__name__}: {str(e).splitlines()[0][:300]})") \
             from None
-    ds = _pick_split(ds, split, name)
     names = _columns(ds)
     col = pick_column(names, column, name)
     group = group_column and pick_column(names, group_column, name, "--seed-group-column")
