@@ -4,10 +4,16 @@
   python bench/prior.py curve --data synthetic|realish [--sizes 250,1000,4000,16000]
                                                               # held-out eval (and fit seconds, linear vs
                                                               # flow) against training-set size
+  python bench/prior.py gap [--sizes 200,883,2000] [--noise 0.02,0.05] [--seeds 0,1] [--identity 0.6]
+                                                              # issue 20: never worse than the mean shift
 
 Data (no real images offline):
 - synthetic: 64-d text on the sphere; the image side is a piecewise rotation (4 regions cut by 2 hyperplanes,
   one rotation each) plus a modality offset and noise: a known nonlinear relation.
+- gap (issue 20): the text side is the offline MiniLM on every shipped seed (open-domain captions and
+  label x template domain seeds, 3,124 texts); the image side is the text embedding mapped by 0.6 I + 0.4 Q
+  (Q a random orthogonal matrix; --identity 0: Q alone, a pure rotation), shifted by a gap vector (norm 0.5)
+  and noised per dimension, L2-normalised.
 - realish:   the text side is the offline MiniLM (384-d) on captions stitched from the shipped seed sentences
   (real text geometry); the image side is a fixed random one-hidden-layer "image tower" of the text embedding
   (tanh), plus a modality offset and noise. Real language, synthetic image side.
@@ -33,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stage3 import prepare, stage3_seconds, synthetic_captions  # noqa: E402
 
 from unicorn_datasets.prior import load_prior, make_prior  # noqa: E402
-from unicorn_datasets.prior.evaluate import compare_methods  # noqa: E402
-from unicorn_datasets.prior.train import fit_and_evaluate  # noqa: E402
+from unicorn_datasets.prior.evaluate import centred_cosine, compare_methods  # noqa: E402
+from unicorn_datasets.prior.train import fit_and_evaluate, fit_families  # noqa: E402
 from unicorn_datasets.transfer.methods import l2_normalize  # noqa: E402
 
 CURVE_FLOW = {"hidden": 256, "layers": 3, "max_epochs": 80, "patience": 8}
@@ -134,11 +140,71 @@ def curve(args: argparse.Namespace) -> None:
             secs = time.perf_counter() - t0
             res = compare_methods(prior, test_t, test_v, seed=0)["methods"]
             rows.append({"pairs": n, "family": family, "fit_seconds": round(secs, 1),
-                         **{k: round(v, 4) for k, v in res["prior"].items() if k != "family"}})
+                         **{k: round(v, 4) for k, v in res["prior"]["centred"].items()}})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    base = {m: {k: round(v, 4) for k, v in r.items()} for m, r in res.items() if m != "prior"}
+    base = {m: {k: round(v, 4) for k, v in r["centred"].items()} for m, r in res.items() if m != "prior"}
     print(json.dumps({"data": args.data, "test_pairs": args.test, "dim": int(text.shape[1]), "flow_hyper": CURVE_FLOW,
                       "baselines_on_test": base, "curve": rows}, indent=2))
+
+
+def seed_texts_minilm(cache: Path | None) -> np.ndarray:
+    from unicorn_datasets.encoders import load_encoder
+    from unicorn_datasets.seeds.sources import load_caption_seeds, load_domain_seeds
+
+    path = cache / "gap-minilm.npy" if cache else None
+    if path is not None and path.exists():
+        return np.load(path)
+    texts = [s.seed for s in load_caption_seeds("builtin:open_domain")] + [s.seed for s in load_domain_seeds()]
+    emb = load_encoder("minilm").encode_text(texts, batch_size=64)
+    if path is not None:
+        np.save(path, emb)
+    return emb
+
+
+def gap_pairs(text: np.ndarray, noise: float, seed: int, identity: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Rows shuffled by `seed`; image = Norm((a I + (1 - a) Q) t + gap + noise * N(0, I)), a = `identity`."""
+    rng = np.random.default_rng(seed)
+    d = text.shape[1]
+    q = _rotation(rng, d)
+    gap = rng.standard_normal(d)
+    t = text[rng.permutation(len(text))]
+    image = t @ (identity * np.eye(d) + (1 - identity) * q).T + 0.5 * gap / np.linalg.norm(gap)
+    return t, l2_normalize(image + noise * rng.standard_normal(t.shape))
+
+
+def _uncentred(result: dict, method: str) -> float:
+    return round(result["methods"][method]["uncentred"]["paired_cosine"], 4)
+
+
+def gap(args: argparse.Namespace) -> None:
+    """Each size trains on the first N shuffled pairs (10% of them validation), scores on the last `test`."""
+    cache = Path(args.cache) if args.cache else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+    text = seed_texts_minilm(cache)
+    rows = []
+    for noise in (float(x) for x in args.noise.split(",")):
+        for seed in (int(x) for x in args.seeds.split(",")):
+            t, v = gap_pairs(text, noise, seed, args.identity)
+            test_t, test_v = t[-args.test:], v[-args.test:]
+            for n in (int(x) for x in args.sizes.split(",")):
+                fits = {"ridge toward 0 (before)": fit_families(t[:n], v[:n], ["linear"], shrink_to="zero"),
+                        "linear": fit_families(t[:n], v[:n], ["linear"]),
+                        "orthogonal": fit_families(t[:n], v[:n], ["orthogonal"]),
+                        "train --family linear,orthogonal": fit_families(t[:n], v[:n], ["linear", "orthogonal"])}
+                res = {name: compare_methods(p, test_t, test_v) for name, p in fits.items()}
+                any_res = next(iter(res.values()))
+                row = {"noise": noise, "seed": seed, "pairs": n, "train": n - round(n * 0.1),
+                       "mean-shift": round(centred_cosine(any_res, "mean-shift"), 4),
+                       **{name: round(centred_cosine(r, "prior"), 4) for name, r in res.items()},
+                       "uncentred": {"mean-shift": _uncentred(any_res, "mean-shift"),
+                                     "linear": _uncentred(res["linear"], "prior")},
+                       "linear_alpha": fits["linear"].meta["training"]["alpha"],
+                       "train_says": fits["train --family linear,orthogonal"].meta["comparison"]["summary"]}
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    print(json.dumps({"test_pairs": args.test, "identity": args.identity, "metric": "held-out centred paired cosine",
+                      "rows": rows}, indent=2))
 
 
 def main() -> None:
@@ -152,8 +218,15 @@ def main() -> None:
     c.add_argument("--sizes", default="250,1000,4000,16000")
     c.add_argument("--test", type=int, default=2000, help="held-out test pairs (the same for every size)")
     c.add_argument("--cache", help="folder to cache the realish text embeddings in")
+    g = sub.add_parser("gap")
+    g.add_argument("--sizes", default="200,883,2000", help="pairs given to the prior (10%% become validation)")
+    g.add_argument("--noise", default="0.02,0.05")
+    g.add_argument("--seeds", default="0,1", help="relation seeds (Q, gap, noise, row order)")
+    g.add_argument("--test", type=int, default=1000)
+    g.add_argument("--identity", type=float, default=0.6, help="a in a I + (1 - a) Q (0: a pure rotation)")
+    g.add_argument("--cache", help="folder to cache the MiniLM embeddings in")
     args = p.parse_args()
-    {"stage3": stage3, "curve": curve}[args.cmd](args)
+    {"stage3": stage3, "curve": curve, "gap": gap}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -76,8 +76,10 @@ def test_disabled_or_non_binding_limit_is_the_uniform_draw(tmp_path: Path) -> No
     groups = _groups(tmp_path, _skewed_texts(60))
     off = select(groups, limit=20, seed=1, cfg=BalanceSection(enabled=False))
     assert off.clusters is None and len(off.seeds) == 20
-    everything = select(groups, limit=100, seed=1, cfg=CFG)
-    assert everything.clusters is None and len(everything.seeds) == 60 and not everything.summary["applied"]
+    everything = select(groups, limit=100, seed=1, cfg=CFG)  # balanced without a binding limit: every seed
+    assert {s.id for s in everything.seeds} == {s.id for s in groups[0]} and everything.clusters.num_rows == 60
+    assert not everything.summary["limit_binding"] and "keeps all 60" in everything.summary["why"]
+    assert [s.id for s in select(groups, limit=None, seed=1, cfg=CFG).seeds] == [s.id for s in everything.seeds]
 
 
 def test_domain_seeds_cover_every_label_before_repeating_one(tmp_path: Path) -> None:
@@ -134,3 +136,24 @@ def test_a_balanced_build_hands_its_encoder_to_stage3(tiny_llm: Path, tmp_path: 
     np.testing.assert_allclose(np.asarray(pre["embedding"]), text - mean, atol=1e-5)
     report = json.loads((out / "artifacts" / "report.json").read_text())
     assert report["seed_balance"]["k"] == 3 and sum(report["seed_balance"]["seeds_balanced"]["cluster_sizes"]) == 6
+
+
+def test_domain_seeds_record_their_domain_and_the_delivered_concepts_are_counted(tmp_path: Path) -> None:
+    spec = {"domains": {"birds": {"templates": [f"t{i} a {{label}} bird" for i in range(4)],
+                                  "labels": ["owl", "jay"]},
+                        "cars": {"templates": [f"t{i} a {{label}} car" for i in range(4)], "labels": ["m1", "m2"]}}}
+    p = _write(tmp_path / "domains.json", json.dumps(spec))
+    domains = load_domain_seeds(str(p), templates_per_label=4, seed=0)
+    assert {(s.domain, s.label) for s in domains} == {("birds", "owl"), ("birds", "jay"), ("cars", "m1"),
+                                                      ("cars", "m2")}
+    sel = select([domains], limit=8, seed=0, cfg=CFG)  # two templates per label, all four labels
+    assert sorted(s.label for s in sel.seeds) == ["jay", "jay", "m1", "m1", "m2", "m2", "owl", "owl"]
+    delivered = {s.id for s in sel.seeds if s.label != "m2"}  # as if m2's captions were all rejected
+    rep = balance_report(sel.clusters, delivered)
+    assert rep["captions_by_label"]["counts"] == {"owl": 2, "jay": 2, "m1": 2}
+    assert rep["captions_by_domain"]["counts"] == {"birds": 4, "cars": 2}
+
+
+def _write(path: Path, text: str | list[str]) -> Path:
+    path.write_text(text if isinstance(text, str) else "\n".join(text) + "\n")
+    return path

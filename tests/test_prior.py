@@ -172,6 +172,7 @@ def test_save_load_round_trip_gives_identical_samples(family: str, piecewise, tm
     assert cfg["training_data"]["fingerprint"].startswith("sha256:") and cfg["training"]["n_val"] == 30
     ev = json.loads((tmp_path / family / "eval.json").read_text())
     assert set(ev["methods"]) == {"none", "mean-shift", "c3", "prior"} and ev["n"] == 30
+    assert cfg["comparison"]["split"] == "validation" and cfg["comparison"]["chosen"] == family
     again = load_prior(tmp_path / family)
     seeds = list(range(50, 70))
     a, b = prior.sample(text[-20:], seeds=seeds, n=3), again.sample(text[-20:], seeds=seeds, n=3)
@@ -241,6 +242,7 @@ def test_build_with_a_prior_same_rows_under_one_and_two_processes(tiny_llm: Path
     assert "learned **flow prior**" in card and "| prior |" in card and "| mean-shift |" in card
     info = json.loads((one / "artifacts" / "transfer.json").read_text())
     assert info["method"] == "prior" and info["prior"]["evaluation"]["methods"]["prior"]["family"] == "flow"
+    assert info["prior"]["comparison"]["chosen"] == "flow"
 
 
 def test_build_refuses_a_prior_made_for_another_encoder(tiny_llm: Path, tmp_path: Path) -> None:
@@ -270,15 +272,95 @@ def test_prior_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFix
                              for c, e in zip(caps, image)))
     out = tmp_path / "prior"
     assert main(["prior", "train", str(pairs), "--encoder", "minilm", "--out", str(out), "--val-fraction", "0.25"]) == 0
-    trained = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    trained = json.loads(captured.out)
     assert trained["family"] == "linear" and trained["eval"]["n"] == 20
+    assert trained["comparison"]["winner"] == "linear" and trained["comparison"]["margin"] > 0
+    assert "prior train: linear prior beats the mean shift on 20 validation pairs" in captured.err
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["encoder"]["fingerprint"] == enc.describe()["fingerprint"] and cfg["training_data"]["n_pairs"] == 80
     assert main(["prior", "eval", str(out), str(pairs)]) == 0  # the encoder comes from the prior's config
     ev = json.loads(capsys.readouterr().out)
-    assert ev["n"] == 80 and ev["methods"]["prior"]["recall@1"] > ev["methods"]["mean-shift"]["recall@1"]
+    assert ev["n"] == 80 and set(ev["methods"]) == {"none", "mean-shift", "c3", "prior"}
+    for method in ev["methods"].values():  # every method, both comparisons, all four numbers
+        for kind in ("centred", "uncentred"):
+            assert set(method[kind]) == {"paired_cosine", "recall@1", "recall@5", "frechet"}
+    prior, shift = ev["methods"]["prior"], ev["methods"]["mean-shift"]
+    assert prior["centred"]["recall@1"] > shift["centred"]["recall@1"]
+    # uncentred: the prior puts the image mean back, the mean shift has none to add
+    assert prior["uncentred"]["paired_cosine"] > shift["uncentred"]["paired_cosine"] + 0.1
     assert main(["prior", "train", str(pairs), "--encoder", "minilm", "--out", str(out)]) == 4  # exists
     assert "--overwrite" in capsys.readouterr().err
     assert main(["prior", "train", str(pairs), "--encoder", "minilm", "--out", str(tmp_path / "x"),
                  "--hidden", "8"]) == 4
     assert "applies to --family flow only" in capsys.readouterr().err
+    assert main(["prior", "train", str(pairs), "--encoder", "minilm", "--out", str(tmp_path / "x"),
+                 "--family", "linear,cubic"]) == 4
+    assert "--family 'linear,cubic': choose from linear, orthogonal, flow" in capsys.readouterr().err
+    assert main(["prior", "train", str(pairs), "--encoder", "minilm", "--out", str(tmp_path / "both"),
+                 "--family", "linear,orthogonal", "--val-fraction", "0.25"]) == 0
+    both = json.loads(capsys.readouterr().out)["comparison"]
+    assert set(both["families"]) == {"linear", "orthogonal"} and both["chosen"] == max(both["families"],
+                                                                                        key=both["families"].get)
+
+
+# -- never worse than the mean shift -------------------------------------------------------------
+def _shifted(rng: np.random.Generator, n: int, d: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs where the mean shift is the right map: image = text + a gap vector + noise."""
+    text = _text(rng, n, d)
+    return text, l2_normalize(text + 0.8 * l2_normalize(rng.standard_normal(d)) + noise * rng.standard_normal((n, d)))
+
+
+def test_linear_prior_shrinks_toward_the_mean_shift_and_plain_ridge_does_not() -> None:
+    rng = np.random.default_rng(0)
+    text, image = _shifted(rng, 1400, 64, 0.15)
+    train, test = slice(0, 400), slice(400, None)  # few noisy pairs for 64 x 64 numbers
+    shrunk = fit_and_evaluate(text[train], image[train], "linear", val_fraction=0.25)
+    ridge = fit_and_evaluate(text[train], image[train], "linear", val_fraction=0.25, shrink_to="zero")
+    t, real, shifted = _held_out(text[test], image[test], 1000)
+    ms = paired_cosine(shifted, real)
+    assert paired_cosine(shrunk.sample(t)[:, 0], real) >= ms - 0.005
+    assert paired_cosine(ridge.sample(t)[:, 0], real) < ms - 0.05
+    assert ridge.meta["comparison"]["worse_than_mean_shift"] and ridge.meta["comparison"]["winner"] == "mean-shift"
+    summary = ridge.meta["comparison"]["summary"]  # the one line `prior train` prints
+    assert summary.startswith("the mean shift wins on 100 validation pairs") and "--allow-worse-prior" in summary
+    assert not shrunk.meta["comparison"]["worse_than_mean_shift"]
+
+
+def test_orthogonal_prior_recovers_a_rotation_from_few_pairs() -> None:
+    rng = np.random.default_rng(2)
+    d = 16
+    text = _text(rng, 1040, d)
+    image = l2_normalize(text @ _rotation(rng, d) + 0.3 + 0.02 * rng.standard_normal((1040, d)))
+    prior = fit_and_evaluate(text[:40], image[:40], "orthogonal", val_fraction=0.25)
+    w = prior.weight / np.linalg.norm(prior.weight, axis=0)
+    np.testing.assert_allclose(w.T @ w, np.eye(d), atol=1e-8)  # orthogonal up to its one scale
+    t, real, shifted = _held_out(text[40:], image[40:], 1000)
+    assert paired_cosine(prior.sample(t)[:, 0], real) > 0.9 > 0.3 > paired_cosine(shifted, real)
+
+
+@pytest.fixture()
+def worse_prior(tmp_path: Path) -> Path:
+    """A plain-ridge prior on few noisy mean-shift pairs: it loses to the mean shift on validation."""
+    text, image = _shifted(np.random.default_rng(0), 60, 8, 0.3)
+    prior = fit_and_evaluate(text, image, "linear", val_fraction=0.25, shrink_to="zero", alphas=[1e-3])
+    assert prior.meta["comparison"]["worse_than_mean_shift"]
+    prior.meta["encoder"] = ENC
+    return prior.save(tmp_path / "worse")
+
+
+def test_a_prior_worse_than_the_mean_shift_is_refused_then_warned_when_allowed(
+        worse_prior: Path, tmp_path: Path, tiny_llm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unicorn_datasets.stages.transfer import check_against_mean_shift
+
+    r = run_build(_args(tmp_path / "out", tiny_llm, worse_prior))
+    assert r.returncode == 4 and "Traceback" not in r.stderr
+    assert f"the prior {worse_prior} lost to the mean shift on its validation pairs" in r.stderr
+    assert "--allow-worse-prior" in r.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    check_against_mean_shift(load_prior(worse_prior), str(worse_prior), allow_worse=True)
+    assert "used anyway (--allow-worse-prior)" in capsys.readouterr().err
+    old = load_prior(worse_prior)
+    old.meta.pop("comparison")  # a prior saved before the comparison was recorded
+    check_against_mean_shift(old, "old", allow_worse=False)
+    assert "records no comparison with the mean shift" in capsys.readouterr().err

@@ -63,6 +63,8 @@ def test_fingerprint_is_the_same_when_a_default_is_spelt_out() -> None:
                                     "instruct.constrained": True, "seed": 0})
     assert explicit.fingerprint() == base.fingerprint()
     assert load_recipe("demo", {"description": "other words"}).fingerprint() == base.fingerprint()
+    # the report's settings and the permission to use a worse prior change no row: a rebuild is not forced
+    assert load_recipe("demo", {"report.k": 8, "transfer.allow_worse_prior": True}).fingerprint() == base.fingerprint()
     assert load_recipe("demo", {"captions.min_words": 36}).fingerprint() != base.fingerprint()
     assert load_recipe("demo", {"seed": 1}).fingerprint() != base.fingerprint()
     assert load_recipe("demo", {"limit": None}).limit is None  # `--set limit=null`: every seed

@@ -61,6 +61,8 @@ def _recipe_flags(b: argparse.ArgumentParser) -> None:
     b.add_argument("--encoder", help="Stage-3 encoder: CLIP/SigLIP/sentence-transformers folder, minilm, llm2clip")
     b.add_argument("--transfer", choices=["mean-shift", "c3", "none", "prior"], help="Stage-3 transfer method")
     b.add_argument("--prior", help="--transfer prior: a folder made by `unicorn prior train`")
+    b.add_argument("--allow-worse-prior", action="store_true", default=None,
+                   help="use a prior that lost to the mean shift on its validation pairs (refused otherwise)")
     b.add_argument(
         "--renormalize",
         action=argparse.BooleanOptionalAction,
@@ -100,6 +102,7 @@ _FLAG_KEYS = (
     ("stages", "--stages", "stages"),
     ("balance", "--balance", "balance.enabled"),
     ("prior", "--prior", "transfer.prior"),
+    ("allow_worse_prior", "--allow-worse-prior", "transfer.allow_worse_prior"),
 )
 
 
@@ -233,7 +236,16 @@ def cmd_embed_images(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from unicorn_datasets.analysis.report import report
 
-    print(json.dumps(report(args.folder, k=args.k, seed=args.seed), indent=2, default=str))
+    if len(args.folders) > 2:
+        raise ValueError(f"unicorn report takes one build folder, or two to compare; got {len(args.folders)}")
+    if len(args.folders) == 2:
+        from unicorn_datasets.analysis.compare import compare_builds
+
+        result = compare_builds(*args.folders, k=args.k, encoder=args.encoder, embeddings=args.embeddings,
+                                seed=args.seed)
+    else:
+        result = report(args.folders[0], k=args.k, encoder=args.encoder, embeddings=args.embeddings, seed=args.seed)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -258,7 +270,9 @@ def _prior_parser(sub: Any) -> None:
     tr.add_argument("pairs", help=".parquet/.jsonl/dataset folder: caption + image_embedding (or image paths)")
     tr.add_argument("--encoder", required=True, help="the encoder of the builds that will use the prior")
     tr.add_argument("--out", required=True, help="the prior folder to write")
-    tr.add_argument("--family", choices=["linear", "flow"], default="linear")
+    tr.add_argument("--family", default="linear",
+                    help="linear, orthogonal, flow, a comma-separated list or all: each is fitted and compared with "
+                         "the mean shift on the validation split; the best is saved (default: linear)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-fraction", type=float, default=0.1)
     tr.add_argument("--max-epochs", type=int, help="flow: epoch cap (early stopping usually ends sooner)")
@@ -287,7 +301,9 @@ def cmd_prior(args: argparse.Namespace) -> int:
     if args.prior_command == "train":
         hyper = {k: getattr(args, k) for k in ("max_epochs", "patience", "hidden", "layers", "lr", "steps")
                  if getattr(args, k) is not None}
-        if hyper and args.family != "flow":
+        from unicorn_datasets.prior.train import families_of
+
+        if hyper and "flow" not in families_of(args.family):
             raise ValueError(f"--{next(iter(hyper)).replace('_', '-')} applies to --family flow only")
         enc = load_encoder(args.encoder, device=args.device, trust_remote_code=args.trust_remote_code)
         result = train_prior(args.pairs, enc, args.out, family=args.family, seed=args.seed,
@@ -338,9 +354,14 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("--keep-path", action="store_true")
     em.add_argument("--no-center", action="store_true", help="do not subtract the image-set mean")
     em.add_argument("--trust-remote-code", action="store_true")
-    rp = sub.add_parser("report", help="diversity/balance statistics of a built dataset folder")
-    rp.add_argument("folder")
-    rp.add_argument("--k", type=int, help="k-means clusters (default: sqrt(n/2) in [2, 100])")
+    rp = sub.add_parser("report", help="diversity/balance statistics of a built dataset folder (two: compared)")
+    rp.add_argument("folders", nargs="+", metavar="FOLDER", help="a build folder, or two to compare on one k and "
+                                                                 "encoder (the first one's)")
+    rp.add_argument("--k", type=int, help="k-means clusters (default: the build's report.k)")
+    rp.add_argument("--encoder", help="caption text encoder (default: the build's report/balance/transfer encoder; "
+                                      "hashed: hashed TF-IDF)")
+    rp.add_argument("--embeddings", choices=["text", "hashed", "stored"], default="text",
+                    help="cluster the caption text (default), hashed TF-IDF, or the stored pretrain.embedding")
     rp.add_argument("--seed", type=int, default=0)
     gp = sub.add_parser("gap-stats", help="paired cosine of transferred captions vs real image embeddings")
     gp.add_argument("pairs", help=".parquet/.jsonl with caption + image_embedding (or image paths)")

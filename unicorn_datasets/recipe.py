@@ -39,8 +39,9 @@ INSTRUCT_TASKS: tuple[str, ...] = typing.get_args(InstructTask)
 INSTRUCT_ITEMS = {"mc": (6, 8), "qa": (6, 8), "reasoning": (2, 4)}
 INSTRUCT_MAX_CHARS = 2000  # `instruct.max_chars` for a task a per-task mapping leaves out
 
-# Fields that do not change a single row: excluded from the fingerprint.
-_NOT_IN_FINGERPRINT = ("description", "license", "license_name", "license_link")
+# Fields that do not change a single row: excluded from the fingerprint (a dotted path names a nested key).
+_NOT_IN_FINGERPRINT = ("description", "license", "license_name", "license_link", "transfer.allow_worse_prior",
+                       "report")
 
 
 class RecipeError(ValueError):
@@ -178,6 +179,7 @@ class TransferSection:
     shard_size: int | None = field(default=None, metadata=_min(1))  # rows per Stage-3 shard; None: shard_size
     prior: str | None = None  # method "prior": a folder made by `unicorn prior train`
     prior_sha256: str | None = None  # set by the build from the prior's weights (so a retrained prior is refused)
+    allow_worse_prior: bool = False  # use a prior that lost to the mean shift on its validation pairs
 
     def __post_init__(self) -> None:
         if self.method == "prior" and not self.prior:
@@ -191,6 +193,12 @@ class BalanceSection:  # concept-balanced seed selection (balance.py)
     encoder: str | None = None  # None: transfer.encoder; "hashed": hashed TF-IDF (no model)
     k: int | None = field(default=None, metadata=_min(1))  # clusters; None: round(sqrt(n/2)) in [2, 100]
     batch_size: int = field(default=256, metadata=_min(1))  # encoder batch
+
+
+@dataclass(frozen=True)
+class ReportSection:  # the diversity report (analysis/report.py): fixed settings, so builds compare
+    k: int = field(default=32, metadata=_min(2))  # k-means clusters of the caption text embeddings
+    encoder: str | None = None  # None: balance.encoder, else transfer.encoder; "hashed": hashed TF-IDF
 
 
 @dataclass(frozen=True)
@@ -226,6 +234,7 @@ class Recipe:
     transfer: TransferSection = field(default_factory=TransferSection)
     balance: BalanceSection = field(default_factory=BalanceSection)
     near_dup: NearDupSection = field(default_factory=NearDupSection)
+    report: ReportSection = field(default_factory=ReportSection)
 
     def __post_init__(self) -> None:
         shares = [s.share for s in self.seeds if s.share is not None]
@@ -251,7 +260,13 @@ class Recipe:
         return _plain(self)
 
     def fingerprint(self) -> str:
-        body = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+        body = self.to_dict()
+        for key in _NOT_IN_FINGERPRINT:
+            *parents, leaf = key.split(".")
+            node = body
+            for p in parents:
+                node = node.get(p) or {}
+            node.pop(leaf, None)
         body["seeds"] = [{k: v for k, v in s.items() if k != "license"} for s in body["seeds"]]  # a seed set's licence
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

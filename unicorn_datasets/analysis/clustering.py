@@ -119,7 +119,10 @@ def hashed_tfidf(texts: list[str], dim: int = HASH_DIM) -> np.ndarray:
 def balance_report(clusters: pa.Table, caption_ids: set[str] | None) -> dict[str, Any]:
     """Cluster-size histograms (largest first), top-5 share and normalised entropy of the selected seeds,
     balanced vs the uniform draw of the same size, and of the captions built from the balanced seeds
-    (accepted rows only). A uniform draw's captions were never generated, so captions have no counterpart."""
+    (accepted rows only); with labelled seeds, the concept histograms (domain, label) of those captions.
+    A uniform draw's captions were never generated, so captions have no counterpart."""
+    from unicorn_datasets.analysis.concepts import concept_stats
+
     labels = clusters.column("cluster").to_numpy()
     k = int(labels.max()) + 1 if len(labels) else 0
     ids = clusters.column("id").to_pylist()
@@ -130,4 +133,10 @@ def balance_report(clusters: pa.Table, caption_ids: set[str] | None) -> dict[str
     if caption_ids is not None:
         mask = np.fromiter((i in caption_ids for i in ids), bool, len(ids))
         out["captions_balanced"] = balance_stats(labels[mask], k)
+        for name in ("domain", "label"):  # seed_clusters files written before these columns have none
+            if name in clusters.column_names:
+                values = clusters.column(name).to_pylist()
+                st = concept_stats(v for v, m in zip(values, mask, strict=True) if m)
+                if st["rows"]:
+                    out[f"captions_by_{name}"] = {**st, "unlabelled": int(mask.sum()) - st["rows"]}
     return out

@@ -3,10 +3,11 @@
 Synth² embeds captions, clusters them with k-means and compares the cluster-size distribution:
 share of the 5 largest clusters (57.7% for their synthetic captions vs 69.8-83.0% for real
 sets) and the entropy of cluster sizes (natural log; 3.81 for theirs). This module does the same
-on OUT: it clusters the vectors stored in `pretrain.embedding` (or, without them, hashed TF-IDF
-bag-of-words vectors of the captions), with seeded faiss k-means (clustering.py), and adds caption
-length and type-token statistics, per-source and per-task counts, and rejections by stage and
-reason. Results go to `artifacts/report.json` (and plots when matplotlib is importable).
+on OUT: it embeds the caption TEXT with the build's sentence encoder (report.encoder, balance.encoder
+or transfer.encoder; hashed TF-IDF bag-of-words on request) and clusters it with seeded faiss k-means
+(clustering.py) at a fixed k (report.k), so two builds compare; it adds per-concept counts (domain and
+label columns), caption length and type-token statistics, per-source and per-task counts, and
+rejections by stage and reason. Results go to `artifacts/report.json` (and plots when matplotlib is importable).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from unicorn_datasets.analysis.clustering import (
     HASH_DIM,
     balance_report,
     balance_stats,
-    default_k,
     hashed_tfidf,
     kmeans,
     normalise,
 )
+from unicorn_datasets.analysis.concepts import CONCEPT_COLUMNS, SYNTH2, concept_report
 from unicorn_datasets.dataset.atomic import atomic_path, write_text
 from unicorn_datasets.dataset.hub import config_files
-from unicorn_datasets.dataset.layout import ARTIFACTS, REJECTIONS, REPORT, SEED_CLUSTERS, artifact
+from unicorn_datasets.dataset.layout import ARTIFACTS, MANIFEST, REJECTIONS, REPORT, SEED_CLUSTERS, artifact
 from unicorn_datasets.stages import registered
 from unicorn_datasets.stages.captions import NAME as CAPTIONS
 from unicorn_datasets.stages.instruct.stage import NAME as INSTRUCT
@@ -215,21 +216,75 @@ def _plots(art: Path, sizes: list[int], lengths: list[int]) -> list[str]:
 # ---- the report ------------------------------------------------------------------------------
 
 
-def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embeddings: str = "auto",
-           max_rows: int = 200_000, write: bool = True) -> dict[str, Any]:
+TEXT_MAX_ROWS = 20_000  # captions embedded with a model (a seeded sample beyond): minutes on a CPU, not hours
+MIN_ROWS_PER_CLUSTER = 2  # fewer rows than 2 k: the figure says nothing (5 of k=8 clusters hold most of 8 rows)
+
+
+def settings_from_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
+    """k and encoder of the diversity report: report.k, and report.encoder, else balance.encoder, else
+    transfer.encoder (the build's sentence encoder); hashed TF-IDF when the recipe is unknown."""
+    from unicorn_datasets.recipe import ReportSection
+
+    if not recipe:
+        return {"k": ReportSection.k, "encoder": "hashed", "from": "defaults (no manifest)"}
+    r = recipe.get("report") or {}
+    enc = r.get("encoder") or (recipe.get("balance") or {}).get("encoder") or (recipe.get("transfer") or {}).get(
+        "encoder") or "hashed"
+    return {"k": int(r.get("k") or ReportSection.k), "encoder": enc, "from": "the build's recipe"}
+
+
+def build_settings(folder: Path) -> dict[str, Any]:
+    path = folder / ARTIFACTS / MANIFEST
+    recipe = json.loads(path.read_text(encoding="utf-8")).get("recipe") if path.is_file() else None
+    return settings_from_recipe(recipe)
+
+
+def _embed_captions(texts: list[str], encoder: str) -> tuple[np.ndarray, str]:
+    if encoder == "hashed":
+        return hashed_tfidf(texts), f"hashed-tfidf-{HASH_DIM}"
+    from unicorn_datasets.encoders import load_encoder
+
+    enc = load_encoder(encoder)
+    return enc.encode_text(texts, batch_size=64), str(enc.describe().get("encoder", encoder))
+
+
+def _cluster(x: np.ndarray, k: int, seed: int) -> dict[str, Any]:
+    n = len(x)
+    if n < MIN_ROWS_PER_CLUSTER * k:
+        return {"k": k, "status": "not enough rows",
+                "why": f"{n} captions for k={k}: the cluster figures need at least {MIN_ROWS_PER_CLUSTER * k} "
+                       f"({MIN_ROWS_PER_CLUSTER} per cluster); compare small builds with a smaller report.k",
+                "cluster_sizes": [], "top5_share": None, "entropy": None, "entropy_normalised": None}
+    km = kmeans(x, k, seed=seed, normalised=True)
+    out = {"k": k, "status": "ok", "inertia": km.inertia, "iterations": km.iterations, **balance_stats(km.labels, k)}
+    if k <= 5:  # the 5 largest clusters are all of them: 100% says nothing
+        out.update(top5_share=None, top5_why=f"k={k}: the 5 largest clusters are all the clusters")
+    return out
+
+
+def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embeddings: str = "text",
+           encoder: str | None = None, max_rows: int | None = None, write: bool = True,
+           settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Diversity/balance statistics of a built folder; also written to `artifacts/report.json`.
 
-    embeddings: "auto" (pretrain.embedding if present, else hashed TF-IDF of the captions),
-    "stored" (require pretrain.embedding) or "hashed". Vectors are L2-normalised before
-    k-means, so clusters follow direction (cosine), as is usual for text embeddings. At most
-    `max_rows` rows (a seeded random sample) are clustered; text statistics use every caption.
-    k defaults to round(sqrt(n/2)) clipped to [2, 100].
+    embeddings: "text" (the caption text embedded with `encoder`: default the build's report.encoder,
+    balance.encoder or transfer.encoder, "hashed" for hashed TF-IDF), "hashed", or "stored" (the
+    transferred `pretrain.embedding` vectors, which a c3 or prior transfer fills with noise or image-space
+    outputs: not a measure of the captions). k defaults to the build's report.k, so builds of any size are
+    clustered alike; fewer than 2 k rows give "not enough rows", not a figure. Vectors are L2-normalised
+    before k-means. At most `max_rows` rows (a seeded sample; default 20,000 with a model, else 200,000)
+    are clustered; text statistics use every caption.
     """
     folder = Path(folder)
-    if embeddings not in ("auto", "stored", "hashed"):
-        raise ValueError(f"embeddings must be 'auto', 'stored' or 'hashed', not {embeddings!r}")
+    if embeddings not in ("text", "stored", "hashed"):
+        raise ValueError(f"embeddings must be 'text', 'stored' or 'hashed', not {embeddings!r}")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a dataset folder")
+    settings = settings or build_settings(folder)  # a build's own finish passes its recipe's
+    settings_from = settings["from"] if (k or settings["k"], encoder or settings["encoder"]) == (
+        settings["k"], settings["encoder"]) else "arguments (--k / --encoder)"
+    k = k or settings["k"]
+    encoder = "hashed" if embeddings == "hashed" else (encoder or settings["encoder"])
     rng = np.random.default_rng(seed)
     cap_files, pre_files, ins_files = (_files(folder, c) for c in (CAPTIONS, PRETRAIN, INSTRUCT))
     text_files = cap_files if _has_column(cap_files, "caption") else pre_files
@@ -249,40 +304,35 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
     out["n_captions"] = out["text"]["captions"]
 
     # -- clustering
-    use_stored = embeddings == "stored" or (embeddings == "auto" and _has_column(pre_files, "embedding"))
-    if use_stored:
+    if embeddings == "stored":
         if not _has_column(pre_files, "embedding"):
             raise ValueError(f"{folder}: embeddings='stored' but pretrain/ has no `embedding` column")
         n_all = _num_rows(pre_files)
-        index = _sample_index(n_all, max_rows, rng)
-        x = _stored_embeddings(pre_files, index)
-        source = "pretrain.embedding"
+        index = _sample_index(n_all, max_rows or 200_000, rng)
+        x, source, clustered = _stored_embeddings(pre_files, index), "pretrain.embedding", "transferred embeddings"
     else:
         n_all = _num_rows(text_files)
-        index = _sample_index(n_all, max_rows, rng)
+        index = _sample_index(n_all, max_rows or (200_000 if encoder == "hashed" else TEXT_MAX_ROWS), rng)
         texts_sample = [s or "" for arr in _take(text_files, "caption", index) for s in arr.to_pylist()]
-        x = hashed_tfidf(texts_sample)
-        source = f"hashed-tfidf-{HASH_DIM}"
+        x, source = _embed_captions(texts_sample, encoder)
+        clustered = "caption text"
     x = normalise(x)  # float32: upcasting float16 once beats doing it in every k-means pass
     n = len(x)
-    clustering: dict[str, Any] = {"embeddings": source, "rows": n_all, "rows_clustered": n,
-                                  "dim": int(x.shape[1]) if x.ndim == 2 else 0}
-    if n >= 2:
-        kk = min(k, n) if k else default_k(n)
-        km = kmeans(x, kk, seed=seed, normalised=True)
-        clustering.update({"k": kk, "inertia": km.inertia, "iterations": km.iterations,
-                           **balance_stats(km.labels, kk)})
-    else:
-        clustering.update({"k": 0, "cluster_sizes": [n] if n else []})
+    clustering: dict[str, Any] = {"clustered": clustered, "embeddings": source, "encoder": encoder,
+                                  "rows": n_all, "rows_clustered": n, "dim": int(x.shape[1]) if x.ndim == 2 else 0,
+                                  "settings_from": settings_from}
+    clustering.update(_cluster(x, k, seed))
     out["clustering"] = clustering
-    # the headline numbers, side by side with Synth²'s (57.7% top-5 share, entropy 3.81)
-    out["k"] = clustering["k"]
-    out["top5_share"] = clustering.get("top5_share")
-    out["entropy"] = clustering.get("entropy")
-    out["entropy_normalised"] = clustering.get("entropy_normalised")
+    # the headline numbers, side by side with Synth²'s (57.7% top-5 share, entropy 3.81; setting unknown)
+    for key in ("k", "top5_share", "entropy", "entropy_normalised"):
+        out[key] = clustering.get(key)
+    out["synth2_reference"] = SYNTH2
 
     # -- composition and accounting
     out["per_source"] = _counts(cap_files, "source") if _has_column(cap_files, "source") else {}
+    present = [c for c in CONCEPT_COLUMNS if _has_column(cap_files, c)]
+    out["concepts"] = concept_report({c: [v for arr in _iter_column(cap_files, c) for v in arr.to_pylist()]
+                                      for c in present}, _num_rows(cap_files))
     out["per_task"] = _counts(ins_files, "task") if _has_column(ins_files, "task") else {}
     out["rows"] = {c: _num_rows(f) for c in (s.config for s in registered() if s.config) if (f := _files(folder, c))}
     out["rejections"] = _rejections(folder / ARTIFACTS / REJECTIONS)

@@ -179,12 +179,43 @@ def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
 
 
 def _diversity_text(div: dict[str, Any]) -> str:
-    if not div.get("k") or div.get("top5_share") is None:
+    if not div.get("k"):
         return ""
-    return (f"\n\n**Diversity and balance** (Synth²-style, `{artifact(REPORT)}`): {div.get('n_captions')} captions "
-            f"in k={div.get('k')} k-means clusters; the 5 largest hold {div.get('top5_share', 0):.1%}; cluster-size "
-            f"entropy {div.get('entropy', 0):.2f} (normalised {div.get('entropy_normalised', 0):.2f}); mean "
-            f"per-caption type-token ratio {div.get('ttr', 0):.2f}.")
+    what = (f"the {div.get('clustered', 'caption text')} of {div.get('rows_clustered', div.get('n_captions'))} "
+            f"captions, embedded with `{div.get('encoder')}`, in k={div.get('k')} k-means clusters")
+    if div.get("status") == "not enough rows" or div.get("entropy") is None:
+        text = f"\n\n**Diversity and balance** (Synth²-style, `{artifact(REPORT)}`): {what}: not enough rows " \
+               f"({div.get('why', '')})."
+    else:
+        text = (f"\n\n**Diversity and balance** (Synth²-style, `{artifact(REPORT)}`): {what} (`report.k`, the same "
+                f"for every build, so builds compare); the 5 largest hold {_share(div.get('top5_share'))} (Synth²'s "
+                f"synthetic captions: 57.7%, real sets 69.8-83.0%, with an unpublished encoder and k); cluster-size "
+                f"entropy {div.get('entropy', 0):.2f} (normalised {div.get('entropy_normalised', 0):.2f}); mean "
+                f"per-caption type-token ratio {div.get('ttr', 0):.2f}.")
+    return text + _concepts_text(div.get("concepts") or {}, div.get("seed_balance") or {})
+
+
+def _share(x: float | None) -> str:
+    return "- (k <= 5: all clusters)" if x is None else f"{x:.1%}"
+
+
+def _concepts_text(concepts: dict[str, Any], seed_balance: dict[str, Any]) -> str:
+    """The concept histogram of the delivered captions: their domain and label columns, else the labels the
+    balanced selection recorded for their seeds (`seed_clusters.parquet`)."""
+    rows = []
+    for name in ("domain", "label"):
+        st = concepts.get(name) or seed_balance.get(f"captions_by_{name}")
+        if not st or not st.get("rows"):
+            continue
+        hist = ", ".join(f"{c} {n}" for c, n in list(st["counts"].items())[:20])
+        more = f", ... ({st['concepts']} in all)" if st["concepts"] > 20 else ""
+        rows.append((name, st["concepts"], st["rows"], st.get("unlabelled", 0), f"{st['top5_share']:.1%}",
+                     f"{st['entropy_normalised']:.3f}", hist + more))
+    if not rows:
+        return ""
+    return ("\n\nDelivered captions per concept:\n\n"
+            + _table(rows, ("concept", "distinct", "rows", "rows without", "top-5 share", "normalised entropy",
+                            "rows per concept, largest first")))
 
 
 def _balance_text(sb: dict[str, Any] | None) -> str:
@@ -203,7 +234,8 @@ def _balance_text(sb: dict[str, Any] | None) -> str:
     if not rows:
         return ""
     return (f"\n\n**Concept-balanced seeds**: {sb.get('available')} available seeds in k={sb.get('k')} k-means "
-            "clusters; the limit was drawn round-robin across clusters instead of uniformly at random "
+            "clusters; the seeds were spread over their concepts (domain, then label, then template) and, for "
+            "caption seeds, round-robin across clusters, instead of a uniform draw "
             f"(`{artifact(SEED_CLUSTERS)}`, `{artifact(REPORT)}` key `seed_balance`).\n\n"
             + _table(rows, ("selection", "rows", "top-5 share", "normalised entropy",
                             "cluster sizes, largest first")))

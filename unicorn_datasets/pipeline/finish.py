@@ -39,7 +39,7 @@ def finish(
         "provenance": provenance,
         "stages": stages,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "diversity": _diversity(repo),
+        "diversity": _diversity(repo, recipe),
     }
     if plan is not None:  # `unicorn build --plan FILE`: what `unicorn plan` predicted, beside what happened
         from unicorn_datasets.pipeline.plan_report import compare
@@ -52,16 +52,20 @@ def finish(
     return summary
 
 
-def _diversity(repo: BuildRepo) -> dict[str, Any]:
-    """Synth²-style balance of the captions (k-means cluster sizes), written to artifacts/report.json."""
-    from unicorn_datasets.analysis.report import report
+def _diversity(repo: BuildRepo, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Synth²-style balance of the caption text (k-means at the recipe's report.k), written to
+    artifacts/report.json; the settings come from this build's recipe, not a manifest of an earlier run."""
+    from unicorn_datasets.analysis.report import report, settings_from_recipe
 
     if not (repo.out / CAPTIONS).exists():
         return {}
-    r = report(repo.out)
+    r = report(repo.out, settings=settings_from_recipe(recipe))
+    c = r.get("clustering", {})
     return {"k": r.get("k"), "top5_share": r.get("top5_share"), "entropy": r.get("entropy"),
             "entropy_normalised": r.get("entropy_normalised"), "ttr": r.get("text", {}).get("ttr_mean_per_caption"),
-            "n_captions": r.get("n_captions"), "seed_balance": r.get("seed_balance")}
+            "n_captions": r.get("n_captions"), "clustered": c.get("clustered"), "encoder": c.get("embeddings"),
+            "status": c.get("status"), "why": c.get("why"), "rows_clustered": c.get("rows_clustered"),
+            "concepts": r.get("concepts"), "seed_balance": r.get("seed_balance")}
 
 
 def _num(x: float | None) -> str:
@@ -108,9 +112,12 @@ def print_summary(summary: dict[str, Any]) -> None:
         if s and spec.summary_lines:
             lines += spec.summary_lines(s)
     div = summary.get("diversity") or {}
-    if div.get("k"):
-        lines.append(f"diversity: k={div['k']} clusters, top-5 share {_num(div.get('top5_share'))}, normalised "
-                     f"entropy {_num(div.get('entropy_normalised'))}, mean per-caption TTR {_num(div.get('ttr'))} "
+    if div.get("status") == "not enough rows":
+        lines.append(f"diversity: not enough rows ({div.get('why')}) ({artifact(REPORT)})")
+    elif div.get("entropy") is not None:
+        lines.append(f"diversity of the caption text ({div.get('encoder')}): k={div['k']} clusters, top-5 share "
+                     f"{_num(div.get('top5_share'))} (Synth² 0.577), normalised entropy "
+                     f"{_num(div.get('entropy_normalised'))}, mean per-caption TTR {_num(div.get('ttr'))} "
                      f"({artifact(REPORT)})")
     lines.append(f"wall time {summary['wall_seconds']:.1f}s (tokens and tok/s count this run's generation only)")
     print("\n".join(lines), file=sys.stderr, flush=True)

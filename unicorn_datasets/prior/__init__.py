@@ -2,7 +2,8 @@
 
 `make_prior(family, **hyper)` -> an unfitted prior; `load_prior(folder)` -> a fitted one;
 `check_encoder(prior, encoder_info)` refuses a prior trained for another encoder or dimension.
-Families: `linear` (ridge, closed form) and `flow` (ridge mean + conditional rectified-flow MLP).
+Families: `linear` (ridge shrunk toward the mean shift, closed form), `orthogonal` (Procrustes rotation plus
+a scale, closed form) and `flow` (that ridge mean + a conditional rectified-flow MLP).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 
 from unicorn_datasets.prior.base import CONFIG, EVAL, FORMAT, WEIGHTS, Prior, PriorError
 from unicorn_datasets.prior.flow import FlowPrior
-from unicorn_datasets.prior.linear import LinearPrior
+from unicorn_datasets.prior.linear import LinearPrior, OrthogonalPrior
 
-FAMILIES: dict[str, type[Prior]] = {"linear": LinearPrior, "flow": FlowPrior}
+FAMILIES: dict[str, type[Prior]] = {"linear": LinearPrior, "orthogonal": OrthogonalPrior, "flow": FlowPrior}
 
 __all__ = ["FAMILIES", "Prior", "PriorError", "check_encoder", "load_prior", "make_prior"]
 
@@ -46,7 +47,8 @@ def load_prior(folder: str | os.PathLike[str]) -> Prior:
     prior = make_prior(config["family"], **config.get("hyper", {}))
     prior.text_mean, prior.image_mean = tensors.pop("text_mean"), tensors.pop("image_mean")
     prior._restore(tensors)
-    prior.meta = {k: v for k, v in config.items() if k in ("encoder", "training_data", "training", "image_dim")}
+    prior.meta = {k: v for k, v in config.items() if k in ("encoder", "training_data", "training", "image_dim",
+                                                             "comparison")}
     if (root / EVAL).is_file():
         prior.evaluation = json.loads((root / EVAL).read_text(encoding="utf-8"))
     if prior.weights_sha256() != config.get("weights_sha256"):

@@ -1,18 +1,20 @@
-"""Concept-balanced seed selection (Synth²): when a limit keeps fewer seeds than are available, cover
-semantic clusters evenly instead of drawing uniformly at random.
+"""Concept-balanced seed selection (Synth²): cover concepts and semantic clusters evenly instead of
+drawing uniformly at random.
 
 All available seeds (deduplicated, ordered by id) are embedded (the recipe's encoder, or hashed TF-IDF)
-and clustered once with k-means (clustering.py). The limit is split between caption seeds and domain
-(label x template) seeds in proportion to what is available, which is what a uniform draw gives in
-expectation, then:
+and clustered once with k-means (clustering.py). The limit is split between caption seeds and labelled
+(label x template) seeds by the recipe's per-source shares (mix.py), else in proportion to what is
+available, then:
 - caption seeds are drawn round-robin across clusters: every cluster gives its 1st seed, then its 2nd...
 - domain seeds are drawn round-robin by template, then label, then domain: every label gets one template
   before any label gets a second, and the domains take turns.
 Ties inside a round (which cluster/label gets the last places) and the order inside a cluster follow a hash
 of (build seed, seed id), so the selection depends on the build seed only, never on input order.
 
-`artifacts/seed_clusters.parquet` records every available seed's cluster and whether the balanced and the
-uniform draw selected it: the report turns it into the cluster-size histograms (clustering.balance_report).
+Without a binding limit every seed is kept (in that order) and the clusters are recorded all the same.
+`artifacts/seed_clusters.parquet` records every available seed's cluster, domain and label, and whether the
+balanced and the uniform draw selected it: the report turns it into the cluster-size histograms and the
+concept histograms of the delivered captions (clustering.balance_report).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from unicorn_datasets.seeds.sources import Seed, _stable_int, merge_seeds, unifo
 
 CLUSTERS_SCHEMA = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("cluster", pa.int32()), ("balanced", pa.bool_()),
-     ("uniform", pa.bool_())]
+     ("uniform", pa.bool_()), ("domain", pa.string()), ("label", pa.string())]
 )
 
 
@@ -86,7 +88,7 @@ def _domain_order(seeds: list[Seed], build_seed: int) -> list[int]:
     tie = [_stable_int(build_seed, "balance", s.id) for s in seeds]
     by_label: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i in sorted(range(len(seeds)), key=lambda i: tie[i]):
-        by_label[(seeds[i].source, seeds[i].label)].append(i)
+        by_label[(seeds[i].domain or seeds[i].source, seeds[i].label)].append(i)
     labels_of: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for key in sorted(by_label, key=lambda key: _stable_int(build_seed, "balance-label", *key)):
         labels_of[key[0]].append(key)
@@ -108,23 +110,22 @@ def _quotas(n_caption: int, n_domain: int, limit: int) -> tuple[int, int]:
 
 def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceSection,
            trust_remote_code: bool = False, split: tuple[int, int] | None = None) -> Selection:
-    """The seeds a build uses: a uniform draw, or (cfg.enabled and a binding limit) a balanced one.
+    """The seeds a build uses: a uniform draw, or (cfg.enabled) a balanced one: caption seeds round-robin
+    across semantic clusters, labelled seeds by domain, then label, then template. Without a binding limit
+    every seed is kept, in that order, and the clusters are still recorded for the report.
 
     `split`: (caption seeds, domain seeds) when the recipe's shares fix it (mix.py); else in proportion."""
     merged = merge_seeds(groups)
     uniform = uniform_draw(merged, limit=limit, seed=seed)
     if not cfg.enabled:
         return Selection(uniform, None, {"enabled": False})
-    if limit is None or limit >= len(merged):
-        return Selection(uniform, None, {"enabled": True, "applied": False,
-                                         "why": f"the limit keeps all {len(merged)} available seeds"})
     encoder = seed_encoder(cfg, trust_remote_code=trust_remote_code)
     x = embed_seeds([s.seed for s in merged], cfg, encoder)
     k = min(cfg.k or default_k(len(merged)), len(merged))
     labels = kmeans(x, k, seed=seed).labels
     captions = [i for i, s in enumerate(merged) if not s.label]
     domains = [i for i, s in enumerate(merged) if s.label]
-    n_cap, n_dom = split or _quotas(len(captions), len(domains), limit)
+    n_cap, n_dom = split or _quotas(len(captions), len(domains), len(merged) if limit is None else limit)
     picked = [captions[j] for j in _round_robin([merged[i] for i in captions],
                                                  [int(labels[i]) for i in captions], seed)[:n_cap]]
     picked += [domains[j] for j in _domain_order([merged[i] for i in domains], seed)[:n_dom]]
@@ -133,8 +134,12 @@ def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: Balan
     uniform_ids = {s.id for s in uniform}
     table = pa.Table.from_arrays(
         [pa.array([s.id for s in merged]), pa.array([s.source for s in merged]), pa.array(labels, pa.int32()),
-         pa.array([s.id in balanced_ids for s in merged]), pa.array([s.id in uniform_ids for s in merged])],
+         pa.array([s.id in balanced_ids for s in merged]), pa.array([s.id in uniform_ids for s in merged]),
+         pa.array([s.domain for s in merged], pa.string()), pa.array([s.label or None for s in merged], pa.string())],
         schema=CLUSTERS_SCHEMA)
+    binding = limit is not None and limit < len(merged)
     summary = {"enabled": True, "applied": True, "encoder": cfg.encoder, "k": k, "available": len(merged),
-               "selected": len(chosen), "caption_seeds": n_cap, "domain_seeds": n_dom}
+               "selected": len(chosen), "limit_binding": binding, "caption_seeds": n_cap, "domain_seeds": n_dom}
+    if not binding:
+        summary["why"] = f"the limit keeps all {len(merged)} available seeds: every concept is delivered in full"
     return Selection(chosen, table, summary, encoder)

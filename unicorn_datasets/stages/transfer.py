@@ -57,7 +57,7 @@ def prior_provenance(prior: Any) -> dict[str, Any]:
     """What the manifest and card say about a prior: where, which, trained on what, and its own evaluation."""
     cfg = prior.config()
     training = {k: v for k, v in (cfg.get("training") or {}).items() if k != "val_loss_history"}
-    return {k: cfg.get(k) for k in ("family", "dim", "hyper", "training_data", "weights_sha256")} | {
+    return {k: cfg.get(k) for k in ("family", "dim", "hyper", "training_data", "weights_sha256", "comparison")} | {
         "training": training, "evaluation": prior.evaluation}
 
 
@@ -69,8 +69,30 @@ def with_prior_identity(recipe: Recipe) -> Recipe:
         return recipe
     from unicorn_datasets.prior import load_prior
 
-    sha = load_prior(str(t.prior)).weights_sha256()
-    return dataclasses.replace(recipe, transfer=dataclasses.replace(t, prior_sha256=sha))
+    prior = load_prior(str(t.prior))
+    check_against_mean_shift(prior, str(t.prior), allow_worse=t.allow_worse_prior)
+    return dataclasses.replace(recipe, transfer=dataclasses.replace(t, prior_sha256=prior.weights_sha256()))
+
+
+def check_against_mean_shift(prior: Any, folder: str, *, allow_worse: bool) -> None:
+    """A prior that lost to the mean shift on its own validation pairs would make Stage 3 worse than training
+    none: refused unless allowed (then a warning); a prior without that record gets a warning."""
+    import sys
+
+    from unicorn_datasets.prior.base import PriorError
+
+    cmp = prior.meta.get("comparison")
+    if not cmp:
+        print(f"unicorn: warning: the prior {folder} records no comparison with the mean shift (trained before "
+              "it was recorded); retrain it with `unicorn prior train` to know whether it helps", file=sys.stderr)
+    elif cmp.get("worse_than_mean_shift"):
+        msg = (f"the prior {folder} lost to the mean shift on its validation pairs (paired cosine "
+               f"{cmp['families'][cmp['chosen']]:.3f} vs {cmp['mean_shift']:.3f}): Stage 3 would be worse than "
+               "--transfer mean-shift")
+        if not allow_worse:
+            raise PriorError(f"{msg}; use --transfer mean-shift, retrain on more pairs, or pass "
+                             "--allow-worse-prior (transfer.allow_worse_prior) to use it anyway")
+        print(f"unicorn: warning: {msg}; used anyway (--allow-worse-prior)", file=sys.stderr)
 
 
 def save_transfer_artifacts(repo: BuildRepo, mean: np.ndarray, info: dict[str, Any]) -> None:
@@ -98,12 +120,22 @@ def prior_card_text(prior: dict[str, Any] | None) -> str:
             f"weights `{prior.get('weights_sha256')}`) trained on {data.get('n_pairs')} caption/image pairs "
             f"(`{data.get('source')}`, data `{data.get('fingerprint')}`).")
     methods = ev.get("methods") or {}
-    if methods:
-        rows = [(m, f"{r['paired_cosine']:.3f}", f"{r['recall@1']:.3f}", f"{r['recall@5']:.3f}", f"{r['frechet']:.4f}")
-                for m, r in methods.items()]
+    rows = []
+    for m, r in methods.items():
+        for kind in ("centred", "uncentred"):
+            x = r.get(kind) or (r if kind == "centred" and "paired_cosine" in r else None)  # old flat = centred
+            if x:
+                rows.append((m, kind, f"{x['paired_cosine']:.3f}", f"{x['recall@1']:.3f}", f"{x['recall@5']:.3f}",
+                             f"{x['frechet']:.4f}"))
+    if rows:
         text += (f" On {ev.get('n')} held-out pairs ({ev.get('split', 'held out')}), against the real image "
-                 "embeddings minus their mean:\n\n"
-                 + markdown_table(rows, ("method", "paired cosine", "recall@1", "recall@5", "Fréchet distance")))
+                 "embeddings minus their mean (centred, Unicorn's test time) and as the image tower gives them "
+                 "(uncentred):\n\n"
+                 + markdown_table(rows, ("method", "comparison", "paired cosine", "recall@1", "recall@5",
+                                         "Fréchet distance")))
+    cmp = prior.get("comparison") or {}
+    if cmp.get("summary"):
+        text += f"\n\n   Validation: {cmp['summary']}."
     return text
 
 
