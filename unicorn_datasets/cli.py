@@ -116,7 +116,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from unicorn_datasets.dataset.export import export_bunny
 
     summary = export_bunny(args.folder, args.to, configs=args.configs.split(",") if args.configs else None,
-                           chunk_size=args.chunk_size, allow_dim_mismatch=args.allow_dim_mismatch)
+                           chunk_size=args.chunk_size, allow_dim_mismatch=args.allow_dim_mismatch,
+                           option_format=args.option_format)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -231,6 +232,8 @@ def parser() -> argparse.ArgumentParser:
         help="export embeddings that are not 1280-d: the trainer's mm_hidden_size (projector input) must be set to D",
     )
     ex.add_argument("--configs", help="comma-separated configs (default: pretrain and instruct, those present)")
+    ex.add_argument("--option-format", choices=["A.", "A:"],
+                    help="rewrite MC option lines ('A:': the authors' released data; default: as built)")
     em = sub.add_parser("embed-images", help="encode real images with the encoder's image tower, centred")
     em.add_argument("source", help="a folder of images or a dataset with an `image` column")
     em.add_argument("--encoder", required=True)

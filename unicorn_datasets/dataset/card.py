@@ -135,9 +135,12 @@ def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
             f"({c.get('min_words')}-{c.get('max_words')} words), {llm.get('prompt_mode')} prompts."
         )
     if "instruct" in stages:
+        i = recipe.get("instruct", {})
+        checks = ", ".join(f"`{c}`" for c in i.get("item_checks", ())) or "none"
         parts.append(
             f"2. **Instructions**: task mix {stages['instruct'].get('tasks')}, JSON-schema constrained output, "
-            "validated (option letters, item counts, verbatim copying) and retried."
+            f"validated (option letters, item counts, verbatim copying; item checks: {checks}) and retried. "
+            f"Multiple-choice options are written `{i.get('option_format', 'A.')} text`, one per line."
         )
     if "pretrain" in stages:
         t = stages["pretrain"].get("transfer", {})

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unicorn_datasets.generation.base import PromptMode, SamplingParams
-from unicorn_datasets.recipe import INSTRUCT_TASKS, InstructSection, LLMSection
+from unicorn_datasets.recipe import INSTRUCT_TASKS, ITEM_CHECKS, OPTION_FORMATS, InstructSection, LLMSection
 
 TASKS: tuple[str, ...] = INSTRUCT_TASKS  # the task names a recipe may use
 LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
@@ -39,6 +39,8 @@ class InstructConfig:
     max_example_overlap: float = InstructSection.max_example_overlap
     min_answer_support_margin: float | None = InstructSection.min_answer_support_margin
     topup_budget: int = InstructSection.topup_budget
+    item_checks: tuple[str, ...] = InstructSection.item_checks
+    option_format: str = InstructSection.option_format
 
     def __post_init__(self) -> None:
         bounds = {**_default_bounds(), **{k: tuple(v) for k, v in self.item_bounds.items()}}
@@ -60,12 +62,16 @@ class InstructConfig:
                 raise ValueError(f"max_chars: unknown task(s) {sorted(unknown)}; expected {', '.join(TASKS)}")
         if self.topup_budget < 0:
             raise ValueError(f"topup_budget must be >= 0, got {self.topup_budget}")
+        if unknown := set(self.item_checks) - set(ITEM_CHECKS):
+            raise ValueError(f"item_checks: unknown check(s) {sorted(unknown)}; expected {', '.join(ITEM_CHECKS)}")
+        if self.option_format not in OPTION_FORMATS:
+            raise ValueError(f"option_format must be one of {', '.join(OPTION_FORMATS)}, got {self.option_format!r}")
 
     @classmethod
     def from_recipe(cls, section: InstructSection, prompt_mode: str) -> InstructConfig:
         keys = ("max_attempts", "max_verbatim_fraction", "min_verbatim_words", "constrained", "truncate_extra_items",
                 "max_chars", "max_option_similarity", "max_example_overlap", "min_answer_support_margin",
-                "topup_budget", "sampling")
+                "topup_budget", "sampling", "item_checks", "option_format")
         return cls(item_bounds=dict(section.items), prompt_mode=prompt_mode,  # type: ignore[arg-type]
                    **{k: getattr(section, k) for k in keys})
 

@@ -73,8 +73,11 @@ class InstructRows:
         return GenerationRequest(key=rid, seed=rseed, prompt=prompt, json_schema=schema, stop=stop)
 
     def validate(self, row: Row, result: GenerationResult) -> tuple[Any, str | None, list[str]]:
-        v = validate(row["task"], self.prefill + result.text, row["caption"], self.cfg, self.encoder, self.reserved)
-        return (to_conversations(row["task"], v.items) if v.items is not None else None), v.reason, v.repairs
+        shown = resolve_mode(self.cfg, self.supports_chat) == "completion"  # the few-shot example is in the prompt
+        v = validate(row["task"], self.prefill + result.text, row["caption"], self.cfg, self.encoder, self.reserved,
+                     example_in_prompt=shown)
+        convs = to_conversations(row["task"], v.items, self.cfg.option_format) if v.items is not None else None
+        return convs, v.reason, v.repairs
 
 
 class InstructStage:
@@ -91,7 +94,7 @@ class InstructStage:
                 "constrained": c.constrained, "max_attempts": c.max_attempts, "sampling": c.sampling.as_dict(),
                 "max_verbatim_fraction": c.max_verbatim_fraction, "max_chars": c.max_chars,
                 "min_answer_support_margin": c.min_answer_support_margin, "topup_budget": c.topup_budget,
-                "mix": self.mix}
+                "item_checks": list(c.item_checks), "option_format": c.option_format, "mix": self.mix}
 
     def prompt_sha(self) -> str:
         return json.dumps(prompt_provenance(), sort_keys=True)
