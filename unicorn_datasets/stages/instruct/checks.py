@@ -104,20 +104,20 @@ _ASKING_START = _WH | frozenset(
     "is are was were am do does did can could will would should shall may might must has have had "
     "describe explain identify name list tell compare count suggest imagine consider estimate infer".split()
 )
-# a question that ends on one of these stopped mid-phrase
-_DANGLING = frozenset("the a an and or of to in on at with for from by is are was were that which this its their "
-                      "his her your my our as than but if so because while whose".split())
+# a question without its "?" that ends on one of these stopped mid-phrase ("sitting on" may end one)
+_DANGLING = frozenset("the a an and or of that which this its their his her your my our as than but if so because "
+                      "while whose".split())
 
 
 def malformed_question(question: str, max_chars: int) -> bool:
     """Not a question, cut off, or with a hint tail."""
     text = question.strip()
     ws = words(text)
-    if not ws or _HINT_TAIL.search(text) or ws[-1] in _DANGLING:
+    if not ws or _HINT_TAIL.search(text):
         return True
     if text.endswith("?"):
         return False
-    if len(text) >= max_chars - 1 or text[-1] in ",;:-(":  # stopped by the schema, or mid-clause
+    if len(text) >= max_chars - 1 or text[-1] in ",;:-(" or ws[-1] in _DANGLING:  # stopped by the schema / mid-phrase
         return True
     return ws[0] not in _ASKING_START and not _WH & set(ws)  # a statement, not a question
 
