@@ -38,7 +38,13 @@ _STOP = frozenset(
 )
 
 
+# words for one time of day: an option "In the evening" is said by a caption "at dusk"
+_SAME = {"dusk": "evening", "twilight": "evening", "sunset": "evening", "dawn": "morning", "sunrise": "morning",
+         "midday": "noon", "nighttime": "night", "midnight": "night"}
+
+
 def _stem(word: str) -> str:
+    word = _SAME.get(word, word)
     if word in _NUMBERS:
         return _NUMBERS[word]
     if word.endswith(("xes", "ches", "shes", "sses")):  # "boxes" -> "box"; "trees" keeps its "e"
@@ -131,7 +137,8 @@ _COLOURS = frozenset(
 )
 _COUNTS = frozenset(set(_NUMBERS) | set(
     "no none nobody nothing single pair couple both several few many multiple dozen dozens hundred hundreds "
-    "thousand thousands numerous lone only handful various group".split()))
+    "thousand thousands numerous lone only handful various group half most all some much lot lots percent "
+    "every each".split()))
 _SIZES = frozenset(
     "small large big tiny huge little giant massive medium long short tall wide narrow high low thick thin deep "
     "shallow enormous compact miniature sized size length height width inch inches foot feet meter meters metre "
@@ -153,7 +160,7 @@ _ASKS: tuple[tuple[re.Pattern[str], frozenset[str]], ...] = (
     (re.compile(r"\bhow many\b|\bwhat (?:is the )?number of\b|\bhow much\b"), _COUNTS),
     (re.compile(r"\b(?:what|which) colou?rs?\b|\bwhat is the colou?r\b|\bcolou?r (?:is|are|of)\b"), _COLOURS),
     (re.compile(r"\bwhat size\b|\bthe size of\b|\bhow (?:big|large|small|tall|long|wide|high|deep)\b"), _SIZES),
-    (re.compile(r"\bwhat time\b|\bwhen\b|\bwhat season\b|\btime of (?:the )?day\b"), _TIMES),
+    (re.compile(r"\bwhat time\b|^(?:\w+ )?when\b|\bwhat season\b|\btime of (?:the )?day\b"), _TIMES),
     (re.compile(r"^(?:\w+ )?where\b|\bin which (?:part|direction)\b"), _PLACES),
 )
 
