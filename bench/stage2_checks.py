@@ -23,8 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from unicorn_datasets.recipe import load_recipe
 from unicorn_datasets.stages.instruct.checks import (
     copies_example,
