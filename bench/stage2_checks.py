@@ -43,7 +43,7 @@ SHIPPED: dict[str, Callable[[Case], bool]] = {
     "copied_example": lambda c: copies_example(c["item"], c["caption"], CFG.max_example_overlap),
     "malformed_question": lambda c: malformed_question(c["item"]["Question"], CFG.chars(c["task"])),
     "off_question_answer": lambda c: off_question_answer(c["item"]["Question"], c["item"]["Answer"]),
-    "unsupported_options": lambda c: unsupported_options(c["item"]["Options"], c["caption"]),
+    "unsupported_options": lambda c: unsupported_options(c["item"]["Question"], c["item"]["Options"], c["caption"]),
 }
 
 

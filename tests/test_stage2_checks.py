@@ -123,8 +123,14 @@ def test_off_question_and_malformed_items_are_dropped_with_their_reasons() -> No
 def test_mc_items_whose_options_the_caption_never_says() -> None:
     made_up = {"Question": "What is the kingfisher holding?",
                "Options": {"A": "A fish", "B": "A leaf", "C": "A twig", "D": "A feather"}, "Answer": "A"}
-    assert unsupported_options(made_up["Options"], KINGFISHER)
-    assert not any(unsupported_options(it["Options"], KINGFISHER) for it in OWN)
+    assert unsupported_options(made_up["Question"], made_up["Options"], KINGFISHER)
+    assert not any(unsupported_options(it["Question"], it["Options"], KINGFISHER) for it in OWN)
+    # support is local: "green" said of the chalkboard is no colour of the map (a real demo item)
+    room = ("A classroom with rows of wooden desks facing a green chalkboard. A teacher in a blue sweater points "
+            "at a map of Europe pinned beside the board.")
+    colours = {"A": "Green", "B": "Yellow", "C": "Red", "D": "White"}
+    assert unsupported_options("What color is the map?", colours, room)
+    assert not unsupported_options("What color is the chalkboard?", colours, room)
     v = validate("mc", dump([made_up, OWN[0]]), KINGFISHER, MC)
     assert v.reason == "unsupported_options"
 

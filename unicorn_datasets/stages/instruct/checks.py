@@ -24,6 +24,7 @@ from typing import Any
 from unicorn_datasets.stages.instruct.config import LETTERS
 from unicorn_datasets.stages.instruct.prompting import fewshot
 from unicorn_datasets.stages.instruct.schema import TOP_KEY
+from unicorn_datasets.stages.instruct.support import caption_sentences
 from unicorn_datasets.text.tokens import norm_text, words
 
 # ---- word forms: a crude stemmer and number words, enough to see "two dogs" say "Two" -----------------
@@ -90,17 +91,18 @@ def copies_example_question(question: str, caption: str, max_overlap: float) -> 
     return False
 
 
-def copies_example_options(options: dict[str, str], caption: str) -> bool:
-    """Three or more of the options are one example item's, and the caption says none of the four (with
-    one of them said, the item asks about this picture; whether it marks the right one is answer support's)."""
+def copies_example_options(question: str, options: dict[str, str], caption: str) -> bool:
+    """Three or more of the options are one example item's, and the caption says none of the four about the
+    question's subject (with one said, the item asks about this picture; whether it marks the right one is
+    answer support's)."""
     own = {norm_text(v) for v in options.values()}
-    return any(len(own & ex) >= 3 for ex in _example()[2]) and unsupported_options(options, caption)
+    return any(len(own & ex) >= 3 for ex in _example()[2]) and unsupported_options(question, options, caption)
 
 
 def copies_example(item: dict[str, Any], caption: str, max_overlap: float) -> bool:
     if copies_example_question(item["Question"], caption, max_overlap):
         return True
-    return "Options" in item and copies_example_options(item["Options"], caption)
+    return "Options" in item and copies_example_options(item["Question"], item["Options"], caption)
 
 
 # ---- well-formed questions -------------------------------------------------------------------------
@@ -176,7 +178,16 @@ def off_question_answer(question: str, answer: str) -> bool:
 
 
 # ---- MC options the caption supports ---------------------------------------------------------------
-def unsupported_options(options: dict[str, str], caption: str) -> bool:
-    """No option shares a content word (any form) with the caption: the caption supports none of them."""
-    said = stems(caption)
+# question words that name what is asked, not what it is asked about
+_ASKED = frozenset(stems("color colour kind type sort many much number size shape time day part main most likely "
+                         "best describes following"))
+
+
+def unsupported_options(question: str, options: dict[str, str], caption: str) -> bool:
+    """No option shares a content word (any form) with the caption sentences about the question's subject
+    (those sharing a content word with the question; the whole caption when none does). Sentence-local, so
+    "green" said of the chalkboard does not support "Green" as the colour of the map."""
+    about = stems(question) - _ASKED
+    near = [s for s in caption_sentences(caption) if stems(s) & about]
+    said = stems(" ".join(near) if near else caption)
     return not any(stems(options[k]) & said for k in LETTERS)

@@ -158,7 +158,7 @@ def _lexical_reason(task: str, item: dict[str, Any], caption: str, cfg: Instruct
             and copies_example(item, caption, cfg.max_example_overlap)):
         return "copied_example"
     if task == "mc":
-        if "unsupported_options" in on and unsupported_options(item["Options"], caption):
+        if "unsupported_options" in on and unsupported_options(item["Question"], item["Options"], caption):
             return "unsupported_options"
     elif "off_question_answer" in on and off_question_answer(item["Question"], item["Answer"]):
         return "off_question_answer"
