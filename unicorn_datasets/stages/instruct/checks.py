@@ -45,7 +45,7 @@ _SAME = {"dusk": "evening", "twilight": "evening", "sunset": "evening", "dawn": 
 
 
 def _stem(word: str) -> str:
-    word = _SAME.get(word, word)
+    word = _SAME.get(word.removesuffix("'s"), word.removesuffix("'s"))
     if word in _NUMBERS:
         return _NUMBERS[word]
     if word.endswith(("xes", "ches", "shes", "sses")):  # "boxes" -> "box"; "trees" keeps its "e"
@@ -161,7 +161,9 @@ _TIMES = frozenset(
 _ASKS: tuple[tuple[re.Pattern[str], frozenset[str]], ...] = (
     (re.compile(r"\bhow many\b|\bwhat (?:is the )?number of\b|\bhow much\b"), _COUNTS),
     (re.compile(r"\b(?:what|which) colou?rs?\b|\bwhat is the colou?r\b|\bcolou?r (?:is|are|of)\b"), _COLOURS),
-    (re.compile(r"\bwhat size\b|\bthe size of\b|\bhow (?:big|large|small|tall|long|wide|high|deep)\b"), _SIZES),
+    # "how long is the bench" asks a size, "how long has it been" a duration: only the first is checked
+    (re.compile(r"\bwhat size\b|\bthe size of\b|\bhow (?:big|large|small|tall|wide|high|deep)\b"
+                r"|\bhow long (?:is|are)\b"), _SIZES),
     (re.compile(r"\bwhat time\b|^(?:\w+ )?when\b|\bwhat season\b|\btime of (?:the )?day\b"), _TIMES),
     (re.compile(r"^(?:\w+ )?where\b|\bin which (?:part|direction)\b"), _PLACES),
 )
@@ -183,11 +185,33 @@ _ASKED = frozenset(stems("color colour kind type sort many much number size shap
                          "best describes following"))
 
 
+_CLAUSE = re.compile(r"[,;:]\s*|\s+(?:and|but|while|where|whereas)\s+", re.I)
+
+
+def _clauses(caption: str) -> list[str]:
+    return [c for s in caption_sentences(caption) for c in _CLAUSE.split(s) if c.strip()]
+
+
+def _said_about(about: set[str], caption: str) -> set[str]:
+    """The content words of the caption's clauses about ``about`` (each with the clause after it, for "the cat,
+    which is black"), or of the whole caption when no clause is; "a"/"an" before the subject says "1"."""
+    clauses = _clauses(caption)
+    near = [i for i, c in enumerate(clauses) if stems(c) & about]
+    if not near:
+        return stems(caption)
+    said: set[str] = set()
+    for i in near:
+        text = " ".join(clauses[i : i + 2])
+        said |= stems(text)
+        ws = words(text)
+        if any(w in ("a", "an") and {_stem(x) for x in ws[k + 1 : k + 4]} & about for k, w in enumerate(ws)):
+            said.add("1")
+    return said
+
+
 def unsupported_options(question: str, options: dict[str, str], caption: str) -> bool:
-    """No option shares a content word (any form) with the caption sentences about the question's subject
-    (those sharing a content word with the question; the whole caption when none does). Sentence-local, so
-    "green" said of the chalkboard does not support "Green" as the colour of the map."""
-    about = stems(question) - _ASKED
-    near = [s for s in caption_sentences(caption) if stems(s) & about]
-    said = stems(" ".join(near) if near else caption)
+    """No option shares a content word (any form) with what the caption says about the question's subject
+    (the clauses sharing a content word with the question; the whole caption when none does). Clause-local,
+    so "green" said of the chalkboard does not support "Green" as the colour of the map."""
+    said = _said_about(stems(question) - _ASKED, caption)
     return not any(stems(options[k]) & said for k in LETTERS)
