@@ -19,6 +19,7 @@ cosine for option support.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -86,6 +87,27 @@ def best_option_support(cases: list[Case], enc: Any) -> list[float]:
     return out
 
 
+def demo_rows(path: Path) -> None:
+    """Re-validate captured raw demo outputs with the item checks off and on (no encoder: the demo's
+    answer-support check is left out of both): rows accepted, rejections and item drops by reason."""
+    from unicorn_datasets.stages.instruct import validate
+
+    attempts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    print(f"\n### the demo's raw Stage-2 outputs ({len(attempts)} attempts), re-validated in completion mode")
+    print("| `instruct.item_checks` | rows accepted | rejections by reason | items dropped by an item check |")
+    print("|---|---:|---|---|")
+    for name, checks in (("[] (none)", ()), ("all (default)", CFG.item_checks)):
+        cfg = dataclasses.replace(CFG, item_checks=checks)
+        reasons: Counter[str] = Counter()
+        drops: Counter[str] = Counter()
+        for a in attempts:
+            v = validate(a["task"], a["raw"], a["caption"], cfg, example_in_prompt=True)
+            reasons.update([v.reason] if v.reason else [])
+            drops.update(r.removeprefix("dropped_") for r in v.repairs if r.removeprefix("dropped_") in SHIPPED)
+        ok = len(attempts) - sum(reasons.values())
+        print(f"| {name} | {ok} / {len(attempts)} | {dict(reasons.most_common())} | {dict(drops.most_common())} |")
+
+
 def row(name: str, flagged: list[bool], truth: list[bool]) -> str:
     p, r, tp, fp, fn = scores(flagged, truth)
     return f"| {name} | {p:.2f} | {r:.2f} | {tp} | {fp} | {fn} |"
@@ -97,7 +119,10 @@ def main() -> None:
     ap.add_argument("--encoder", default="minilm")
     ap.add_argument("--no-encoder", action="store_true")
     ap.add_argument("--misses", action="store_true", help="list the shipped checks' false positives/negatives")
+    ap.add_argument("--raw", default=str(HERE / "stage2_demo_raw.jsonl"), help="captured raw demo outputs")
     args = ap.parse_args()
+    if Path(args.raw).exists():
+        demo_rows(Path(args.raw))
     cases = load_cases(Path(args.cases))
     enc = None
     if not args.no_encoder:
