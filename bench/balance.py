@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from unicorn_datasets.seeds.balance import BalanceConfig, balance_report, select
+from unicorn_datasets.analysis.clustering import balance_report
+from unicorn_datasets.recipe import BalanceSection
+from unicorn_datasets.seeds.balance import select
 from unicorn_datasets.seeds.sources import SHIPPED, load_caption_seeds
 
 
@@ -53,7 +55,7 @@ def main() -> None:
         seeds = load_caption_seeds(str(path), source="skewed")
         t0 = time.perf_counter()
         sel = select([seeds], limit=args.limit, seed=args.seed,
-                     cfg=BalanceConfig(enabled=True, encoder=args.encoder, k=args.k))
+                     cfg=BalanceSection(enabled=True, encoder=args.encoder, k=args.k))
         secs = time.perf_counter() - t0
     rep = balance_report(sel.clusters, None)
     dogs = {s.id for s in seeds if s.seed in main_texts}

@@ -50,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from unicorn_datasets import cli  # noqa: E402
 from unicorn_datasets.generation.server.dialects import wire_seed  # noqa: E402  (seed as sent on the wire)
-from unicorn_datasets.pipeline import collect_seeds  # noqa: E402
+from unicorn_datasets.pipeline.loop import collect_seeds  # noqa: E402
+from unicorn_datasets.recipe import CaptionsSection  # noqa: E402
 from unicorn_datasets.stages import captions  # noqa: E402
 from unicorn_datasets.testing.fake_openai_server import FakeServer, drain_time, inflight_summary, serve  # noqa: E402
 
@@ -65,12 +66,12 @@ def build_args(url: str, out: str, k: int, rows: int) -> list[str]:
             "--set", "captions.min_seed_cosine=0"]
 
 
-def caption_work(rows: int) -> tuple[list[Any], captions.CaptionConfig, int]:
+def caption_work(rows: int) -> tuple[list[Any], CaptionsSection, int]:
     """The seeds, caption config and build seed the build itself uses (parsed by the build's own CLI)."""
     args = cli.parser().parse_args(["build", *build_args("http://unused", "unused", 64, rows)])
     recipe = cli._recipe_from_args(args)
     seeds = collect_seeds(recipe)[0]
-    cfg = captions.CaptionConfig.from_recipe(recipe.captions, "chat")
+    cfg = recipe.captions
     return seeds, cfg, recipe.seed
 
 
@@ -135,7 +136,7 @@ def run_kill(server: FakeServer, k: int, rows: int, work: Path, rng: random.Rand
 # --------------------------------------------------------------------------- (b) the bare client
 
 
-def run_bare(server: FakeServer, k: int, seeds: list[Any], cfg: captions.CaptionConfig, build_seed: int) -> dict:
+def run_bare(server: FakeServer, k: int, seeds: list[Any], cfg: CaptionsSection, build_seed: int) -> dict:
     server.reset()
     t0 = time.monotonic()
     outcome = asyncio.run(_bare(server.url, k, seeds, cfg, build_seed))
@@ -146,7 +147,7 @@ def run_bare(server: FakeServer, k: int, seeds: list[Any], cfg: captions.Caption
 POOL = 32  # connections per httpx client: its pool scans every connection per request (O(pool) CPU each)
 
 
-async def _bare(url: str, k: int, seeds: list[Any], cfg: captions.CaptionConfig, build_seed: int) -> Counter:
+async def _bare(url: str, k: int, seeds: list[Any], cfg: CaptionsSection, build_seed: int) -> Counter:
     """A semaphore of K as a queue of K slots, each slot bound to one of ceil(K / POOL) httpx clients."""
     p = cfg.sampling
     limits = httpx2.Limits(max_connections=POOL, max_keepalive_connections=POOL)
@@ -196,7 +197,7 @@ def ensure_distilabel() -> Path:
     return python
 
 
-def run_distilabel(server: FakeServer, k: int, seeds: list[Any], cfg: captions.CaptionConfig, replicas: int,
+def run_distilabel(server: FakeServer, k: int, seeds: list[Any], cfg: CaptionsSection, replicas: int,
                    work: Path) -> dict[str, Any]:
     python = ensure_distilabel()
     prompts = [captions.build_request(s.id, s.seed, cfg, 0, 0).messages[0]["content"] for s in seeds]

@@ -31,16 +31,16 @@ import torch  # noqa: E402
 
 from unicorn_datasets.generation.base import GenerationRequest, SamplingParams  # noqa: E402
 from unicorn_datasets.generation.transformers_backend import TransformersBackend  # noqa: E402
-from unicorn_datasets.pipeline import collect_seeds  # noqa: E402
-from unicorn_datasets.recipe import load_recipe  # noqa: E402
+from unicorn_datasets.pipeline.loop import collect_seeds  # noqa: E402
+from unicorn_datasets.recipe import CaptionsSection, load_recipe  # noqa: E402
 from unicorn_datasets.stages import captions  # noqa: E402
 
 
 def caption_requests(rows: int) -> list[GenerationRequest]:
     recipe = load_recipe("demo", {"limit": rows})
     seeds = collect_seeds(recipe)[0]
-    cfg = captions.CaptionConfig(prompt_mode="completion")
-    return [captions.build_request(s.id, s.seed, cfg, 0, 0) for s in seeds]
+    cfg = CaptionsSection()
+    return [captions.build_request(s.id, s.seed, cfg, 0, 0, "completion") for s in seeds]
 
 
 def tiny_model() -> str:

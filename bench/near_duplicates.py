@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stage3 import synthetic_captions  # noqa: E402
 
 from unicorn_datasets.analysis.near_dup import (  # noqa: E402
-    NearDupConfig,
     candidate_probability,
     find_duplicates,
     near_duplicates,
     signatures,
 )
+from unicorn_datasets.recipe import NearDupSection  # noqa: E402
 
 FILLER = ["quietly", "small", "bright", "old", "several", "nearby", "softly", "large", "wooden", "distant"]
 
@@ -99,7 +99,7 @@ def quality(args: argparse.Namespace) -> None:
     print("| method | threshold | precision | recall | recall (edits) | recall (reorder) | seconds | ms / 1K |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|")
     for t in args.minhash:
-        cfg = NearDupConfig(enabled=True, threshold=t, shingle=args.shingle)
+        cfg = NearDupSection(enabled=True, threshold=t, shingle=args.shingle)
         t0 = time.perf_counter()
         flagged = set(near_duplicates(ids, texts, cfg))
         secs = time.perf_counter() - t0
@@ -120,7 +120,7 @@ def quality(args: argparse.Namespace) -> None:
 
 
 def scale(args: argparse.Namespace) -> None:
-    cfg = NearDupConfig(enabled=True, threshold=args.threshold)
+    cfg = NearDupSection(enabled=True, threshold=args.threshold)
     texts = synthetic_captions(args.sig_rows)
     t0 = time.perf_counter()
     signatures(texts, cfg)

@@ -27,11 +27,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from engine_throughput import caption_work, run_bare, window  # noqa: E402
 
 from unicorn_datasets.generation.server import ServerBackend  # noqa: E402
+from unicorn_datasets.recipe import CaptionsSection  # noqa: E402
 from unicorn_datasets.stages import captions  # noqa: E402
 from unicorn_datasets.testing.fake_openai_server import FakeServer, serve  # noqa: E402
 
 
-def run_client(server: FakeServer, k: int, seeds: list[Any], cfg: captions.CaptionConfig, build_seed: int) -> dict:
+def run_client(server: FakeServer, k: int, seeds: list[Any], cfg: CaptionsSection, build_seed: int) -> dict:
     server.reset()
     backend = ServerBackend([server.url], max_in_flight=k, timeout=600)
     backend.check_available()  # the probe, outside the measured window as the engine does it
@@ -44,7 +45,7 @@ def run_client(server: FakeServer, k: int, seeds: list[Any], cfg: captions.Capti
             "final_limit": stats["limit"], "limit_decreases": stats["limit_decreases"]}
 
 
-async def _client(backend: ServerBackend, k: int, seeds: list[Any], cfg: captions.CaptionConfig,
+async def _client(backend: ServerBackend, k: int, seeds: list[Any], cfg: CaptionsSection,
                   build_seed: int) -> Counter:
     sem = asyncio.Semaphore(k)
 

@@ -34,11 +34,11 @@ from unicorn_datasets.stages.instruct.checks import (
     off_question_answer,
     unsupported_options,
 )
-from unicorn_datasets.stages.instruct.config import LETTERS, InstructConfig
+from unicorn_datasets.stages.instruct.config import LETTERS
 from unicorn_datasets.stages.instruct.support import _unit, caption_sentences
 
 HERE = Path(__file__).parent
-CFG = InstructConfig.from_recipe(load_recipe("demo").instruct, "completion")  # the demo's max_chars and overlap
+CFG = load_recipe("demo").instruct  # the demo's max_chars and overlap
 
 Case = dict[str, Any]
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unicorn_datasets.pipeline import collect_seeds
-from unicorn_datasets.recipe import Recipe, RecipeError
-from unicorn_datasets.seeds.balance import BalanceConfig, balance_report, select
+from unicorn_datasets.analysis.clustering import balance_report
+from unicorn_datasets.pipeline.loop import collect_seeds
+from unicorn_datasets.recipe import BalanceSection, Recipe, RecipeError
+from unicorn_datasets.seeds.balance import balance_section, select
 from unicorn_datasets.seeds.sources import load_caption_seeds, load_domain_seeds
 
 CONCEPTS = {
@@ -40,7 +41,7 @@ def _groups(tmp_path: Path, texts: list[str]) -> list:
     return [load_caption_seeds(str(p), source="skewed")]
 
 
-CFG = BalanceConfig(enabled=True, encoder="hashed", k=8)
+CFG = BalanceSection(enabled=True, encoder="hashed", k=8)
 
 
 def test_balanced_selection_is_flatter_than_uniform(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_selection_ignores_input_order_and_follows_the_seed(tmp_path: Path) -> N
 
 def test_disabled_or_non_binding_limit_is_the_uniform_draw(tmp_path: Path) -> None:
     groups = _groups(tmp_path, _skewed_texts(60))
-    off = select(groups, limit=20, seed=1, cfg=BalanceConfig(enabled=False))
+    off = select(groups, limit=20, seed=1, cfg=BalanceSection(enabled=False))
     assert off.clusters is None and len(off.seeds) == 20
     everything = select(groups, limit=100, seed=1, cfg=CFG)
     assert everything.clusters is None and len(everything.seeds) == 60 and not everything.summary["applied"]
@@ -100,7 +101,7 @@ def test_recipe_section_and_errors(tmp_path: Path) -> None:
     seeds, stats, selection = collect_seeds(recipe)
     assert len(seeds) == 20 and stats["balance"]["k"] == 4 and selection.clusters.num_rows == 80
     assert selection.encoder is None  # hashed TF-IDF loads no model
-    cfg = BalanceConfig.from_recipe(Recipe.from_dict({"transfer": {"encoder": "minilm"}, "balance": {"enabled": True}}))
+    cfg = balance_section(Recipe.from_dict({"transfer": {"encoder": "minilm"}, "balance": {"enabled": True}}))
     assert cfg.encoder == "minilm" and cfg.enabled
     with pytest.raises(RecipeError, match="enabeld"):
         Recipe.from_dict({"balance": {"enabeld": True}})

@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_FLAGS, kill_after_parts, run_build, start_build
 from datasets import load_dataset
 
-from unicorn_datasets.pipeline import collect_seeds
+from unicorn_datasets.pipeline.loop import collect_seeds
 from unicorn_datasets.recipe import load_recipe
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from unicorn_datasets.generation.base import GenerationResult
 from unicorn_datasets.generation.engine import Engine
-from unicorn_datasets.recipe import load_recipe
-from unicorn_datasets.stages.captions import CaptionConfig, CaptionStage, check, clean, seed_overlap
+from unicorn_datasets.recipe import CaptionsSection, load_recipe
+from unicorn_datasets.stages.captions import CaptionStage, check, clean, seed_overlap
 from unicorn_datasets.stages.seed_check import SeedCosine, seed_caption_cosine
 
 LONG = ("A brown pelican stands on a thick branch above calm water, its long bill resting against its neck. "
@@ -18,11 +20,11 @@ SEED = "a brown pelican perched on a branch."
 
 
 @pytest.fixture
-def cfg() -> CaptionConfig:
-    return CaptionConfig(min_words=20, max_words=80, min_seed_overlap=0.25, prompt_mode="completion")
+def cfg() -> CaptionsSection:
+    return CaptionsSection(min_words=20, max_words=80, min_seed_overlap=0.25)
 
 
-def test_a_good_caption_passes(cfg: CaptionConfig) -> None:
+def test_a_good_caption_passes(cfg: CaptionsSection) -> None:
     assert check(LONG, cfg, "stop", SEED) is None
 
 
@@ -37,16 +39,16 @@ def test_a_good_caption_passes(cfg: CaptionConfig) -> None:
         (LONG + " Seed: a dog.", "stop", "prompt_leak"),
     ],
 )
-def test_rejection_reasons(cfg: CaptionConfig, text: str, finish: str, reason: str) -> None:
+def test_rejection_reasons(cfg: CaptionsSection, text: str, finish: str, reason: str) -> None:
     assert check(text, cfg, finish, SEED) == reason
 
 
-def test_a_caption_about_something_else_has_drifted(cfg: CaptionConfig) -> None:
+def test_a_caption_about_something_else_has_drifted(cfg: CaptionsSection) -> None:
     assert seed_overlap("a tourist photo of the Empire State Building.", LONG) == 0.0
     assert check(LONG, cfg, "stop", "a tourist photo of the Empire State Building.") == "drifted_from_seed"
     assert seed_overlap("a photo of a shiny clarinet", "") == 0.0
     assert seed_overlap("a close-up photo", LONG) == 1.0  # nothing but phrasing words: nothing to drift from
-    off = CaptionConfig(min_words=20, max_words=80, min_seed_overlap=0.0)
+    off = CaptionsSection(min_words=20, max_words=80, min_seed_overlap=0.0)
     assert check(LONG, off, "stop", "the Empire State Building") is None
 
 
@@ -59,10 +61,10 @@ def test_cut_off_text_is_trimmed_to_its_last_sentence() -> None:
 
 # ---- cut-off captions, every attempt's reason, the semantic off-seed check -------------------------------------
 
-def test_a_caption_cut_by_max_new_tokens_is_rejected_not_trimmed(cfg: CaptionConfig) -> None:
+def test_a_caption_cut_by_max_new_tokens_is_rejected_not_trimmed(cfg: CaptionsSection) -> None:
     cut = LONG + " Behind the pelican a wooden pier leads out to"
     assert check(clean(cut, "length", cfg.keep_truncated), cfg, "length", SEED) == "truncated"
-    keep = CaptionConfig(min_words=20, max_words=80, keep_truncated=True)
+    keep = CaptionsSection(min_words=20, max_words=80, keep_truncated=True)
     assert clean(cut, "length", keep.keep_truncated) == LONG
     assert check(clean(cut, "length", keep.keep_truncated), keep, "length", SEED) is None
 
@@ -89,29 +91,29 @@ class Scripted:
         return out
 
 
-def expand_batch(batch: dict[str, list], *, backend: object, cfg: CaptionConfig, build_seed: int) -> dict[str, list]:
+def expand_batch(batch: dict[str, list], *, backend: object, cfg: CaptionsSection, build_seed: int) -> dict[str, list]:
     """One shard of Stage 1 through the generation engine, as the build runs it: the part's columns."""
-    stage = CaptionStage(cfg, [], build_seed=build_seed, model_id="m")
+    stage = CaptionStage(cfg, [], prompt_mode="completion", build_seed=build_seed, model_id="m")
     parts: list[dict[str, list]] = []
     Engine(backend).run([stage.work_unit(0, batch)],
                         lambda unit, outcomes: parts.append(stage.part_table(batch, outcomes).to_pydict()))
     return parts[0]
 
 
-def test_every_attempt_reason_is_kept_and_kept_cut_captions_are_flagged(cfg: CaptionConfig) -> None:
+def test_every_attempt_reason_is_kept_and_kept_cut_captions_are_flagged(cfg: CaptionsSection) -> None:
     backend = Scripted({
         "a": [("short.", "stop"), (LONG + " and then", "length"), (LONG, "stop")],
         "b": [("", "stop"), ("short.", "stop"), ("x", "stop")],
         "c": [(LONG + " and then", "length")] * 3,
     })
-    cfg.max_attempts = 3
+    cfg = dataclasses.replace(cfg, max_attempts=3)
     batch = {"id": ["a", "b", "c"], "seed": [SEED] * 3, "source": ["t"] * 3}
     out = expand_batch(batch, backend=backend, cfg=cfg, build_seed=0)
     assert out["caption"][0] == LONG and out["attempt_reasons"][0] == ["too_short", "truncated"]
     assert out["reject_reason"][1] == "too_short" and out["attempt_reasons"][1] == ["empty", "too_short", "too_short"]
     assert out["reject_reason"][2] == "truncated" and out["attempt_reasons"][2] == ["truncated"] * 3
     assert out["truncated"] == [False, False, False]
-    cfg.keep_truncated = True
+    cfg = dataclasses.replace(cfg, keep_truncated=True)
     out = expand_batch({k: v[2:] for k, v in batch.items()}, backend=Scripted({"c": [(LONG + " and then", "length")]}),
                        cfg=cfg, build_seed=0)
     assert out["caption"] == [LONG] and out["truncated"] == [True] and out["attempt_reasons"] == [[]]
@@ -142,14 +144,14 @@ def minilm():
 
 def test_off_seed_captions_from_the_issue_are_caught(minilm) -> None:
     cos = seed_caption_cosine(minilm, [FLOWER_SEED] * 3, [FLOWER_CAPTION, TEA_BIRDS, ONE_WORD])
-    demo = CaptionConfig.from_recipe(load_recipe("demo").captions, "completion")
+    demo = load_recipe("demo").captions
     assert demo.min_seed_cosine > 0 and demo.min_seed_overlap > 0
     on, birds, shed = (check(c, demo, "stop", FLOWER_SEED, lambda text, x=x: x) for c, x in
                        zip((FLOWER_CAPTION, TEA_BIRDS, ONE_WORD), cos))
     assert on is None
     assert birds in ("off_seed", "drifted_from_seed") and shed in ("off_seed", "drifted_from_seed")
     # the semantic check alone catches both, whatever the overlap threshold
-    alone = CaptionConfig(min_words=20, max_words=200, min_seed_cosine=demo.min_seed_cosine)
+    alone = CaptionsSection(min_words=20, max_words=200, min_seed_cosine=demo.min_seed_cosine)
     assert [check(c, alone, "stop", FLOWER_SEED, lambda text, x=x: x) for c, x in
             zip((FLOWER_CAPTION, TEA_BIRDS, ONE_WORD), cos)] == [None, "off_seed", "off_seed"]
 
@@ -161,4 +163,4 @@ def test_seed_cosine_per_row_equals_per_batch(minilm) -> None:
     np.testing.assert_allclose([per_row(0, caps[0]), per_row(1, caps[1])], batch, atol=1e-5)
     assert batch[1] > batch[0]
     with pytest.raises(ValueError, match="no text encoder"):
-        check(LONG, CaptionConfig(min_words=20, max_words=80, min_seed_cosine=0.3), "stop", SEED)
+        check(LONG, CaptionsSection(min_words=20, max_words=80, min_seed_cosine=0.3), "stop", SEED)

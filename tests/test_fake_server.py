@@ -11,6 +11,7 @@ import httpx2
 import pytest
 
 from unicorn_datasets.generation.base import GenerationRequest
+from unicorn_datasets.recipe import CaptionsSection, InstructSection
 from unicorn_datasets.stages import captions
 from unicorn_datasets.stages import instruct as instructions
 from unicorn_datasets.testing.fake_answers import answer
@@ -64,8 +65,8 @@ async def post_all(url: str, bodies: list[dict[str, Any]], timeout: float = 30.0
 
 
 def caption_bodies(n: int, mode: str = "chat", attempt: int = 0) -> list[dict[str, Any]]:
-    cfg = captions.CaptionConfig(prompt_mode=mode)
-    return [body_of(captions.build_request(f"row{i}", f"{SEEDS[i % 3]} Number {i}.", cfg, 0, attempt), 200)
+    cfg = CaptionsSection()
+    return [body_of(captions.build_request(f"row{i}", f"{SEEDS[i % 3]} Number {i}.", cfg, 0, attempt, mode), 200)
             for i in range(n)]
 
 
@@ -111,9 +112,9 @@ def test_answers_are_a_function_of_the_request_only(instant: Any) -> None:
 
 @pytest.mark.parametrize("mode", ["chat", "completion"])
 def test_captions_pass_the_stage_check(instant: Any, mode: str) -> None:
-    cfg = captions.CaptionConfig(prompt_mode=mode, min_seed_overlap=1.0, min_words=60, max_words=120)
+    cfg = CaptionsSection(min_seed_overlap=1.0, min_words=60, max_words=120)
     seeds = [f"{SEEDS[i % 3]} Seen from angle {i}." for i in range(30)]
-    reqs = [captions.build_request(f"r{i}", s, cfg, 7, 0) for i, s in enumerate(seeds)]
+    reqs = [captions.build_request(f"r{i}", s, cfg, 7, 0, mode) for i, s in enumerate(seeds)]
     results = asyncio.run(post_all(instant.url, [body_of(r, 200) for r in reqs]))
     reasons = []
     for res, seed in zip(results, seeds, strict=True):
@@ -126,8 +127,8 @@ def test_captions_pass_the_stage_check(instant: Any, mode: str) -> None:
 @pytest.mark.parametrize("chat", [True, False])
 @pytest.mark.parametrize("constrained", [True, False])
 def test_instruct_json_passes_validation(instant: Any, chat: bool, constrained: bool) -> None:
-    cfg = instructions.InstructConfig(constrained=constrained, max_chars=220,
-                                      item_bounds={"mc": (2, 3), "qa": (6, 8), "reasoning": (1, 2)})
+    cfg = InstructSection(constrained=constrained, max_chars=220,
+                          items={"mc": (2, 3), "qa": (6, 8), "reasoning": (1, 2)})
     caption = answer(caption_bodies(1)[0], invalid=False).text
     rows = instructions.InstructRows(cfg, 0, chat)
     prefill = rows.prefill
@@ -144,7 +145,7 @@ def test_instruct_json_passes_validation(instant: Any, chat: bool, constrained: 
 
 
 def test_invalid_share_is_deterministic_and_a_new_seed_can_pass() -> None:
-    cfg = captions.CaptionConfig()
+    cfg = CaptionsSection()
     with serve(latency_scale=0.0, invalid=0.3) as server:
         first = asyncio.run(post_all(server.url, caption_bodies(200)))
         again = asyncio.run(post_all(server.url, caption_bodies(200)))

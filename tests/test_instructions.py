@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections import Counter
@@ -12,9 +13,9 @@ import pytest
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
 from unicorn_datasets.generation.engine import Engine
 from unicorn_datasets.randomness import row_seed
+from unicorn_datasets.recipe import InstructSection
 from unicorn_datasets.stages import instruct as ins
 from unicorn_datasets.stages.instruct import (
-    InstructConfig,
     InstructRows,
     InstructStage,
     json_schema,
@@ -29,7 +30,7 @@ CAPTION = (
     "Behind them a row of tall oak trees lines a gravel path, and puddles on the ground reflect "
     "the gray overcast sky. A red umbrella leans against the armrest of the bench."
 )
-CFG = InstructConfig()
+CFG = InstructSection()
 
 
 def mc_item(q: str = "What color is the umbrella?", answer: Any = "B", **over: Any) -> dict[str, Any]:
@@ -116,14 +117,14 @@ def test_verbatim_copied_qa_answer_is_rejected_but_short_phrases_are_not() -> No
     reworded = {"Question": "What is behind them?", "Answer": "Tall oaks stand along a gravel walk."}
     assert validate("qa", dump([*qa_items(5), reworded]), CAPTION, CFG).reason is None
     # the threshold is configurable
-    loose = InstructConfig(max_verbatim_fraction=1.0)
+    loose = InstructSection(max_verbatim_fraction=1.0)
     assert validate("qa", dump([*qa_items(5), copied]), CAPTION, loose).reason is None
 
 
 def test_too_many_items_is_truncated_or_rejected_by_config() -> None:
     v = validate("mc", dump(mc_items(10)), CAPTION, CFG)
     assert v.reason is None and len(v.items or []) == 8 and "truncated_items" in v.repairs
-    strict = InstructConfig(truncate_extra_items=False)
+    strict = InstructSection(truncate_extra_items=False)
     assert validate("mc", dump(mc_items(10)), CAPTION, strict).reason == "too_many_items"
 
 
@@ -206,7 +207,7 @@ def test_json_schema_sanity() -> None:
     assert item["properties"]["Answer"]["enum"] == ["A", "B", "C", "D"]
     assert item["properties"]["Options"]["required"] == ["A", "B", "C", "D"]
     assert item["properties"]["Question"]["minLength"] == 1
-    r = json_schema("reasoning", InstructConfig(item_bounds={"reasoning": (1, 3)}))
+    r = json_schema("reasoning", InstructSection(items={"reasoning": (1, 3)}))
     assert (r["properties"]["QA Pairs"]["minItems"], r["properties"]["QA Pairs"]["maxItems"]) == (1, 3)
     assert set(r["properties"]["QA Pairs"]["items"]["required"]) == {"Question", "Answer"}
     json.dumps(s)  # serialisable for a server's response_format
@@ -227,9 +228,10 @@ def test_fewshot_examples_pass_their_own_validation() -> None:
         assert v.reason is None and v.repairs == [], (task, v)
 
 
-def build_request(rid: str, caption: str, task: str, cfg: InstructConfig, seed: int, attempt: int,
-                  supports_chat: bool) -> GenerationRequest:
-    return InstructRows(cfg, seed, supports_chat).build_request({"id": rid, "caption": caption, "task": task}, attempt)
+def build_request(rid: str, caption: str, task: str, cfg: InstructSection, seed: int, attempt: int,
+                  supports_chat: bool, prompt_mode: str = "auto") -> GenerationRequest:
+    rows = InstructRows(cfg, seed, supports_chat, prompt_mode=prompt_mode)  # type: ignore[arg-type]
+    return rows.build_request({"id": rid, "caption": caption, "task": task}, attempt)
 
 
 def test_build_request_modes_and_seeds() -> None:
@@ -245,7 +247,7 @@ def test_build_request_modes_and_seeds() -> None:
     assert comp.prompt.endswith("Description: A cat on a mat.\nJSON: ")
     assert comp.stop == ("\nDescription:",)
 
-    prefill = build_request("r", "x", "mc", InstructConfig(constrained=False), 7, 0, supports_chat=False)
+    prefill = build_request("r", "x", "mc", InstructSection(constrained=False), 7, 0, supports_chat=False)
     assert prefill.json_schema is None and prefill.prompt is not None
     assert prefill.prompt.endswith('JSON: {"QA Pairs": [')
 
@@ -256,7 +258,7 @@ def test_build_request_modes_and_seeds() -> None:
     assert row_seed(7, "row-1", 0, stream="instruct") == comp.seed  # stable across processes: sha256-based
 
     with pytest.raises(ValueError, match="chat"):
-        build_request("r", "x", "mc", InstructConfig(prompt_mode="chat"), 0, 0, supports_chat=False)
+        build_request("r", "x", "mc", CFG, 0, 0, supports_chat=False, prompt_mode="chat")
 
 
 def test_per_row_validate_matches_the_batch() -> None:
@@ -316,9 +318,9 @@ class ScriptedBackend:
         return [GenerationResult(text=t, n_tokens=len(t.split())) for t in texts]
 
 
-def generate_instructions(batch: dict[str, list], *, backend: Any, cfg: InstructConfig, seed: int) -> dict[str, list]:
+def generate_instructions(batch: dict[str, list], *, backend: Any, cfg: InstructSection, seed: int) -> dict[str, list]:
     """One shard of Stage 2 through the generation engine, as the build runs it: the part's columns."""
-    stage = InstructStage(cfg, mix={"mc": 1}, build_seed=seed, model_id="m")
+    stage = InstructStage(dataclasses.replace(cfg, mix={"mc": 1}), build_seed=seed, model_id="m")
     stage.rows = InstructRows(cfg, seed, backend.supports_chat)
     parts: list[dict[str, list]] = []
     Engine(backend).run([stage.work_unit(0, batch)],
@@ -375,12 +377,12 @@ def test_generate_is_deterministic_and_raw_output_revalidates() -> None:
         v = validate(task, out1["raw_output"][i], CAPTION, CFG)
         assert to_conversations(task, v.items or []) == out1["conversations"][i]
     # stricter rules applied later, without regenerating
-    strict = InstructConfig(truncate_extra_items=False)
+    strict = InstructSection(truncate_extra_items=False)
     assert validate("mc", out1["raw_output"][1], CAPTION, strict).reason == "too_many_items"
 
 
 def test_completion_mode_prefill_is_part_of_raw_output() -> None:
-    cfg = InstructConfig(constrained=False)
+    cfg = InstructSection(constrained=False)
     text = dump(mc_items())[len(ins.JSON_OPENING) :] + "\n\nDescription: next"
     backend = ScriptedBackend({"x": [text]}, supports_chat=False)
     batch = {"id": ["x"], "caption": [CAPTION], "task": ["mc"]}
@@ -400,7 +402,7 @@ def test_bad_task_value_is_a_clear_error() -> None:
 
 
 def test_answer_cut_by_max_length_is_trimmed_to_whole_sentences_or_rejected() -> None:
-    cfg = InstructConfig(item_bounds={"qa": (1, 2)}, max_chars=60)
+    cfg = InstructSection(items={"qa": (1, 2)}, max_chars=60)
     cut = "The woman holds a red book. She is standing near the window and"
     assert len(cut) >= 59
     raw = json.dumps({"QA Pairs": [{"Question": "What does she hold?", "Answer": cut[:60]}]})
@@ -433,7 +435,7 @@ class BagOfWordsEncoder:
 
 
 def test_duplicate_question_is_dropped_and_the_row_kept_when_enough_remain() -> None:
-    cfg = InstructConfig(item_bounds={"mc": (5, 8)})
+    cfg = InstructSection(items={"mc": (5, 8)})
     items = [*mc_items(5), mc_item(q="question number 0 about the image.")]
     v = validate("mc", dump(items), CAPTION, cfg)
     assert v.reason is None and len(v.items or []) == 5 and "dropped_duplicate_question" in v.repairs
@@ -448,14 +450,14 @@ def test_duplicate_question_is_dropped_and_the_row_kept_when_enough_remain() -> 
     ],
 )
 def test_same_meaning_options_drop_the_item(options: dict[str, str]) -> None:
-    cfg = InstructConfig(item_bounds={"mc": (5, 8)})
+    cfg = InstructSection(items={"mc": (5, 8)})
     v = validate("mc", dump([*mc_items(5), mc_item(q="Which color?", Options=options)]), CAPTION, cfg)
     assert v.reason is None and len(v.items or []) == 5 and v.repairs == ["dropped_synonym_options"]
 
 
 def test_embedding_checks_drop_synonym_options_and_unsupported_answers() -> None:
     enc = BagOfWordsEncoder()
-    cfg = InstructConfig(item_bounds={"mc": (1, 3)}, min_answer_support_margin=0.0, max_option_similarity=0.8)
+    cfg = InstructSection(items={"mc": (1, 3)}, min_answer_support_margin=0.0, max_option_similarity=0.8)
     good = mc_item(q="What color is the umbrella?", answer="B")  # B = Red: the caption says red umbrella
     wrong = mc_item(q="Which color does the umbrella have?", answer="A")  # A = Blue: not what the caption says
     alike = mc_item(q="Where is the dog?", Options={"A": "on the park bench", "B": "the park bench on",
@@ -493,12 +495,12 @@ def test_per_task_max_chars_from_the_recipe() -> None:
 
     recipe = load_recipe("demo", {"instruct.max_chars": {"mc": 120, "reasoning": 600},
                                   "instruct.min_answer_support_margin": -0.05, "instruct.topup_budget": 8})
-    cfg = InstructConfig.from_recipe(recipe.instruct, "auto")
+    cfg = recipe.instruct
     assert json_schema("mc", cfg)["properties"]["QA Pairs"]["items"]["properties"]["Question"]["maxLength"] == 120
     assert json_schema("reasoning", cfg)["properties"]["QA Pairs"]["items"]["properties"]["Answer"]["maxLength"] == 600
     assert cfg.chars("qa") == 2000 and cfg.needs_encoder and cfg.topup_budget == 8
-    with pytest.raises(ValueError, match="max_chars: unknown task"):
-        InstructConfig(max_chars={"vqa": 10})
+    with pytest.raises(ValueError, match="unknown task"):
+        InstructSection(max_chars={"vqa": 10})
 
 
 def test_a_question_copied_from_the_fewshot_example_is_dropped() -> None:
@@ -507,12 +509,12 @@ def test_a_question_copied_from_the_fewshot_example_is_dropped() -> None:
     copied = {"Question": example[1]["Question"], "Answer": "Step 1: The heron waits. Conclusion: it would fly away."}
     own = [{"Question": f"Why is the dog calm, reason {i}?", "Answer": f"Step 1: It rests. Conclusion: it is calm {i}."}
            for i in range(2)]
-    cfg = InstructConfig(item_bounds={"reasoning": (2, 3)})
+    cfg = InstructSection(items={"reasoning": (2, 3)})
     v = validate("reasoning", dump([copied, *own]), CAPTION, cfg)
     assert v.reason is None and v.items == own and v.repairs == ["dropped_copied_example"]
     assert validate("reasoning", dump([copied, own[0]]), CAPTION, cfg).reason == "copied_example"
     # the same question about a picture that does show the boat and the dock is the caption's own
     assert validate("reasoning", dump([copied, own[0]]), fewshot()["example_caption"], cfg).reason is None
     # 0 turns the check off
-    off = InstructConfig(item_bounds={"reasoning": (2, 3)}, max_example_overlap=0.0)
+    off = InstructSection(items={"reasoning": (2, 3)}, max_example_overlap=0.0)
     assert validate("reasoning", dump([copied, own[0]]), CAPTION, off).reason is None

@@ -12,15 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from unicorn_datasets.analysis.near_dup import (
-    NearDupConfig,
     candidate_probability,
     mark_parts,
     near_duplicates,
+    provenance,
     reject_near_duplicates,
 )
+from unicorn_datasets.dataset.rejections import write_rejections
 from unicorn_datasets.dataset.repo import BuildRepo
-from unicorn_datasets.pipeline.assemble import assemble_captions
-from unicorn_datasets.recipe import Recipe, RecipeError
+from unicorn_datasets.pipeline.loop import rejection_inputs
+from unicorn_datasets.recipe import NearDupSection, Recipe, RecipeError
+from unicorn_datasets.stages.captions import assemble_captions
 
 BUS = ("A red double-decker bus drives along a wet city street at dusk while pedestrians with umbrellas wait at "
        "the crossing and shop windows glow with warm light behind them on the corner.")
@@ -32,7 +34,7 @@ BOAT = ("Three fishing boats are tied to a wooden dock in a calm harbor, their h
 BUS_OTHER = ("A yellow school bus waits outside a brick school on a sunny morning while children with backpacks "
              "line up at the door and teachers in coats stand on the steps beside them.")
 
-CFG = NearDupConfig(enabled=True, threshold=0.5)
+CFG = NearDupSection(enabled=True, threshold=0.5)
 
 
 def _rows() -> tuple[list[str], list[str]]:
@@ -64,12 +66,12 @@ def test_result_does_not_depend_on_input_order() -> None:
 
 
 def test_recipe_section_is_checked() -> None:
-    cfg = NearDupConfig.from_recipe(Recipe.from_dict({"near_dup": {"enabled": True, "threshold": 0.6}}))
-    assert cfg.enabled and cfg.threshold == 0.6 and cfg.provenance()["recall_at_threshold"] > 0.9
-    assert not NearDupConfig.from_recipe(Recipe.from_dict({})).enabled
+    cfg = Recipe.from_dict({"near_dup": {"enabled": True, "threshold": 0.6}}).near_dup
+    assert cfg.enabled and cfg.threshold == 0.6 and provenance(cfg)["recall_at_threshold"] > 0.9
+    assert not Recipe.from_dict({}).near_dup.enabled
     assert candidate_probability(0.95, cfg) > 0.999 and candidate_probability(0.2, cfg) < 0.05
     with pytest.raises(RecipeError, match="at most 1"):
-        NearDupConfig.from_recipe(Recipe.from_dict({"near_dup": {"threshold": 1.5}}))
+        Recipe.from_dict({"near_dup": {"threshold": 1.5}})
     for bad, msg in (({"method": "embedding"}, "method"), ({"thresold": 1}, "thresold")):
         with pytest.raises(RecipeError, match=msg):
             Recipe.from_dict({"near_dup": bad})
@@ -95,6 +97,7 @@ def test_build_hook_rejects_and_accounts_for_every_row(tmp_path: Path) -> None:
     ctx = SimpleNamespace(repo=repo, world=1, rank=0, is_main=True, run_stats={}, barrier=lambda: None)
     reject_near_duplicates(ctx, "captions", CFG)
     summary = assemble_captions(repo, "m", "sha")
+    write_rejections(repo, rejection_inputs())  # what the build loop does after a stage that rejects rows
     assert summary["rows_in"] == 8 and summary["rejected"] == {"too_short": 1, "near_duplicate": 3}
     assert summary["rows_out"] == 4
     kept = pq.read_table(repo.out / "captions").column("id").to_pylist()

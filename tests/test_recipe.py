@@ -24,7 +24,7 @@ from unicorn_datasets.recipe import (
     parse_set,
     read_recipe,
 )
-from unicorn_datasets.stages.captions import CaptionConfig, CaptionStage
+from unicorn_datasets.stages.captions import CaptionStage, template
 
 
 def test_every_shipped_recipe_loads_with_its_file_values() -> None:
@@ -178,7 +178,7 @@ def test_cli_refuses_a_bad_recipe_in_one_line_with_exit_3(tmp_path: Path, args: 
 def test_a_skipped_caption_stage_reports_the_prompt_mode_auto_resolved_to(tmp_path: Path) -> None:
     repo = BuildRepo(tmp_path / "out")
     repo.mark_stage_complete("captions", {"rows_in": 0, "rows_out": 0, "rejected": {}, "prompt_mode": "chat"})
-    stage = CaptionStage(CaptionConfig.from_recipe(Recipe().captions, "auto"), [], build_seed=0, model_id="m")
+    stage = CaptionStage(Recipe().captions, [], prompt_mode="auto", build_seed=0, model_id="m")
     stage.resumed(repo)
     prov = stage.provenance()
-    assert prov["prompt_mode"] == "chat" and prov["prompt_sha"] == prompts.template_hash(stage.cfg.chat_template)
+    assert prov["prompt_mode"] == "chat" and prov["prompt_sha"] == prompts.template_hash(template("chat"))

@@ -9,15 +9,16 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, load_dataset
 
+from unicorn_datasets.dataset.rejections import write_rejections
 from unicorn_datasets.dataset.repo import BuildRepo, RepoError
 from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
 from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
-from unicorn_datasets.pipeline.assemble import assemble_captions
 from unicorn_datasets.pipeline.context import Context, make_state
+from unicorn_datasets.pipeline.loop import rejection_inputs
 from unicorn_datasets.pipeline.shards import Shards, run_generation, run_map
 from unicorn_datasets.recipe import Recipe
 from unicorn_datasets.stages.base import OUTCOME_FIELDS, outcome_columns
-from unicorn_datasets.stages.captions import PART_SCHEMA
+from unicorn_datasets.stages.captions import PART_SCHEMA, assemble_captions
 
 
 # ---- the repository ----------------------------------------------------------------------------
@@ -70,6 +71,7 @@ def caption_part(ids: list[str], accepted: set[str]) -> pa.Table:
                 else RowOutcome(reason="too_short", attempts=2, attempt_reasons=["too_short", "too_short"])
                 for i in ids]
     cols = {"id": ids, "seed": [f"seed {i}" for i in ids], "source": ["s"] * len(ids),
+            "domain": [None] * len(ids), "label": [None] * len(ids),
             "caption": [o.value for o in outcomes], "raw_output": ["raw"] * len(ids),
             "truncated": [False] * len(ids), **outcome_columns(outcomes)}
     return pa.Table.from_pydict(cols, schema=PART_SCHEMA)
@@ -80,6 +82,7 @@ def test_assembly_keeps_accepted_rows_and_records_every_rejection(tmp_path: Path
     repo.write_part("captions", 0, caption_part(["a", "b", "c"], {"a", "c"}), {})
     repo.write_part("captions", 1, caption_part(["d", "e"], set()), {})  # a part with no accepted row
     summary = assemble_captions(repo, "model-x", "sha")
+    write_rejections(repo, rejection_inputs())  # what the build loop does after a stage that rejects rows
     assert summary["rows_in"] == 5 and summary["rows_out"] == 2 and summary["rejected"] == {"too_short": 3}
     rows = load_dataset("parquet", data_files=str(tmp_path / summary["files"][0]), split="train")
     assert rows["id"] == ["a", "c"] and set(rows["model"]) == {"model-x"}

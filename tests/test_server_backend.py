@@ -20,10 +20,10 @@ from typing import Any
 
 import huggingface_hub.constants
 import pytest
-from unicorn_datasets.generation.server_backend import ServerBackend
 
 from unicorn_datasets.generation import make_backend
 from unicorn_datasets.generation.base import GenerationRequest, RequestFailed, SamplingParams
+from unicorn_datasets.generation.server import ServerBackend
 from unicorn_datasets.recipe import LLMSection
 
 SCHEMA = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}

@@ -13,8 +13,8 @@ import pytest
 
 from unicorn_datasets.dataset.contract import check_row
 from unicorn_datasets.generation.base import GenerationResult
-from unicorn_datasets.recipe import load_recipe
-from unicorn_datasets.stages.instruct import InstructConfig, InstructRows, to_conversations, validate
+from unicorn_datasets.recipe import InstructSection, load_recipe
+from unicorn_datasets.stages.instruct import InstructRows, to_conversations, validate
 from unicorn_datasets.stages.instruct.checks import (
     copies_example,
     malformed_question,
@@ -37,17 +37,16 @@ OWN = [
      "Options": {"A": "Parked cars", "B": "Reeds and tall grass", "C": "Snow", "D": "A brick wall"},
      "Answer": "B"},
 ]
-MC = InstructConfig(item_bounds={"mc": (2, 3)})
+MC = InstructSection(items={"mc": (2, 3)})
 
 
 def dump(items: list[dict[str, Any]]) -> str:
     return json.dumps({"QA Pairs": items})
 
 
-def rows_for(mode: str, cfg: InstructConfig | None = None) -> InstructRows:
-    base = cfg or InstructConfig(item_bounds={"mc": (2, 3), "qa": (1, 3), "reasoning": (1, 2)})
-    cfg = InstructConfig(**{**base.__dict__, "prompt_mode": mode})
-    return InstructRows(cfg, seed=0, supports_chat=mode == "chat")
+def rows_for(mode: str) -> InstructRows:
+    cfg = InstructSection(items={"mc": (2, 3), "qa": (1, 3), "reasoning": (1, 2)})
+    return InstructRows(cfg, seed=0, supports_chat=mode == "chat", prompt_mode=mode)  # type: ignore[arg-type]
 
 
 def test_the_kingfisher_row_is_rejected_as_copied_from_the_example() -> None:
@@ -107,7 +106,7 @@ def test_answers_that_do_not_answer_their_question(question: str, answer: str, b
 
 
 def test_off_question_and_malformed_items_are_dropped_with_their_reasons() -> None:
-    cfg = InstructConfig(item_bounds={"qa": (1, 3)})
+    cfg = InstructSection(items={"qa": (1, 3)})
     good = {"Question": "Where is the kingfisher?", "Answer": "On a branch over the stream."}
     off = {"Question": "What is the size of the bird?", "Answer": "It is a brown pelican."}
     cut = {"Question": "Why is the bird so still? (Hint: it hunts fish, so the answer is", "Answer": "It hunts."}
@@ -116,7 +115,7 @@ def test_off_question_and_malformed_items_are_dropped_with_their_reasons() -> No
     assert validate("qa", dump([off]), KINGFISHER, cfg).reason == "off_question_answer"
     assert validate("qa", dump([cut]), KINGFISHER, cfg).reason == "malformed_question"
     # the recipe key turns them off
-    none = InstructConfig(item_bounds={"qa": (1, 3)}, item_checks=())
+    none = InstructSection(items={"qa": (1, 3)}, item_checks=())
     assert validate("qa", dump([off, cut]), KINGFISHER, none).reason is None
 
 
@@ -140,8 +139,7 @@ def test_option_format_a_colon_end_to_end(tmp_path: Path) -> None:
     from unicorn_datasets.dataset.export import export_bunny
 
     recipe = load_recipe("demo", {"instruct.option_format": "A:"})
-    cfg = InstructConfig.from_recipe(recipe.instruct, "completion")
-    convs, reason, _ = InstructRows(cfg, seed=0, supports_chat=False).validate(
+    convs, reason, _ = InstructRows(recipe.instruct, seed=0, supports_chat=False, prompt_mode="completion").validate(
         {"id": "k", "caption": KINGFISHER, "task": "mc"}, GenerationResult(text=dump(OWN), n_tokens=1))
     assert reason is None
     assert convs[0]["value"].split("\n")[2:] == ["A: On a branch over the stream", "B: On a rooftop",

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from unicorn_datasets.recipe import CaptionsSection
 from unicorn_datasets.seeds.sources import SeedStats, load_caption_seeds, load_domain_seeds, merge_and_limit
-from unicorn_datasets.stages.captions import CaptionConfig, check
+from unicorn_datasets.stages.captions import check
 from unicorn_datasets.text.hygiene import TextChanges, TextError, clean, read_lines
 from unicorn_datasets.text.reserved import ReservedTokens, escape_seed, find_reserved, tokenizer_tokens
 
@@ -126,7 +127,7 @@ def test_the_configured_models_own_special_tokens_are_reserved(tiny_llm: Path) -
 
 
 def test_stage1_rejects_a_caption_with_a_reserved_token() -> None:
-    cfg = CaptionConfig(min_words=3)
+    cfg = CaptionsSection(min_words=3)
     assert check("A dog sits on the grass in the sun.", cfg, "stop") is None
     assert check("An <image> of a dog on the grass in the sun.", cfg, "stop") == "reserved_token"
     assert check("A dog on the grass.<|im_end|>", cfg, "stop") == "reserved_token"

@@ -1,4 +1,4 @@
-"""`unicorn build | push | export | embed-images | report | gap-stats | prior`: the command line.
+"""`unicorn build | seeds | push | export | embed-images | report | gap-stats | prior`: the command line.
 
 Every user-facing failure ends in one clear line on stderr and a non-zero exit code.
 """
@@ -19,15 +19,32 @@ EXIT_USAGE, EXIT_INPUT, EXIT_BUILD = 2, 3, 4
 
 def _build_parser(sub: Any) -> None:
     b = sub.add_parser("build", help="build (or resume) a dataset folder from a recipe")
-    b.add_argument("--recipe", default="demo", help="recipe name in builders/ or a .yaml path (default: demo)")
     b.add_argument("--out", required=True, help="the dataset folder to write (what gets pushed to the Hub)")
+    _recipe_flags(b)
+    b.add_argument("--overwrite", action="store_true", help="replace a build made with other settings")
+    b.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (LLM2CLIP)")
+    s = sub.add_parser("seeds", help="print the seed plan of a recipe (sources, mix, vocabulary) without generating")
+    _recipe_flags(s)
+    s.add_argument("--json", action="store_true", help="the plan as JSON")
+    s.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (--balance encoder)")
+
+
+def _recipe_flags(b: argparse.ArgumentParser) -> None:
+    """The flags that set recipe keys: shared by `build` and `seeds` (the same plan either way)."""
+    b.add_argument("--recipe", default="demo", help="recipe name in builders/ or a .yaml path (default: demo)")
     b.add_argument("--limit", type=int, help="number of seeds")
     b.add_argument("--seed", type=int, help="build seed (sampling, selection, shuffles)")
     b.add_argument("--llm", help="LLM: a local folder, a .gguf file, a Hub id, or gemma3-270m-gguf (offline)")
     b.add_argument("--llm-endpoint", help="comma-separated OpenAI-compatible/TGI server URLs (server backend)")
     b.add_argument("--prompt-mode", choices=["chat", "completion"], help="chat template or few-shot completion")
-    b.add_argument("--seeds", help="your caption seeds: .txt/.jsonl/.csv/.parquet, a dataset folder or Hub id")
-    b.add_argument("--seed-column", help="column holding the seed captions")
+    b.add_argument("--seeds", action="append",
+                   help="your caption seeds: .txt/.jsonl/.csv/.tsv/.parquet, a dataset folder or a Hub id (streamed); "
+                        "replaces the recipe's caption sources, keeps its domain sources; may be repeated")
+    b.add_argument("--seed-column", help="column holding the seed captions (a list column gives one seed per item)")
+    b.add_argument("--seed-group-column", help="keep one caption per value of this column (one caption per image)")
+    b.add_argument("--seed-split", help="--seeds dataset: the split (default: train)")
+    b.add_argument("--seed-config", help="--seeds Hub dataset: the configuration")
+    b.add_argument("--seed-revision", help="--seeds Hub dataset: branch, tag or commit")
     b.add_argument("--encoder", help="Stage-3 encoder: CLIP/SigLIP/sentence-transformers folder, minilm, llm2clip")
     b.add_argument("--transfer", choices=["mean-shift", "c3", "none", "prior"], help="Stage-3 transfer method")
     b.add_argument("--prior", help="--transfer prior: a folder made by `unicorn prior train`")
@@ -49,10 +66,8 @@ def _build_parser(sub: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any recipe field, e.g. --set captions.min_words=40",
+        help="override any recipe field, e.g. --set captions.min_words=40 (--set seeds=[...] replaces every source)",
     )
-    b.add_argument("--overwrite", action="store_true", help="replace a build made with other settings")
-    b.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (LLM2CLIP)")
 
 
 # build flags that set a recipe key: (flag, key path)
@@ -77,7 +92,7 @@ _FLAG_KEYS = (
 
 def _recipe_from_args(args: argparse.Namespace) -> Any:
     """The recipe file, then the flags, then `--set`s: validated once; an error names the flag or --set at fault."""
-    from unicorn_datasets.recipe import RecipeError, load_recipe, parse_set
+    from unicorn_datasets.recipe import RecipeError, load_recipe, parse_set, read_recipe
 
     overrides: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -86,18 +101,54 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
         if value is not None:
             overrides[key], origins[key] = value, f"{flag} {value}"
     if args.seeds:
-        overrides["seeds"] = [{"kind": "captions", "path": args.seeds, "column": args.seed_column}]
-        origins["seeds"] = f"--seeds {args.seeds}"
-    elif args.seed_column:
-        raise RecipeError("--seed-column needs --seeds")
+        overrides["seeds"] = _seed_sources(args, read_recipe(args.recipe)[0].get("seeds"))
+        origins["seeds"] = f"--seeds {' '.join(args.seeds)}"
+    else:
+        given = [f for f in _SEED_FLAGS if getattr(args, f[2:].replace("-", "_"))]
+        if given:
+            raise RecipeError(f"{given[0]} needs --seeds")
     for item in args.set:
         key, value = parse_set(item)
         overrides[key], origins[key] = value, f"--set {item}"
     return load_recipe(args.recipe, overrides, origins)
 
 
+_SEED_FLAGS = ("--seed-column", "--seed-group-column", "--seed-split", "--seed-config", "--seed-revision")
+
+
+def _seed_sources(args: argparse.Namespace, recipe_seeds: Any) -> list[Any]:
+    """--seeds replaces the recipe's caption sources only: its domain sources (and their shares) stay."""
+    keys = {"column": args.seed_column, "group_column": args.seed_group_column, "split": args.seed_split,
+            "config": args.seed_config, "revision": args.seed_revision}
+    mine = [{"kind": "captions", "path": p, **{k: v for k, v in keys.items() if v is not None}} for p in args.seeds]
+    kept = [s for s in recipe_seeds or [] if isinstance(s, dict) and s.get("kind") == "domains"]
+    return mine + kept
+
+
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from unicorn_datasets.seeds.mix import plan_seeds
+
+    plan = plan_seeds(_recipe_from_args(args), args.trust_remote_code)
+    if args.json:
+        for note in plan.notes:
+            print(f"unicorn: note: {note}", file=sys.stderr)
+        print(json.dumps(plan.to_json(), indent=2))
+        return 0
+    print(f"limit: {plan.limit if plan.limit is not None else 'none (every seed)'}")
+    for s in plan.to_json()["sources"]:
+        share = "-" if s["share"] is None else f"{s['share']:g}"
+        line = f"{s['kind']:<9} {s['path']}: available {s['available']:,}, selected {s['selected']:,}, share {share}"
+        if s["kind"] == "domains":
+            line += (f"; {s['domains']} domains, {s['labels']:,} labels, {s['templates']} templates "
+                     f"(at least {s['min_templates_per_domain']} per domain)")
+        print(line)
+    for note in plan.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    from unicorn_datasets.pipeline import build
+    from unicorn_datasets.pipeline.loop import build
 
     recipe = _recipe_from_args(args)
     build(recipe, out=args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
@@ -262,6 +313,7 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "build": cmd_build,
+    "seeds": cmd_seeds,
     "push": cmd_push,
     "export": cmd_export,
     "embed-images": cmd_embed_images,

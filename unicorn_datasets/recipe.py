@@ -40,6 +40,10 @@ ITEM_CHECKS: tuple[str, ...] = typing.get_args(ItemCheck)
 # an MC option line in the human turn: "A. text" (the paper's figure) or "A: text" (the authors' released data)
 OptionFormat = Literal["A.", "A:"]
 OPTION_FORMATS: tuple[str, ...] = typing.get_args(OptionFormat)
+# (min, max) items per task when `instruct.items` leaves a task out; the paper asks 6-8 for mc/qa and leaves
+# reasoning open (UNCONFIRMED)
+INSTRUCT_ITEMS = {"mc": (6, 8), "qa": (6, 8), "reasoning": (2, 4)}
+INSTRUCT_MAX_CHARS = 2000  # `instruct.max_chars` for a task a per-task mapping leaves out
 
 # Fields that do not change a single row: excluded from the fingerprint.
 _NOT_IN_FINGERPRINT = ("description", "license", "license_name", "license_link")
@@ -68,6 +72,16 @@ class SeedSource:
     min_words: int = field(default=2, metadata=_min(1))
     max_words: int = field(default=120, metadata=_min(1))
     templates_per_label: int = field(default=10, metadata=_min(1))  # domains: captions written per label
+    share: float | None = field(default=None, metadata=_min(0.0))  # fraction of `limit`; None: what is left
+    group_column: str | None = None  # captions: keep one caption per value (one per image), drawn by the build seed
+    split: str | None = None  # captions, Hub id or dataset folder: the split (default: train, else the first)
+    config: str | None = None  # captions, Hub id: the dataset configuration
+    revision: str | None = None  # captions, Hub id: branch, tag or commit
+    license: str | None = None  # the seed set's licence, shown on the card (builtin sets record their own)
+
+    def __post_init__(self) -> None:
+        if self.share is not None and not 0 <= self.share <= 1:
+            raise RecipeError(f"must be a fraction of limit in [0, 1], got {self.share}", "share")
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,7 @@ class InstructSection:
     mix: dict[InstructTask, int | float] = field(default_factory=lambda: {"mc": 1 / 3, "qa": 1 / 3, "reasoning": 1 / 3})
     items: dict[InstructTask, tuple[int, int]] = field(default_factory=dict)  # (min, max) per task; unset: built-in
     # schema maxLength per question/option/answer: one number, or per task ({reasoning: 600}; others 2000)
-    max_chars: int | dict[InstructTask, int] = 2000
+    max_chars: int | dict[InstructTask, int] = INSTRUCT_MAX_CHARS
     max_attempts: int = field(default=3, metadata=_min(1))
     max_verbatim_fraction: float = 0.6
     max_option_similarity: float = 0.92  # MC options this similar (embedding cosine) drop their item
@@ -122,12 +136,35 @@ class InstructSection:
     sampling: SamplingParams = SamplingParams(max_new_tokens=1024, temperature=0.7, top_p=0.95)
 
     def __post_init__(self) -> None:
+        for key, tasks in (("items", self.items), ("max_chars", self.max_chars if isinstance(self.max_chars, dict)
+                                                   else {})):
+            if unknown := sorted(set(tasks) - set(INSTRUCT_TASKS)):
+                raise RecipeError(f"unknown task(s) {unknown}; expected {', '.join(INSTRUCT_TASKS)}", key)
         for task, (lo, hi) in self.items.items():
             if not 1 <= lo <= hi:
                 raise RecipeError(f"must be [min, max] with 1 <= min <= max, got [{lo}, {hi}]", f"items.{task}")
         for task, share in self.mix.items():
             if share < 0:
                 raise RecipeError(f"must be a count or a fraction >= 0, got {share}", f"mix.{task}")
+        if not 0.0 < self.max_verbatim_fraction <= 1.0:
+            raise RecipeError(f"must be in (0, 1], got {self.max_verbatim_fraction}", "max_verbatim_fraction")
+
+    def bounds(self, task: str) -> tuple[int, int]:
+        """(min, max) items for `task`."""
+        return tuple(self.items.get(task, INSTRUCT_ITEMS[task]))  # type: ignore[return-value]
+
+    def item_bounds(self) -> dict[str, tuple[int, int]]:
+        return {task: self.bounds(task) for task in INSTRUCT_ITEMS}
+
+    def chars(self, task: str) -> int:
+        """The schema's maxLength for `task`'s strings."""
+        if isinstance(self.max_chars, dict):
+            return int(self.max_chars.get(task, INSTRUCT_MAX_CHARS))  # type: ignore[call-overload]
+        return int(self.max_chars)
+
+    @property
+    def needs_encoder(self) -> bool:
+        return self.min_answer_support_margin is not None
 
 
 @dataclass(frozen=True)
@@ -164,6 +201,10 @@ class NearDupSection:  # near-duplicate captions after Stage 1 (near_dup.py)
     num_perm: int = field(default=128, metadata=_min(8))
     shingle: int = field(default=3, metadata=_min(1))  # words per shingle
 
+    def __post_init__(self) -> None:
+        if self.threshold > 1.0:
+            raise RecipeError(f"must be at most 1 (a Jaccard similarity), got {self.threshold}", "threshold")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -186,6 +227,13 @@ class Recipe:
     balance: BalanceSection = field(default_factory=BalanceSection)
     near_dup: NearDupSection = field(default_factory=NearDupSection)
 
+    def __post_init__(self) -> None:
+        shares = [s.share for s in self.seeds if s.share is not None]
+        if sum(shares) > 1 + 1e-9:
+            terms = " + ".join(f"{x:g}" for x in shares)
+            raise RecipeError(f"the seed sources' shares sum to {sum(shares):g} ({terms}); "
+                              "they are fractions of limit and may add up to 1 at most", "seeds")
+
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "recipe", origins: Mapping[str, str] | None = None) -> Recipe:
         """Validate and default a plain mapping. `origins` maps a key path to the flag or `--set` that set it."""
@@ -200,6 +248,7 @@ class Recipe:
 
     def fingerprint(self) -> str:
         body = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+        body["seeds"] = [{k: v for k, v in s.items() if k != "license"} for s in body["seeds"]]  # a seed set's licence
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+
+from unicorn_datasets.text.tokens import words
 
 # faiss trains on at most this many points per centroid (a seeded subsample); assignment uses all rows
 MAX_POINTS_PER_CENTROID = 256
+HASH_DIM = 512  # hashed bag-of-words width: enough to separate topics, small enough for 200k rows in memory
 SMALL_WORK = 2_000_000  # rows x clusters below which one thread is faster than several on a shared machine
 
 
@@ -85,3 +91,43 @@ def balance_stats(labels: np.ndarray, k: int) -> dict[str, Any]:
         "entropy_normalised": entropy / math.log(k) if k > 1 else 0.0,
         "entropy_max": math.log(k) if k > 1 else 0.0,
     }
+
+
+# ---- vectors without a model, and the balanced-seed histograms (seeds/balance.py, the report) ----
+def _bucket(token: str) -> int:
+    # crc32, not hash(): Python's str hash is salted per process and would break determinism
+    return zlib.crc32(token.encode("utf-8"))
+
+
+def hashed_tfidf(texts: list[str], dim: int = HASH_DIM) -> np.ndarray:
+    """Signed hashed bag of words, sublinear tf x smooth idf, rows L2-normalised. numpy only."""
+    n = len(texts)
+    x = np.zeros((n, dim), np.float32)
+    cache: dict[str, tuple[int, float]] = {}
+    for i, text in enumerate(texts):
+        for tok, c in Counter(words(text)).items():
+            if tok not in cache:
+                h = _bucket(tok)
+                cache[tok] = (h % dim, 1.0 if (h >> 31) & 1 else -1.0)  # the sign bit evens out collisions
+            j, s = cache[tok]
+            x[i, j] += s * (1.0 + math.log(c))
+    df = np.count_nonzero(x, axis=0)
+    x *= (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
+    return x
+
+
+def balance_report(clusters: pa.Table, caption_ids: set[str] | None) -> dict[str, Any]:
+    """Cluster-size histograms (largest first), top-5 share and normalised entropy of the selected seeds,
+    balanced vs the uniform draw of the same size, and of the captions built from the balanced seeds
+    (accepted rows only). A uniform draw's captions were never generated, so captions have no counterpart."""
+    labels = clusters.column("cluster").to_numpy()
+    k = int(labels.max()) + 1 if len(labels) else 0
+    ids = clusters.column("id").to_pylist()
+    out: dict[str, Any] = {"k": k, "available": len(ids)}
+    for name in ("balanced", "uniform"):
+        mask = clusters.column(name).to_numpy(zero_copy_only=False)
+        out[f"seeds_{name}"] = balance_stats(labels[mask], k)
+    if caption_ids is not None:
+        mask = np.fromiter((i in caption_ids for i in ids), bool, len(ids))
+        out["captions_balanced"] = balance_stats(labels[mask], k)
+    return out

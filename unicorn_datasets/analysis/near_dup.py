@@ -20,17 +20,19 @@ Re-running on marked parts changes nothing (kept captions have no kept duplicate
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from unicorn_datasets.recipe import Recipe, RecipeError
+from unicorn_datasets.dataset.layout import NEAR_DUP
+from unicorn_datasets.recipe import NearDupSection
+from unicorn_datasets.text.tokens import words
 
-STAGE = "near_dup"  # the signature parts' stage name in the work area
+STAGE = NEAR_DUP  # the signature parts' stage name in the work area
 REASON = "near_duplicate"
 SIGNATURE_SEED = 1  # fixed: signatures must not change with the build seed, or resumes would differ
 # LSH band weights (false positive, false negative): candidates are re-checked on the full signature, so a
@@ -39,42 +41,25 @@ LSH_WEIGHTS = (0.05, 0.95)
 BUCKET_CAP = 64  # compare a row with at most this many earlier rows per LSH bucket (bounds exact-dup floods)
 
 
-@dataclass
-class NearDupConfig:
-    enabled: bool = False
-    method: str = "minhash"
-    threshold: float = 0.5  # estimated Jaccard of word shingles at or above which a caption is a near-duplicate
-    num_perm: int = 128
-    shingle: int = 3  # words per shingle
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> NearDupConfig:
-        n = recipe.near_dup
-        if n.threshold > 1.0:
-            raise RecipeError(f"near_dup.threshold must be at most 1 (a Jaccard similarity), got {n.threshold}",
-                              "near_dup.threshold")
-        return cls(enabled=n.enabled, method=n.method, threshold=n.threshold, num_perm=n.num_perm, shingle=n.shingle)
-
-    def provenance(self) -> dict[str, Any]:
-        b, r = lsh_params(self)
-        return {**self.__dict__, "lsh_bands": b, "lsh_rows": r,
-                "recall_at_threshold": round(candidate_probability(self.threshold, self), 4),
-                "recall_at_threshold_plus_0.1": round(candidate_probability(min(1.0, self.threshold + 0.1), self), 4)}
+def provenance(cfg: NearDupSection) -> dict[str, Any]:
+    """The section with the LSH banding datasketch picked and the recall it gives at the threshold."""
+    b, r = lsh_params(cfg)
+    return {**dataclasses.asdict(cfg), "lsh_bands": b, "lsh_rows": r,
+            "recall_at_threshold": round(candidate_probability(cfg.threshold, cfg), 4),
+            "recall_at_threshold_plus_0.1": round(candidate_probability(min(1.0, cfg.threshold + 0.1), cfg), 4)}
 
 
 # ---- signatures --------------------------------------------------------------------------------
 
 
 def shingles(text: str, n: int) -> set[bytes]:
-    from unicorn_datasets.analysis.report import _tokens
-
-    toks = _tokens(text or "")
+    toks = words(text or "")
     if len(toks) <= n:
         return {" ".join(toks).encode()} if toks else {b""}
     return {" ".join(toks[i : i + n]).encode() for i in range(len(toks) - n + 1)}
 
 
-def signatures(texts: list[str], cfg: NearDupConfig) -> np.ndarray:
+def signatures(texts: list[str], cfg: NearDupSection) -> np.ndarray:
     """uint32 MinHash signatures, one row per text."""
     from datasketch import MinHash
 
@@ -84,7 +69,7 @@ def signatures(texts: list[str], cfg: NearDupConfig) -> np.ndarray:
     return np.stack([m.hashvalues for m in hashes]).astype(np.uint32)
 
 
-def lsh_params(cfg: NearDupConfig) -> tuple[int, int]:
+def lsh_params(cfg: NearDupSection) -> tuple[int, int]:
     """(bands, rows per band) datasketch picks for this threshold and LSH_WEIGHTS."""
     from datasketch import MinHashLSH
 
@@ -92,7 +77,7 @@ def lsh_params(cfg: NearDupConfig) -> tuple[int, int]:
     return int(lsh.b), int(lsh.r)
 
 
-def candidate_probability(similarity: float, cfg: NearDupConfig) -> float:
+def candidate_probability(similarity: float, cfg: NearDupSection) -> float:
     """Chance that a pair with this Jaccard shares a band (the LSH S-curve): the recall at that similarity."""
     b, r = lsh_params(cfg)
     return 1.0 - (1.0 - similarity**r) ** b
@@ -119,7 +104,7 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int) -> set[tuple[int, in
     return pairs
 
 
-def find_duplicates(sig: np.ndarray, cfg: NearDupConfig) -> dict[int, tuple[int, float]]:
+def find_duplicates(sig: np.ndarray, cfg: NearDupSection) -> dict[int, tuple[int, float]]:
     """{later row: (kept earlier row it duplicates, estimated Jaccard)} for rows in id order."""
     bands, rows = lsh_params(cfg)
     neighbours: dict[int, list[tuple[int, float]]] = defaultdict(list)
@@ -135,7 +120,7 @@ def find_duplicates(sig: np.ndarray, cfg: NearDupConfig) -> dict[int, tuple[int,
     return out
 
 
-def near_duplicates(ids: list[str], texts: list[str], cfg: NearDupConfig) -> dict[str, tuple[str, float]]:
+def near_duplicates(ids: list[str], texts: list[str], cfg: NearDupSection) -> dict[str, tuple[str, float]]:
     """{id: (duplicate_of id, similarity)} for one in-memory list (tests, benchmarks, small builds)."""
     order = sorted(range(len(ids)), key=lambda i: ids[i])
     sig = signatures([texts[i] for i in order], cfg)
@@ -150,7 +135,7 @@ def _accepted_rows(table: pa.Table) -> pa.Table:
     return table.filter(pc.is_valid(table.column("caption")))
 
 
-def reject_near_duplicates(ctx: Any, stage: str, cfg: NearDupConfig) -> None:
+def reject_near_duplicates(ctx: Any, stage: str, cfg: NearDupSection) -> None:
     """Run on every rank after Stage 1's map and before rank 0 assembles the captions config."""
     import datasets
     import pyarrow.parquet as pq

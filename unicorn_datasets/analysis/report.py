@@ -12,9 +12,6 @@ reason. Results go to `artifacts/report.json` (and plots when matplotlib is impo
 from __future__ import annotations
 
 import json
-import math
-import re
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,14 +21,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unicorn_datasets.analysis.clustering import balance_stats, default_k, kmeans, normalise
+from unicorn_datasets.analysis.clustering import (
+    HASH_DIM,
+    balance_report,
+    balance_stats,
+    default_k,
+    hashed_tfidf,
+    kmeans,
+    normalise,
+)
 from unicorn_datasets.dataset.atomic import atomic_path, write_text
 from unicorn_datasets.dataset.hub import config_files
-from unicorn_datasets.dataset.layout import ARTIFACTS, REJECTIONS, REPORT, artifact
-
-HASH_DIM = 512  # hashed bag-of-words width: enough to separate topics, small enough for 200k rows in memory
-WORD = re.compile(r"\w+(?:['’]\w+)*")
-
+from unicorn_datasets.dataset.layout import ARTIFACTS, REJECTIONS, REPORT, SEED_CLUSTERS, artifact
+from unicorn_datasets.stages import registered
+from unicorn_datasets.stages.captions import NAME as CAPTIONS
+from unicorn_datasets.stages.instruct.stage import NAME as INSTRUCT
+from unicorn_datasets.stages.pretrain import NAME as PRETRAIN
+from unicorn_datasets.text.tokens import words
 
 # ---- reading OUT -----------------------------------------------------------------------------
 
@@ -92,32 +98,6 @@ def _stored_embeddings(files: list[Path], index: np.ndarray | None) -> np.ndarra
     return np.concatenate(blocks).astype(np.float32, copy=False)
 
 
-def _tokens(text: str) -> list[str]:
-    return WORD.findall(text.lower())
-
-
-def _bucket(token: str) -> int:
-    # crc32, not hash(): Python's str hash is salted per process and would break determinism
-    return zlib.crc32(token.encode("utf-8"))
-
-
-def _hashed_tfidf(texts: list[str], dim: int = HASH_DIM) -> np.ndarray:
-    """Signed hashed bag of words, sublinear tf x smooth idf, rows L2-normalised. numpy only."""
-    n = len(texts)
-    x = np.zeros((n, dim), np.float32)
-    cache: dict[str, tuple[int, float]] = {}
-    for i, text in enumerate(texts):
-        for tok, c in Counter(_tokens(text)).items():
-            if tok not in cache:
-                h = _bucket(tok)
-                cache[tok] = (h % dim, 1.0 if (h >> 31) & 1 else -1.0)  # the sign bit evens out collisions
-            j, s = cache[tok]
-            x[i, j] += s * (1.0 + math.log(c))
-    df = np.count_nonzero(x, axis=0)
-    x *= (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
-    return x
-
-
 # ---- text statistics -------------------------------------------------------------------------
 
 
@@ -135,7 +115,7 @@ def text_stats(captions: Iterator[str] | list[str]) -> dict[str, Any]:
     ttrs: list[float] = []
     vocab: set[str] = set()
     for text in captions:
-        toks = _tokens(text or "")
+        toks = words(text or "")
         lengths.append(len(toks))
         if toks:
             distinct = set(toks)
@@ -186,9 +166,7 @@ def _rejections(path: Path) -> dict[str, Any] | None:
 
 def _seed_balance(folder: Path, cap_files: list[Path]) -> dict[str, Any] | None:
     """Balanced vs uniform seed histograms when the build selected its seeds by concept (balance.py)."""
-    from unicorn_datasets.seeds.balance import CLUSTERS_FILE, balance_report
-
-    path = folder / ARTIFACTS / CLUSTERS_FILE
+    path = folder / ARTIFACTS / SEED_CLUSTERS
     if not path.is_file():
         return None
     ids = ({i for arr in _iter_column(cap_files, "id") for i in arr.to_pylist()}
@@ -253,7 +231,7 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a dataset folder")
     rng = np.random.default_rng(seed)
-    cap_files, pre_files, ins_files = (_files(folder, c) for c in ("captions", "pretrain", "instruct"))
+    cap_files, pre_files, ins_files = (_files(folder, c) for c in (CAPTIONS, PRETRAIN, INSTRUCT))
     text_files = cap_files if _has_column(cap_files, "caption") else pre_files
     if not _has_column(text_files, "caption"):
         raise ValueError(f"{folder} has no captions: neither captions/ nor pretrain/ Parquet "
@@ -264,7 +242,7 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
 
     def texts() -> Iterator[str]:
         for t in _caption_texts(text_files, "caption"):
-            lengths.append(len(_tokens(t)))
+            lengths.append(len(words(t)))
             yield t
 
     out["text"] = text_stats(texts())
@@ -283,7 +261,7 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
         n_all = _num_rows(text_files)
         index = _sample_index(n_all, max_rows, rng)
         texts_sample = [s or "" for arr in _take(text_files, "caption", index) for s in arr.to_pylist()]
-        x = _hashed_tfidf(texts_sample)
+        x = hashed_tfidf(texts_sample)
         source = f"hashed-tfidf-{HASH_DIM}"
     x = normalise(x)  # float32: upcasting float16 once beats doing it in every k-means pass
     n = len(x)
@@ -306,8 +284,7 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
     # -- composition and accounting
     out["per_source"] = _counts(cap_files, "source") if _has_column(cap_files, "source") else {}
     out["per_task"] = _counts(ins_files, "task") if _has_column(ins_files, "task") else {}
-    out["rows"] = {c: _num_rows(f) for c, f in
-                   (("captions", cap_files), ("pretrain", pre_files), ("instruct", ins_files)) if f}
+    out["rows"] = {c: _num_rows(f) for c in (s.config for s in registered() if s.config) if (f := _files(folder, c))}
     out["rejections"] = _rejections(folder / ARTIFACTS / REJECTIONS)
     out["seed_balance"] = _seed_balance(folder, cap_files)
 

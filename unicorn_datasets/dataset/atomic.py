@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a rerun after kill -9) sees the old file or the new one, never half of one.
+"""Atomic file and folder writes: a reader (or a rerun after kill -9) sees the old file or the new one, never half
+of one.
 
 The temporary name is `.NAME.tmp-PID` beside the target: the pattern the Hub push excludes and the
 shard runner sweeps, so a crash never leaks a half file.
@@ -7,6 +8,8 @@ shard runner sweeps, so a crash never leaks a half file.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +30,27 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def swap_folder(staged: Path, target: Path) -> None:
+    """Put the fully written folder `staged` in place of `target` (an earlier `target` is removed first)."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staged, target)
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """Yields a temporary sibling folder to fill; it replaces `target` when the block ends without error."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        yield tmp
+        swap_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -1,4 +1,7 @@
-"""The dataset card: YAML `configs` + `dataset_info` that `datasets` and the Hub viewer read, plus prose."""
+"""The dataset card: YAML `configs` + `dataset_info` that `datasets` and the Hub viewer read, plus prose.
+
+What the card says about each stage (its config's line, its paragraph, its own sections such as the task mix)
+comes from the stage registry (`StageSpec`)."""
 
 from __future__ import annotations
 
@@ -12,16 +15,17 @@ import pyarrow.parquet as pq
 import yaml
 
 from unicorn_datasets.dataset.atomic import write_text
-from unicorn_datasets.dataset.layout import CARD, REPORT, SEED_CLUSTERS, TEXT_MEAN, artifact
+from unicorn_datasets.dataset.layout import CARD, REPORT, SEED_CLUSTERS, artifact
+from unicorn_datasets.dataset.markdown import markdown_table as _table
 from unicorn_datasets.packaged import shipped
+from unicorn_datasets.stages import registered
 
 TEMPLATE = "dataset_card.md"  # in cards/ (shipped inside the package)
-CONFIG_ORDER = ("pretrain", "instruct", "captions")
-ABOUT = {
-    "captions": "Stage 1: one dense, objective caption per seed (`id`, `seed`, `source`, `caption`).",
-    "pretrain": "Stage 3: caption + synthetic image `embedding` + LLaVA `conversations` for projector pretraining.",
-    "instruct": "Stage 2: multi-turn instruction data (`task` = mc / qa / reasoning), `embedding` joined by `id`.",
-}
+
+
+def config_order() -> list[str]:
+    """The configs, last stage first: the most derived config (the trainer's input) is the default one."""
+    return [spec.config for spec in reversed(registered()) if spec.config]
 
 
 def arrow_nbytes(files: list[Path]) -> int:
@@ -50,14 +54,9 @@ def _config_info(out: Path, config: str) -> dict[str, Any] | None:
     }
 
 
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def write_card(out: Path, manifest: dict[str, Any]) -> None:
-    infos = [i for c in CONFIG_ORDER if (i := _config_info(out, c))]
+    infos = [i for c in config_order() if (i := _config_info(out, c))]
+    about = {spec.config: spec.about for spec in registered() if spec.config}
     configs = []
     for n, info in enumerate(infos):
         entry: dict[str, Any] = {
@@ -89,7 +88,9 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
     ]
     for stage, p in prov.items():
         prov_rows.append((stage, "`" + json.dumps(_no_paths(p), sort_keys=True, default=str) + "`"))
+    sections = {key: fn(recipe, stages) for spec in registered() for key, fn in spec.card_sections.items()}
     body = Template((shipped("cards") / TEMPLATE).read_text(encoding="utf-8")).substitute(
+        **sections,
         yaml=yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(),
         title=f"{recipe.get('name')}: synthetic vision-language training data",
         description=recipe.get("description", ""),
@@ -98,14 +99,14 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         fingerprint=manifest.get("fingerprint"),
         load_path=out.name,
         configs_table=_table(
-            [(i["config_name"], i["splits"][0]["num_examples"], ABOUT[i["config_name"]]) for i in infos],
+            [(i["config_name"], i["splits"][0]["num_examples"], about[i["config_name"]]) for i in infos],
             ("config", "rows", "what it holds"),
         ),
         stages_text=_stages_text(recipe, stages) + _diversity_text(manifest.get("diversity", {}))
         + _balance_text(manifest.get("diversity", {}).get("seed_balance")),
         provenance_table=_table(prov_rows, ("what", "value")),
-        seeds_table=seeds_table(manifest.get("seeds", {})),
-        task_mix_table=task_mix_table(recipe, stages),
+        seeds_table=seeds_table(manifest.get("seeds", {})) + mix_text(manifest.get("seeds", {}).get("mix"),
+                                                                       stages.get("captions", {}).get("delivered")),
         rejections_table=rejections_table(stages),
         plots=_plots(out),
     )
@@ -116,8 +117,8 @@ def seeds_table(seeds: dict[str, Any]) -> str:
     """One row per seed source: read, kept, filtered and every hygiene change (only the non-zero ones)."""
     rows = []
     for source, st in seeds.items():
-        if not isinstance(st, dict):
-            continue  # "selected": the count after merging and --limit
+        if not isinstance(st, dict) or source in ("balance", "mix"):
+            continue  # "selected": the count after merging and --limit; the selection and the mix: below
         changes = {k: v for k, v in st.items() if k not in ("read", "kept") and v}
         rows.append((f"`{source}`", st.get("read", 0), st.get("kept", 0),
                      ", ".join(f"{k}: {v}" for k, v in changes.items()) or "none"))
@@ -125,55 +126,50 @@ def seeds_table(seeds: dict[str, Any]) -> str:
     return f"{table}\n\n{seeds.get('selected', 0)} seeds selected after merging the sources (and `limit`)."
 
 
-def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
-    parts = []
-    if "captions" in stages:
-        c = recipe.get("captions", {})
-        llm = recipe.get("llm", {})
-        parts.append(
-            f"1. **Captions**: each seed expanded by `{llm.get('model')}` into one objective paragraph "
-            f"({c.get('min_words')}-{c.get('max_words')} words), {llm.get('prompt_mode')} prompts."
-        )
-    if "instruct" in stages:
-        i = recipe.get("instruct", {})
-        checks = ", ".join(f"`{c}`" for c in i.get("item_checks", ())) or "none"
-        parts.append(
-            f"2. **Instructions**: task mix {stages['instruct'].get('tasks')}, JSON-schema constrained output, "
-            f"validated (option letters, item counts, verbatim copying; item checks: {checks}) and retried. "
-            f"Multiple-choice options are written `{i.get('option_format', 'A.')} text`, one per line."
-        )
-    if "pretrain" in stages:
-        t = stages["pretrain"].get("transfer", {})
-        enc = t.get("encoder", {})
-        parts.append(
-            f"3. **Transfer**: captions encoded with `{enc.get('encoder', enc.get('path'))}` "
-            f"({stages['pretrain'].get('dim')}-d, "
-            f"L2-normalised), method `{t.get('method')}` (renormalise: {t.get('renormalize')}, noise sigma: "
-            f"{t.get('noise_sigma')}); the text mean over {t.get('count')} captions is in `{artifact(TEXT_MEAN)}`; "
-            f"{stages['pretrain'].get('truncated_by_encoder', 0)} caption(s) were cut by the encoder's token limit. "
-            "At inference on real images, subtract the mean of the image set (`unicorn embed-images`)."
-            + _prior_text(t.get("prior"))
-        )
-    return "\n".join(parts)
-
-
-def _prior_text(prior: dict[str, Any] | None) -> str:
-    """The learned prior a build used, and its own held-out evaluation beside the zero-parameter transfers."""
-    if not prior:
+def mix_text(mix: dict[str, Any] | None, delivered: dict[str, Any] | None) -> str:
+    """The seed mix (mix.py): per source and per domain, asked (share), selected and delivered (accepted
+    captions), each source's content hash and licence, the lists a vocabulary came from, and any shortfall."""
+    if not mix:
         return ""
-    data = prior.get("training_data") or {}
-    ev = prior.get("evaluation") or {}
-    text = (f"\n\n   The image embeddings come from a learned **{prior.get('family')} prior** (`{prior.get('path')}`, "
-            f"weights `{prior.get('weights_sha256')}`) trained on {data.get('n_pairs')} caption/image pairs "
-            f"(`{data.get('source')}`, data `{data.get('fingerprint')}`).")
-    methods = ev.get("methods") or {}
-    if methods:
-        rows = [(m, f"{r['paired_cosine']:.3f}", f"{r['recall@1']:.3f}", f"{r['recall@5']:.3f}", f"{r['frechet']:.4f}")
-                for m, r in methods.items()]
-        text += (f" On {ev.get('n')} held-out pairs ({ev.get('split', 'held out')}), against the real image "
-                 "embeddings minus their mean:\n\n"
-                 + _table(rows, ("method", "paired cosine", "recall@1", "recall@5", "Fréchet distance")))
+    delivered = delivered or {}
+    by_source, by_domain = delivered.get("sources") or {}, delivered.get("domains") or {}
+    total = sum(by_source.values()) or 1
+    rows, lists = [], []
+    for s in mix.get("sources", []):
+        if s["kind"] == "domains":
+            got = sum(by_domain.values())  # domain rows carry their domain, not the file: one domain source
+            lists += (s.get("origin") or {}).get("origins") or []
+        else:
+            got = by_source.get(s.get("source"), 0)
+        share = "-" if s.get("share") is None else f"{s['share']:.2%}"
+        rows.append((s["kind"], f"`{_short_path(s['path'])}`", share, s.get("available"), s.get("selected"), got,
+                     f"{got / total:.1%}", f"`{(s.get('origin') or {}).get('sha256') or '-'}`",
+                     s.get("license") or "unknown"))
+    text = (f"\n\n**Seed mix** (`limit` {mix.get('limit')}; share = fraction of the limit the recipe asks; "
+            "delivered = accepted Stage-1 captions):\n\n"
+            + _table(rows, ("kind", "source", "share", "available", "selected", "delivered", "delivered share",
+                            "sha256", "licence")))
+    domains = sorted(set(mix.get("selected_by_domain") or {}) | set(by_domain))
+    if domains:
+        sel = mix.get("selected_by_domain") or {}
+        text += "\n\nPer domain (label x template seeds):\n\n" + _table(
+            [(d, sel.get(d, 0), by_domain.get(d, 0)) for d in domains], ("domain", "selected", "delivered"))
+    if lists:
+        text += "\n\nVocabulary lists: " + "; ".join(
+            f"{o.get('name')} from {o.get('origin')} (licence: {o.get('license')})"
+            + (f" {o['notice']}" if o.get("notice") else "") for o in lists) + "."
+    for note in mix.get("notes") or []:
+        text += f"\n\n> Note: {note}"
     return text
+
+
+def _short_path(path: str) -> str:
+    """A seed path on the card: builtin names and Hub ids as they are, a local file by its name only."""
+    return path if path.startswith("builtin:") or not _is_path(path) else Path(path).name
+
+
+def _stages_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
+    return "\n".join(spec.card_text(recipe, stages) for spec in registered() if spec.name in stages and spec.card_text)
 
 
 def _diversity_text(div: dict[str, Any]) -> str:
@@ -253,25 +249,9 @@ def _no_paths(value: Any) -> Any:
     return value
 
 
-def task_mix_table(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
-    """Requested (recipe `instruct.mix`) beside delivered (accepted instruct rows) per task."""
-    if "instruct" not in stages:
-        return "No instruction data in this build."
-    mix = recipe.get("instruct", {}).get("mix") or {}
-    delivered = stages["instruct"].get("tasks", {})
-    total = sum(delivered.values()) or 1
-    rows = []
-    for task in sorted(set(mix) | set(delivered)):
-        want = mix.get(task, 0)
-        asked = f"{want:.0%} of captions" if isinstance(want, float) and want < 1 else str(want)
-        got = delivered.get(task, 0)
-        rows.append((task, asked, got, f"{got / total:.1%}"))
-    return _table(rows, ("task", "requested", "delivered rows", "delivered share"))
-
-
 def rejections_table(stages: dict[str, Any]) -> str:
     rows = []
-    for stage in ("captions", "instruct"):
+    for stage in (spec.name for spec in registered() if spec.reject_input):
         s = stages.get(stage)
         if not s:
             continue

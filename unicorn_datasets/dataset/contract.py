@@ -14,7 +14,10 @@ Rules (stable names):
   option line `A. text` or `A: text` (`instruct.option_format`);
 - `option_format`: the option lines of one question use one of those formats, not both;
 - `embedding_length` / `embedding_not_finite`: the embedding has the config's length, no NaN/Inf;
-- `empty_caption`: a `captions` row has a caption (and `reserved_token` applies to it too).
+- `empty_caption`: a caption row (one without `conversations`) has a caption (and `reserved_token` applies to it).
+
+Which rules apply follows the row's shape, not its config's name: a row with `conversations` is a
+conversation row, any other row is a caption row; so a new stage's config is checked like the others.
 """
 
 from __future__ import annotations
@@ -68,16 +71,16 @@ class ContractViolation(RuntimeError):
 
 def check_row(config: str, row: dict[str, Any], dim: int | None = None,
               reserved: ReservedTokens = DEFAULT) -> list[Violation]:
-    """Every rule `row` breaks (empty list: the row may be written)."""
+    """Every rule `row` breaks (empty list: the row may be written). `config` names the row's config in messages."""
     rid = str(row.get("id"))
     out: list[Violation] = []
-    if config == "captions":
+    if "conversations" not in row:
         caption = row.get("caption") or ""
         if not caption.strip():
             out.append(Violation(rid, "empty_caption"))
         if found := reserved.find(caption):
             out.append(Violation(rid, "reserved_token", ", ".join(found)))
-    if row.get("conversations") is not None or config in ("pretrain", "instruct"):
+    else:
         out += _check_turns(rid, list(row.get("conversations") or []), row.get("task"), reserved)
     if row.get("embedding") is not None:
         out += _check_embedding(rid, np.asarray(row["embedding"], dtype=np.float64), dim)

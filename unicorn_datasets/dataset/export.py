@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from unicorn_datasets.dataset.atomic import swap_folder
 from unicorn_datasets.dataset.contract import OPTION_LINE, assert_rows
+from unicorn_datasets.dataset.layout import ARTIFACTS, TRANSFER
 from unicorn_datasets.recipe import OPTION_FORMATS
 from unicorn_datasets.text.tokens import IMAGE_TOKEN
 
@@ -218,7 +220,7 @@ def _write_config(
 
 
 def _transfer_info(src: str) -> dict[str, Any]:
-    p = Path(src) / "artifacts" / "transfer.json"
+    p = Path(src) / ARTIFACTS / TRANSFER
     return json.loads(p.read_text()) if p.exists() else {}
 
 
@@ -338,8 +340,7 @@ def export_bunny(
         result.update(dim=dims.pop() if dims else None, pickles=[f"{EMBED_DIR}/{f}" for f in pickles.files],
                       embeddings=len(pickles.ids), embed_dtype=embed_dtype, embed_mean_norm=mean_norm)
         (stage / "README.md").write_text(_readme(result, _transfer_info(src), mean_norm), encoding="utf-8")
-        shutil.rmtree(to / EMBED_DIR, ignore_errors=True)  # stale pickles would join the trainer's glob
-        os.replace(stage / EMBED_DIR, to / EMBED_DIR)
+        swap_folder(stage / EMBED_DIR, to / EMBED_DIR)  # stale pickles would join the trainer's glob
         for name in ["README.md", *(v["json"] for v in result["configs"].values())]:
             os.replace(stage / name, to / name)
     finally:

@@ -22,9 +22,9 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unicorn_datasets.dataset.atomic import atomic_path, write_text
+from unicorn_datasets.dataset.atomic import atomic_path, swap_folder, write_text
 from unicorn_datasets.dataset.contract import assert_table
-from unicorn_datasets.dataset.layout import ARTIFACTS, COMPLETE, LOCK, OUR_FILES, STATE, WORK
+from unicorn_datasets.dataset.layout import ARTIFACTS, COMPLETE, CONFIG_FILES, LOCK, OUR_FILES, STAGING, STATE, WORK
 
 ROW_GROUP_BYTES = 100 * 1024 * 1024  # the Hub viewer wants row groups well under ~300 MB
 FILE_BYTES = 500 * 1024 * 1024
@@ -180,7 +180,9 @@ class BuildRepo:
                 p.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        for name in OUR_FILES - {WORK}:
+        """Everything a build wrote into OUT (called only on a folder that holds a build of ours)."""
+        configs = {p.parent.name for p in self.out.glob(f"*/{CONFIG_FILES}")}
+        for name in (OUR_FILES | configs) - {WORK}:
             p = self.out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -250,7 +252,7 @@ class BuildRepo:
     # ---- final configs ---------------------------------------------------------------------
     def write_config(self, config: str, tables: Iterator[pa.Table], schema: pa.Schema) -> list[str]:
         """Stream tables into OUT/<config>/train-XXXXX-of-YYYYY.parquet (files ~FILE_BYTES), staged then swapped in."""
-        staging = self.work / "staging" / config
+        staging = self.work / STAGING / config
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         files: list[Path] = []
@@ -305,9 +307,7 @@ class BuildRepo:
             name = f"train-{i:05d}-of-{len(files):05d}.parquet"
             f.rename(staging / name)
             names.append(f"{config}/{name}")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        swap_folder(staging, final)
         return names
 
     def artifacts(self) -> Path:

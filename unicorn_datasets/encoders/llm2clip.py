@@ -24,6 +24,14 @@ def _is_llm2clip_config(cfg: dict[str, Any]) -> bool:
     return any("llm2clip" in n.lower() for n in names)
 
 
+def one_half_error(folder: Path, have: str, missing: str, form: str, model_type: str | None = None) -> str:
+    """LLM2CLIP is two checkpoints; a folder holding one of them is refused with the form that loads both."""
+    what = f"an LLM (model_type {model_type!r})" if model_type else f"the {have} half of LLM2CLIP"
+    return (f"{folder} is {what}: LLM2CLIP's text side needs both halves, the {missing} half is missing. Use "
+            f"--encoder {form} (CLIP half e.g. {LLM2CLIP_DEFAULT_CLIP}, LLM half e.g. {LLM2CLIP_DEFAULT_LLM}; "
+            "folders or Hub ids) with --trust-remote-code")
+
+
 def _trust_error(what: str) -> EncoderError:
     return EncoderError(
         f"{what} is LLM2CLIP, which runs custom model code downloaded with the model. "

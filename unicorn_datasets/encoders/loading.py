@@ -14,9 +14,12 @@ from unicorn_datasets.encoders.llm2clip import (
     _is_llm2clip_config,
     _LLM2CLIPEncoder,
     _trust_error,
+    one_half_error,
 )
 from unicorn_datasets.encoders.sentence import _load_sentence_transformer
 from unicorn_datasets.encoders.sources import _resolve
+
+_LLM_TYPES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3")  # decoder LLMs: no image side
 
 
 def _minilm_path() -> Path:
@@ -79,10 +82,14 @@ def load_encoder(
     if _is_llm2clip_config(cfg):
         if not trust_remote_code:
             raise _trust_error(f"model folder {str(folder)!r}")
+        if local.exists():  # a local CLIP half alone: its text side cannot run without the LLM half
+            raise EncoderError(one_half_error(folder, "CLIP", "LLM", f"llm2clip:{folder},LLM_DIR"))
         return _LLM2CLIPEncoder(str(folder), LLM2CLIP_DEFAULT_LLM, opts)
     model_type = cfg.get("model_type")
     if model_type in _DUAL_FAMILIES:
         return _DualEncoder(folder, model_type, opts)
+    if model_type in _LLM_TYPES:  # e.g. LLM2CLIP-Llama-3-8B-Instruct-CC-Finetuned given alone
+        raise EncoderError(one_half_error(folder, "LLM", "CLIP", f"llm2clip:CLIP_DIR,{folder}", model_type))
     raise EncoderError(
         f"unsupported encoder model_type {model_type!r} in {folder / 'config.json'}; supported: "
         f"{', '.join(_DUAL_FAMILIES)}, sentence-transformers folders, 'minilm', 'llm2clip'"

@@ -21,7 +21,7 @@ __all__ = ["Backend", "GenerationRequest", "GenerationResult", "SamplingParams",
 def make_backend(llm: LLMSection, *, device: str = "cpu") -> Backend:
     """`llm.endpoints` set -> OpenAI-compatible/TGI servers; otherwise in-process transformers."""
     if llm.endpoints:
-        from unicorn_datasets.generation.server_backend import ServerBackend
+        from unicorn_datasets.generation.server import ServerBackend
 
         return ServerBackend(
             list(llm.endpoints),

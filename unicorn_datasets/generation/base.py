@@ -74,6 +74,29 @@ class BackendUnavailable(RuntimeError):
     """The backend as a whole is down (every endpoint unreachable or persistently failing): stop the build."""
 
 
+class FailureRun:
+    """The one "backend is down" rule, for the engine and the server client: failures since the last success,
+    and down once they fill a whole window of requests in flight (at least 20), none of which succeeded."""
+
+    MIN_RUN = 20
+
+    def __init__(self, window: int, threshold: int | None = None) -> None:
+        self.threshold = threshold or max(self.MIN_RUN, window)
+        self.count = 0
+
+    def success(self) -> None:
+        self.count = 0
+
+    def failure(self) -> bool:
+        """Count one failure; True when the run says the backend is down."""
+        self.count += 1
+        return self.down
+
+    @property
+    def down(self) -> bool:
+        return self.count >= self.threshold
+
+
 class Backend(Protocol):
     """An LLM that turns requests into results.
 

@@ -1,4 +1,6 @@
-"""The generation engine: the one place that owns concurrency, retries, journaling and accounting.
+"""The generation engine: the window of rows in flight, per-row retries (a new seed per attempt), journaling and
+accounting. Below it, a server backend has its own layer: per-request transport retries with backoff, an
+adaptive concurrency limit per endpoint and its own event-loop thread (generation/server/client.py).
 
 A stage hands it work units (one per shard), each with two functions: build the request for
 (row, attempt), and validate a result into a value or a rejection reason. The engine never sees a
@@ -26,6 +28,7 @@ from typing import IO, Any
 from unicorn_datasets.generation.base import (
     Backend,
     BackendUnavailable,
+    FailureRun,
     GenerationRequest,
     GenerationResult,
     RequestFailed,
@@ -115,9 +118,8 @@ class Engine:
         self.journal = journal
         self.on_row = on_row
         # Every row of a whole window failing for good, with no success between: the backend is down.
-        self.fail_after = fail_after or max(20, self.max_in_flight)
+        self.failures = FailureRun(self.max_in_flight, fail_after)
         self.stats = EngineStats()
-        self._consecutive_failures = 0
 
     # ---- public -------------------------------------------------------------------------------
     def run(self, units: Iterable[WorkUnit], on_unit_done: OnUnitDone) -> EngineStats:
@@ -230,7 +232,7 @@ class Engine:
                     self.stats.server_errors += 1
                     self._failed(e.error)
                     break
-                self._consecutive_failures = 0
+                self.failures.success()
                 if state.journal_fh is not None:
                     Journal.append(state.journal_fh, key, res)
             if attempt:
@@ -251,10 +253,9 @@ class Engine:
         return o
 
     def _failed(self, error: str) -> None:
-        self._consecutive_failures += 1
-        if self._consecutive_failures >= self.fail_after:
+        if self.failures.failure():
             raise BackendUnavailable(
-                f"the LLM backend failed {self._consecutive_failures} requests in a row with no success "
+                f"the LLM backend failed {self.failures.count} requests in a row with no success "
                 f"(last error: {error}); fix the server and rerun the same command to resume"
             )
 

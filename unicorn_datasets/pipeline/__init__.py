@@ -1,5 +1,2 @@
-"""Running a build: the context every stage shares, the shard runner, and the loop over the recipe's stages."""
-
-from unicorn_datasets.pipeline.loop import build, collect_seeds
-
-__all__ = ["build", "collect_seeds"]
+"""Running a build: the context every stage shares (context), the shard runner (shards), the loop over the
+registered stages (loop: `build`, `collect_seeds`) and rank 0's last step (finish: manifest, card, summary)."""

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from unicorn_datasets.dataset.atomic import write_text
+from unicorn_datasets.dataset.layout import LLM
 from unicorn_datasets.dataset.repo import BuildRepo
 from unicorn_datasets.recipe import Recipe
 
@@ -51,10 +52,6 @@ class Context:
         return self.state.is_main_process
 
     @property
-    def build_seed(self) -> int:
-        return self.recipe.seed
-
-    @property
     def shard_size(self) -> int:
         return self.recipe.shard_size
 
@@ -67,14 +64,19 @@ class Context:
 
             self.loaded_backend = make_backend(self.recipe.llm, device=str(self.state.device))
             # kept for the manifest and card of a later run that finishes without loading the model
-            write_text(self.repo.work / "llm.json", json.dumps(self.loaded_backend.describe(), default=str))
+            write_text(self.repo.work / LLM, json.dumps(self.loaded_backend.describe(), default=str))
         return self.loaded_backend
+
+    def close(self) -> None:
+        """Release the LLM backend (HTTP clients, threads, event loops) when the build ends."""
+        if self.loaded_backend is not None:
+            self.loaded_backend.close()
 
     def llm_describe(self) -> dict[str, Any]:
         """LLM provenance: from the loaded backend, or as saved by the run that loaded it."""
         if self.loaded_backend is not None:
             return self.loaded_backend.describe()
-        saved = self.repo.work / "llm.json"
+        saved = self.repo.work / LLM
         return json.loads(saved.read_text()) if saved.exists() else {"model": self.llm_id()}
 
     def reserved_tokens(self) -> Any:

@@ -12,66 +12,43 @@ from typing import TYPE_CHECKING, Any
 import datasets
 
 from unicorn_datasets import __version__
-from unicorn_datasets.dataset.layout import REJECTIONS, artifact
+from unicorn_datasets.dataset.layout import REJECTIONS, SEED_CLUSTERS, artifact
+from unicorn_datasets.dataset.rejections import write_rejections
 from unicorn_datasets.dataset.repo import BuildRepo, RepoError
 from unicorn_datasets.errors import BuildError
 from unicorn_datasets.pipeline.context import Context, log, make_state
+from unicorn_datasets.pipeline.finish import finish
 from unicorn_datasets.recipe import Recipe, fingerprint
-from unicorn_datasets.seeds.sources import SeedStats, load_caption_seeds, load_domain_seeds
+from unicorn_datasets.stages import registered, spec_of
 from unicorn_datasets.stages.transfer import with_prior_identity
 
-if TYPE_CHECKING:  # stages import the shard runner from this package: no import cycle at run time
+if TYPE_CHECKING:
     from unicorn_datasets.stages.base import Stage
 
 
 def collect_seeds(recipe: Recipe, trust_remote_code: bool = False) -> tuple[list[Any], dict[str, Any], Any]:
-    """(seeds, per-source stats, the balance.Selection); balance.py selects the seeds."""
-    from unicorn_datasets.seeds.balance import BalanceConfig, select
+    """(seeds, per-source stats, the balance.Selection); seeds/mix.py loads the sources and applies the mix."""
+    from unicorn_datasets.seeds.mix import plan_seeds
 
-    groups, stats = [], {}
-    for spec in recipe.seeds:
-        st = SeedStats()
-        if spec.kind == "domains":
-            group = load_domain_seeds(spec.path, templates_per_label=spec.templates_per_label, seed=recipe.seed,
-                                      stats=st)
-        else:
-            group = load_caption_seeds(spec.path, column=spec.column, source=spec.source, min_words=spec.min_words,
-                                       max_words=spec.max_words, stats=st)
-        groups.append(group)
-        stats[spec.path] = {**st.as_dict(), "kept": len(group)}
-    if not groups:
+    if not recipe.seeds:
         raise BuildError("the recipe names no seed sources")
-    selection = select(groups, limit=recipe.limit, seed=recipe.seed, cfg=BalanceConfig.from_recipe(recipe),
-                       trust_remote_code=trust_remote_code)
-    stats["balance"] = selection.summary
-    return selection.seeds, stats, selection
+    plan = plan_seeds(recipe, trust_remote_code)
+    for note in plan.notes:  # unmeetable shares, a limit above what the sources hold: said before generation
+        log(note)
+    stats: dict[str, Any] = {p.spec.path: p.stats for p in plan.sources}
+    stats["balance"] = plan.selection.summary
+    stats["mix"] = plan.mix()
+    return plan.selection.seeds, stats, plan.selection
 
 
 def plan_stages(recipe: Recipe, seeds: list[Any], shard_size: int) -> list[Stage]:
-    """The recipe's stages, in order, each built from its own recipe section."""
-    from unicorn_datasets.analysis.near_dup import NearDupConfig
-    from unicorn_datasets.stages.captions import CaptionConfig, CaptionStage
-    from unicorn_datasets.stages.instruct import InstructConfig, InstructStage
-    from unicorn_datasets.stages.pretrain import InstructEmbeddings, PretrainStage
-    from unicorn_datasets.stages.transfer import TransferConfig
+    """The registered stages the recipe asks for, in build order, each made from its own recipe section."""
+    return [spec.make(recipe, seeds, shard_size) for spec in registered() if spec.enabled(recipe)]
 
-    seed, model_id, mode = recipe.seed, recipe.llm.model, recipe.llm.prompt_mode
-    stages: list[Stage] = [
-        CaptionStage(CaptionConfig.from_recipe(recipe.captions, mode), seeds, build_seed=seed, model_id=model_id,
-                     seed_check_encoder=recipe.transfer.encoder, near_dup=NearDupConfig.from_recipe(recipe))
-    ]
-    instruct = None
-    if "instruct" in recipe.stages:
-        cfg = InstructConfig.from_recipe(recipe.instruct, mode)
-        instruct = InstructStage(cfg, mix=recipe.instruct.mix, build_seed=seed, model_id=model_id)
-        stages.append(instruct)
-    if "pretrain" in recipe.stages:
-        transfer = recipe.transfer
-        stages.append(PretrainStage(TransferConfig.from_recipe(transfer),
-                                    shard_size=transfer.shard_size or shard_size, build_seed=seed))
-        if instruct is not None:
-            stages.append(InstructEmbeddings(instruct))
-    return stages
+
+def rejection_inputs() -> dict[str, str]:
+    """{stage: the part column its rejections record as input} for every registered stage that rejects rows."""
+    return {spec.name: spec.reject_input for spec in registered() if spec.reject_input}
 
 
 def _run_stage(ctx: Context, stage: Stage) -> None:
@@ -83,7 +60,10 @@ def _run_stage(ctx: Context, stage: Stage) -> None:
     else:
         stage.run(ctx)
         if ctx.is_main:
-            ctx.repo.mark_stage_complete(stage.name, stage.assemble(ctx.repo))
+            summary = stage.assemble(ctx.repo)
+            if spec_of(stage.name).reject_input:  # rows in = rows out + rejections, for every such stage
+                write_rejections(ctx.repo, rejection_inputs())
+            ctx.repo.mark_stage_complete(stage.name, summary)
         ctx.barrier()
     prov = stage.provenance()
     if prov:
@@ -124,9 +104,6 @@ def build(
     datasets.disable_progress_bars()  # our own bars count rows across ranks
     seeds, seed_stats, selection = collect_seeds(recipe, trust_remote_code)  # bad input fails here
     recipe = with_prior_identity(recipe)  # a missing or unreadable prior fails here too
-    from unicorn_datasets.analysis.near_dup import NearDupConfig
-
-    NearDupConfig.from_recipe(recipe)  # so does a bad near_dup section: before anything exists on disk
     ctx = Context(recipe, BuildRepo(out), make_state(), trust_remote_code=trust_remote_code)
     if selection.encoder is not None and selection.summary["encoder"] == recipe.transfer.encoder:
         ctx.loaded_encoder = selection.encoder  # balancing loaded Stage 3's encoder already: load it once
@@ -135,9 +112,8 @@ def build(
         resumed = _start(ctx, recipe, fp, overwrite)
         if ctx.is_main and selection.clusters is not None:  # the balanced selection, for the report's histograms
             from unicorn_datasets.dataset.repo import write_parquet
-            from unicorn_datasets.seeds.balance import CLUSTERS_FILE
 
-            write_parquet(selection.clusters, ctx.repo.artifacts() / CLUSTERS_FILE)
+            write_parquet(selection.clusters, ctx.repo.artifacts() / SEED_CLUSTERS)
         if ctx.is_main:
             log(f"{'resuming' if resumed else 'starting'} build of recipe '{recipe.name}' into {out} "
                 f"({len(seeds)} seeds, {ctx.world} process(es), fingerprint {fp})")
@@ -147,8 +123,6 @@ def build(
         summary: dict[str, Any] = {}
         error = None
         if ctx.is_main:
-            from unicorn_datasets.pipeline.assemble import finish
-
             llm = ctx.llm_describe()
             summary = finish(ctx.repo, recipe.to_dict(), fp, seed_stats, len(seeds), ctx.provenance, stats, llm=llm,
                              code_version=__version__, wall=time.monotonic() - t0)
@@ -161,5 +135,6 @@ def build(
             raise BuildError(error)
         return summary
     finally:
+        ctx.close()
         if ctx.is_main:
             ctx.repo.release_lock()

@@ -6,7 +6,8 @@ only "done" signal. Two ways to run a shard's rows:
 - `run_generation`: LLM stages; the generation engine streams every unfinished shard through one
   window of requests, and each shard's part lands as soon as its last row is decided;
 - `run_map`: model-free or encoder stages; a batched `Dataset.map` per shard.
-Statistics come from the stage (`part_stats`) or the engine's row outcomes, never from column names.
+Shard statistics (rows, tokens, rejections) come from the engine's row outcomes, or a map's part size,
+never from column names.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class Shards:
         return cls(n, start + (math.ceil(n / size) if n else 0), load, start)
 
 
-class GenerationStage(Protocol):
-    """What the runner needs of an LLM stage (see stages/base.py)."""
+class RowGenerator(Protocol):
+    """What `run_generation` needs of an LLM stage (stages/base.py: `GenerationStage` implements it)."""
 
     name: str
 
@@ -111,7 +112,7 @@ def _land(ctx: Context, name: str, shard: int, table: pa.Table, *, tokens: int, 
         ctx.rank)
 
 
-def run_generation(ctx: Context, stage: GenerationStage, shards: Shards) -> None:
+def run_generation(ctx: Context, stage: RowGenerator, shards: Shards) -> None:
     """Every unfinished shard of this rank through one generation engine; parts land as shards complete."""
     name = stage.name
     todo, stats = _plan(ctx, name, shards)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from unicorn_datasets import __version__
+from unicorn_datasets.dataset.atomic import atomic_folder
 from unicorn_datasets.transfer.methods import l2_normalize
 
 FORMAT = "unicorn-prior/1"
@@ -169,20 +168,12 @@ class Prior:
         out = Path(folder)
         if out.exists() and not overwrite:
             raise PriorError(f"{out} exists; pass --overwrite to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-        try:
+        with atomic_folder(out) as tmp:
             tensors = {k: np.ascontiguousarray(v) for k, v in self._all_tensors().items()}
             save_file(tensors, str(tmp / WEIGHTS))
             (tmp / CONFIG).write_text(json.dumps(self.config(), indent=2, default=str), encoding="utf-8")
             if self.evaluation is not None:
                 (tmp / EVAL).write_text(json.dumps(self.evaluation, indent=2), encoding="utf-8")
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
 

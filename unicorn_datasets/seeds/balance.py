@@ -12,11 +12,12 @@ Ties inside a round (which cluster/label gets the last places) and the order ins
 of (build seed, seed id), so the selection depends on the build seed only, never on input order.
 
 `artifacts/seed_clusters.parquet` records every available seed's cluster and whether the balanced and the
-uniform draw selected it: the report turns it into the cluster-size histograms (seeds and captions).
+uniform draw selected it: the report turns it into the cluster-size histograms (clustering.balance_report).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,29 +26,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from unicorn_datasets.analysis.clustering import default_k, kmeans
-from unicorn_datasets.dataset.layout import SEED_CLUSTERS
-from unicorn_datasets.recipe import Recipe
+from unicorn_datasets.analysis.clustering import default_k, hashed_tfidf, kmeans
+from unicorn_datasets.recipe import BalanceSection, Recipe
 from unicorn_datasets.seeds.sources import Seed, _stable_int, merge_seeds, uniform_draw
 
-CLUSTERS_FILE = SEED_CLUSTERS
 CLUSTERS_SCHEMA = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("cluster", pa.int32()), ("balanced", pa.bool_()),
      ("uniform", pa.bool_())]
 )
 
 
-@dataclass
-class BalanceConfig:
-    enabled: bool = False
-    encoder: str | None = None  # None: the recipe's transfer.encoder; "hashed": hashed TF-IDF (no model)
-    k: int | None = None  # clusters; None: default_k(available seeds)
-    batch_size: int = 256  # encoder batch
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> BalanceConfig:
-        b = recipe.balance
-        return cls(enabled=b.enabled, encoder=b.encoder or recipe.transfer.encoder, k=b.k, batch_size=b.batch_size)
+def balance_section(recipe: Recipe) -> BalanceSection:
+    """The recipe's `balance` section with its encoder resolved (unset: `transfer.encoder`)."""
+    b = recipe.balance
+    return dataclasses.replace(b, encoder=b.encoder or recipe.transfer.encoder)
 
 
 @dataclass
@@ -58,7 +50,7 @@ class Selection:
     encoder: Any = None  # the model that embedded the seeds (None: none loaded), for Stage 3 to reuse
 
 
-def seed_encoder(cfg: BalanceConfig, *, trust_remote_code: bool = False) -> Any:
+def seed_encoder(cfg: BalanceSection, *, trust_remote_code: bool = False) -> Any:
     """The model that embeds the seeds, or None for hashed TF-IDF."""
     if cfg.encoder == "hashed":
         return None
@@ -67,11 +59,9 @@ def seed_encoder(cfg: BalanceConfig, *, trust_remote_code: bool = False) -> Any:
     return load_encoder(cfg.encoder, device=_device(), trust_remote_code=trust_remote_code)
 
 
-def embed_seeds(texts: list[str], cfg: BalanceConfig, encoder: Any) -> np.ndarray:
+def embed_seeds(texts: list[str], cfg: BalanceSection, encoder: Any) -> np.ndarray:
     if encoder is None:
-        from unicorn_datasets.analysis.report import _hashed_tfidf
-
-        return _hashed_tfidf(texts)
+        return hashed_tfidf(texts)
     return encoder.encode_text(texts, batch_size=cfg.batch_size)
 
 
@@ -116,9 +106,11 @@ def _quotas(n_caption: int, n_domain: int, limit: int) -> tuple[int, int]:
     return caption, min(n_domain, limit - caption)
 
 
-def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceConfig,
-           trust_remote_code: bool = False) -> Selection:
-    """The seeds a build uses: a uniform draw, or (cfg.enabled and a binding limit) a balanced one."""
+def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: BalanceSection,
+           trust_remote_code: bool = False, split: tuple[int, int] | None = None) -> Selection:
+    """The seeds a build uses: a uniform draw, or (cfg.enabled and a binding limit) a balanced one.
+
+    `split`: (caption seeds, domain seeds) when the recipe's shares fix it (mix.py); else in proportion."""
     merged = merge_seeds(groups)
     uniform = uniform_draw(merged, limit=limit, seed=seed)
     if not cfg.enabled:
@@ -132,7 +124,7 @@ def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: Balan
     labels = kmeans(x, k, seed=seed).labels
     captions = [i for i, s in enumerate(merged) if not s.label]
     domains = [i for i, s in enumerate(merged) if s.label]
-    n_cap, n_dom = _quotas(len(captions), len(domains), limit)
+    n_cap, n_dom = split or _quotas(len(captions), len(domains), limit)
     picked = [captions[j] for j in _round_robin([merged[i] for i in captions],
                                                  [int(labels[i]) for i in captions], seed)[:n_cap]]
     picked += [domains[j] for j in _domain_order([merged[i] for i in domains], seed)[:n_dom]]
@@ -146,22 +138,3 @@ def select(groups: list[list[Seed]], *, limit: int | None, seed: int, cfg: Balan
     summary = {"enabled": True, "applied": True, "encoder": cfg.encoder, "k": k, "available": len(merged),
                "selected": len(chosen), "caption_seeds": n_cap, "domain_seeds": n_dom}
     return Selection(chosen, table, summary, encoder)
-
-
-def balance_report(clusters: pa.Table, caption_ids: set[str] | None) -> dict[str, Any]:
-    """Cluster-size histograms (largest first), top-5 share and normalised entropy of the selected seeds,
-    balanced vs the uniform draw of the same size, and of the captions built from the balanced seeds
-    (accepted rows only). A uniform draw's captions were never generated, so captions have no counterpart."""
-    from unicorn_datasets.analysis.clustering import balance_stats
-
-    labels = clusters.column("cluster").to_numpy()
-    k = int(labels.max()) + 1 if len(labels) else 0
-    ids = clusters.column("id").to_pylist()
-    out: dict[str, Any] = {"k": k, "available": len(ids)}
-    for name in ("balanced", "uniform"):
-        mask = clusters.column(name).to_numpy(zero_copy_only=False)
-        out[f"seeds_{name}"] = balance_stats(labels[mask], k)
-    if caption_ids is not None:
-        mask = np.fromiter((i in caption_ids for i in ids), bool, len(ids))
-        out["captions_balanced"] = balance_stats(labels[mask], k)
-    return out

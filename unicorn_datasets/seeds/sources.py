@@ -2,14 +2,13 @@
 
 Every seed gets a stable id (its source plus a hash of its normalised text), so a row can be
 traced and regenerated whatever the order or number of processes. Bad input raises SeedError
-naming the file, line or column, before anything is written.
+naming the file, line or column, before anything is written. Reading caption sources (files,
+dataset folders, Hub ids, list columns) is readers.py's job.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from unicorn_datasets.seeds.readers import CaptionRows, SeedError, file_sha256, read_dataset, read_file
 from unicorn_datasets.text.hygiene import TextChanges, TextError, clean, dedup_key, read_lines
 from unicorn_datasets.text.reserved import escape_seed
 
 SHIPPED = Path(__file__).parent.parent / "data" / "seeds"
-TEXT_COLUMNS = ("caption", "text", "seed", "sentence")
-
-
-class SeedError(ValueError):
-    """A seed source the build cannot use; the message names the file, line or column."""
+__all__ = ["Seed", "SeedError", "SeedStats", "load_caption_seeds", "load_domain_seeds", "read_caption_seeds"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +29,8 @@ class Seed:
     id: str
     seed: str
     source: str
-    label: str = ""  # domain seeds: the label placed in the template (balanced selection draws across labels)
+    label: str | None = None  # domain seeds: the label placed in the template; None for caption seeds
+    domain: str | None = None  # domain seeds: the label's domain (food, plants, ...); None for caption seeds
 
 
 @dataclass
@@ -46,6 +43,7 @@ class SeedStats(TextChanges):
     too_long: int = 0
     empty: int = 0
     reserved_escaped: int = 0  # seeds with a reserved token (`<image>`, `<|im_end|>`, ...) written as plain text
+    same_group: int = 0  # other captions of a group (image) that already gave its one caption
 
 
 def normalize(text: str, stats: SeedStats | None = None) -> str:
@@ -61,9 +59,8 @@ def seed_id(source: str, text: str) -> str:
 
 
 def _builtin(path: str) -> Path:
-    return SHIPPED / {"builtin:open_domain": "open_domain.txt", "builtin:domains": "domains.json"}.get(
-        path, path.removeprefix("builtin:")
-    )
+    return SHIPPED / {"builtin:open_domain": "open_domain.txt", "builtin:domains": "domains.json",
+                      "builtin:domains_demo": "domains_demo.json"}.get(path, path.removeprefix("builtin:"))
 
 
 def _resolve(path: str) -> Path:
@@ -81,113 +78,53 @@ def _decode_lines(p: Path, stats: SeedStats) -> list[str]:
         raise SeedError(str(e)) from None
 
 
-def _pick_column(available: list[str], column: str | None, where: str) -> str:
-    if column is not None:
-        if column not in available:
-            raise SeedError(f"{where}: no column '{column}' (columns: {', '.join(available) or 'none'})")
-        return column
-    for c in TEXT_COLUMNS:
-        if c in available:
-            return c
-    raise SeedError(f"{where}: say which column holds the seeds with --seed-column (columns: {', '.join(available)})")
-
-
-def _texts_from_file(p: Path, column: str | None, stats: SeedStats) -> list[str]:
-    suffix = p.suffix.lower()
-    if suffix in (".txt", ""):
-        return _decode_lines(p, stats)
-    if suffix in (".jsonl", ".json"):
-        texts = []
-        lines = _decode_lines(p, stats)
-        col = None  # chosen on the first object; every later line must have it too
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SeedError(f"{p}:{lineno}:{e.colno}: invalid JSON ({e.msg})") from e
-            if not isinstance(obj, dict):
-                raise SeedError(f"{p}:{lineno}: expected a JSON object per line")
-            col = col or _pick_column(list(obj), column, f"{p}:{lineno}")
-            if col not in obj:
-                raise SeedError(f"{p}:{lineno}: no column '{col}' (columns: {', '.join(obj) or 'none'})")
-            texts.append(str(obj[col]) if obj[col] is not None else "")
-        return texts
-    if suffix in (".csv", ".tsv"):
-        return _texts_from_csv(p, column, "\t" if suffix == ".tsv" else ",", stats)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(p)
-        except Exception as e:
-            raise SeedError(f"{p}: not a readable Parquet file ({e})") from e
-        col = _pick_column(table.column_names, column, str(p))
-        return [str(v) if v is not None else "" for v in table.column(col).to_pylist()]
-    raise SeedError(f"{p}: unsupported seed file type '{suffix}' (use .txt, .jsonl, .csv, .tsv, .parquet or a dataset)")
-
-
-def _texts_from_csv(p: Path, column: str | None, delimiter: str, stats: SeedStats) -> list[str]:
-    reader = csv.DictReader(io.StringIO("\n".join(_decode_lines(p, stats))), delimiter=delimiter)
-    try:
-        col = _pick_column(list(reader.fieldnames or []), column, str(p))
-        texts = []
-        for row in reader:
-            if row[col] is None:  # a short row: the column is missing, not empty
-                raise SeedError(f"{p}:{reader.line_num}: no value for column '{col}' (row has {len(row) - 1} field(s))")
-            texts.append(row[col])
-        return texts
-    except csv.Error as e:
-        raise SeedError(f"{p}:{reader.line_num}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
-
-
-def _texts_from_dataset(name: str, column: str | None) -> list[str]:
-    import datasets
-
-    try:
-        if Path(name).is_dir() and (Path(name) / "dataset_info.json").exists():
-            ds: Any = datasets.load_from_disk(name)
-        else:
-            ds = datasets.load_dataset(name)
-    except Exception as e:
-        raise SeedError(f"{name}: cannot load as a dataset ({type(e).__name__}: {e})") from e
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-    col = _pick_column(ds.column_names, column, name)
-    return [str(v) if v is not None else "" for v in ds[col]]
-
-
-def load_caption_seeds(
+def read_caption_seeds(
     path: str,
     *,
     column: str | None = None,
+    group_column: str | None = None,
+    split: str | None = None,
+    config: str | None = None,
+    revision: str | None = None,
     source: str | None = None,
     min_words: int = 2,
     max_words: int = 120,
+    seed: int = 0,
     stats: SeedStats | None = None,
-) -> list[Seed]:
-    """Open-domain caption seeds from a file, a dataset folder, or a Hub id (when online)."""
+) -> tuple[list[Seed], dict[str, Any]]:
+    """Open-domain caption seeds and where they came from (kind, sha256 of a file, split/revision of a dataset).
+
+    `path`: a file, a dataset folder, or a Hub id (streamed). With `group_column`, one caption per group
+    (the paper's one caption per image) is kept, chosen by a hash of (`seed`, group, caption)."""
     stats = stats if stats is not None else SeedStats()
     p = _builtin(path) if path.startswith("builtin:") else Path(path).expanduser()
+    rows: CaptionRows
     if p.is_file():
-        texts = _texts_from_file(p, column, stats)
+        rows = read_file(p, column, group_column, stats)
         source = source or p.stem
     elif p.is_dir() or ("/" in path and not path.startswith((".", "/", "~"))):
-        texts = _texts_from_dataset(path, column)
+        rows = read_dataset(path, column, group_column, split=split, config=config, revision=revision)
         source = source or Path(path).name
     else:
         raise SeedError(f"seed file not found: {path}")
-    seeds = _filter([normalize(t, stats) for t in texts], source, min_words, max_words, stats)
+    seeds = _filter([normalize(t, stats) for t in rows.texts], rows.groups, source, min_words, max_words, seed, stats)
     if not seeds:
         raise SeedError(f"{path}: no usable seeds ({stats.read} read: {stats.as_dict()})")
-    return seeds
+    return seeds, rows.origin
 
 
-def _filter(texts: list[str], source: str, min_words: int, max_words: int, stats: SeedStats) -> list[Seed]:
-    out: list[Seed] = []
-    seen: set[str] = set()
-    for text in texts:
+def load_caption_seeds(path: str, *, column: str | None = None, source: str | None = None, min_words: int = 2,
+                       max_words: int = 120, stats: SeedStats | None = None, **kwargs: Any) -> list[Seed]:
+    """Open-domain caption seeds (read_caption_seeds without the origin)."""
+    return read_caption_seeds(path, column=column, source=source, min_words=min_words, max_words=max_words,
+                              stats=stats, **kwargs)[0]
+
+
+def _filter(texts: list[str], groups: list[str] | None, source: str, min_words: int, max_words: int, seed: int,
+            stats: SeedStats) -> list[Seed]:
+    """Length filters, then (groups) one caption per group, then exact duplicates after cleaning."""
+    usable: list[int] = []
+    for i, text in enumerate(texts):
         stats.read += 1
         n = len(text.split())
         if n == 0:
@@ -196,16 +133,62 @@ def _filter(texts: list[str], source: str, min_words: int, max_words: int, stats
             stats.too_short += 1
         elif n > max_words:
             stats.too_long += 1
-        elif dedup_key(text) in seen:
+        else:
+            usable.append(i)
+    if groups is not None:  # the group's caption: smallest hash of (seed, group, text), whatever the file order
+        best: dict[str, int] = {}
+        for i in usable:
+            g = groups[i]
+            if g not in best or _stable_int(seed, "group", g, texts[i]) < _stable_int(seed, "group", g, texts[best[g]]):
+                best[g] = i
+        stats.same_group += len(usable) - len(best)
+        usable = sorted(best.values())
+    out: list[Seed] = []
+    seen: set[str] = set()
+    for i in usable:
+        key = dedup_key(texts[i])
+        if key in seen:
             stats.duplicates += 1
         else:
-            seen.add(dedup_key(text))
-            out.append(Seed(seed_id(source, text), text, source))
+            seen.add(key)
+            out.append(Seed(seed_id(source, texts[i]), texts[i], source))
     return out
 
 
 def _stable_int(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def read_domain_spec(path: str = "builtin:domains", stats: SeedStats | None = None) -> dict[str, Any]:
+    """A domains file: {"domains": {NAME: {"templates": [...], "labels": [...]}}, "sources": [...]} checked."""
+    stats = stats if stats is not None else SeedStats()
+    p = _resolve(path)
+    try:
+        spec = json.loads("\n".join(_decode_lines(p, stats)))
+    except json.JSONDecodeError as e:
+        raise SeedError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from e
+    domains = spec.get("domains") if isinstance(spec, dict) else None
+    if not isinstance(domains, dict) or not domains:
+        raise SeedError(f'{p}: expected {{"domains": {{NAME: {{"templates": [...], "labels": [...]}}}}}}')
+    for name, d in domains.items():
+        templates, labels = d.get("templates") or [], d.get("labels") or []
+        if not templates or not labels:
+            raise SeedError(f"{p}: domain '{name}' needs non-empty 'templates' and 'labels'")
+        for t in templates:
+            if t.count("{label}") != 1:
+                raise SeedError(f"{p}: domain '{name}': template must contain {{label}} once: {t!r}")
+    return spec
+
+
+def domain_summary(path: str = "builtin:domains") -> dict[str, Any]:
+    """What a domains file holds: domains, labels, templates (fewest per domain), its lists' origin and licence."""
+    spec = read_domain_spec(path)
+    domains = spec["domains"]
+    return {"domains": len(domains), "labels": sum(len(d["labels"]) for d in domains.values()),
+            "templates": sum(len(d["templates"]) for d in domains.values()),
+            "min_templates_per_domain": min(len(d["templates"]) for d in domains.values()),
+            "labels_per_domain": {n: len(d["labels"]) for n, d in domains.items()},
+            "sha256": file_sha256(_resolve(path)), "origins": spec.get("sources") or []}
 
 
 def load_domain_seeds(
@@ -218,39 +201,28 @@ def load_domain_seeds(
     """Domain-knowledge seeds: each label placed into `templates_per_label` templates of its domain,
     drawn at random without replacement from a generator seeded by (seed, domain, label)."""
     stats = stats if stats is not None else SeedStats()
-    p = _resolve(path)
-    try:
-        spec = json.loads("\n".join(_decode_lines(p, stats)))
-    except json.JSONDecodeError as e:
-        raise SeedError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from e
-    domains = spec.get("domains") if isinstance(spec, dict) else None
-    if not isinstance(domains, dict) or not domains:
-        raise SeedError(f'{p}: expected {{"domains": {{NAME: {{"templates": [...], "labels": [...]}}}}}}')
+    domains = read_domain_spec(path, stats)["domains"]
     texts_by_source: list[tuple[str, str, str]] = []
     for name, d in domains.items():
-        templates, labels = d.get("templates") or [], d.get("labels") or []
-        if not templates or not labels:
-            raise SeedError(f"{p}: domain '{name}' needs non-empty 'templates' and 'labels'")
-        for t in templates:
-            if t.count("{label}") != 1:
-                raise SeedError(f"{p}: domain '{name}': template must contain {{label}} once: {t!r}")
+        templates, labels = d["templates"], d["labels"]
         k = min(templates_per_label, len(templates))
         for label in labels:
             rng = np.random.default_rng(_stable_int(seed, name, label))
             for j in rng.choice(len(templates), size=k, replace=False):
                 text = normalize(templates[int(j)].replace("{label}", str(label)), stats)
-                texts_by_source.append((f"domain_{name}", text, str(label)))
+                texts_by_source.append((name, text, str(label)))
     out: list[Seed] = []
     seen: set[str] = set()
-    for source, text, label in texts_by_source:
+    for domain, text, label in texts_by_source:
         stats.read += 1
         if dedup_key(text) in seen:
             stats.duplicates += 1
             continue
         seen.add(dedup_key(text))
-        out.append(Seed(seed_id(source, text), text, source, label))
+        source = f"domain_{domain}"
+        out.append(Seed(seed_id(source, text), text, source, label=label, domain=domain))
     if not out:
-        raise SeedError(f"{p}: no domain seeds")
+        raise SeedError(f"{path}: no domain seeds")
     return out
 
 

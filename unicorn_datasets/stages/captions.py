@@ -9,8 +9,8 @@ and finally recorded as rejections with the reason.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import datasets
@@ -20,67 +20,53 @@ import pyarrow.compute as pc
 from unicorn_datasets import prompts
 from unicorn_datasets.dataset.layout import REJECTIONS, artifact
 from unicorn_datasets.errors import BuildError
-from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, SamplingParams
+from unicorn_datasets.generation.base import GenerationRequest, GenerationResult
 from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
 from unicorn_datasets.randomness import row_seed
-from unicorn_datasets.recipe import CaptionsSection
+from unicorn_datasets.recipe import CaptionsSection, NearDupSection
 from unicorn_datasets.seeds.sources import Seed
-from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, outcome_columns
+from unicorn_datasets.stages.assembly import Tally, accepted, constant, with_defaults
+from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, StageSpec, outcome_columns, register
 from unicorn_datasets.stages.seed_check import SeedCosine
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
 from unicorn_datasets.text.tokens import complete_sentences
 
 if TYPE_CHECKING:
-    from unicorn_datasets.analysis.near_dup import NearDupConfig
     from unicorn_datasets.dataset.repo import BuildRepo
     from unicorn_datasets.pipeline.context import Context
+    from unicorn_datasets.recipe import Recipe
 
+NAME = "captions"  # the stage, its work-area folder and its config
+SEED_COLUMNS = ("id", "seed", "source", "domain", "label")  # what a seed row carries into its caption row
 COMPLETION_STOPS = ("\n\n", "\nSeed:", "\nDescription:")
 _LEAKS = ("Seed:", "Description:", "Seed caption:", "Requirements:")
 
 
-@dataclass
-class CaptionConfig:
-    # defaults: the recipe's (one default per key, in recipe.py)
-    min_words: int = CaptionsSection.min_words
-    min_seed_overlap: float = CaptionsSection.min_seed_overlap  # share of the seed's content words to mention (0: off)
-    min_seed_cosine: float = CaptionsSection.min_seed_cosine  # seed-caption cosine with the text encoder (0: off)
-    keep_truncated: bool = CaptionsSection.keep_truncated  # keep captions cut by max_new_tokens, trimmed and flagged
-    max_words: int = CaptionsSection.max_words
-    max_attempts: int = CaptionsSection.max_attempts
-    prompt_mode: str = "chat"  # "chat" | "completion" | "auto" (resolved from the backend when the stage runs)
-    sampling: SamplingParams = CaptionsSection.sampling
-    chat_template: str = field(default_factory=lambda: prompts.load("caption_chat.txt"))
-    fewshot_template: str = field(default_factory=lambda: prompts.load("caption_fewshot.txt"))
-
-    @classmethod
-    def from_recipe(cls, section: CaptionsSection, prompt_mode: str) -> CaptionConfig:
-        keys = ("min_words", "max_words", "max_attempts", "min_seed_overlap", "min_seed_cosine", "keep_truncated",
-                "sampling")
-        return cls(prompt_mode=prompt_mode, **{k: getattr(section, k) for k in keys})
-
-    @property
-    def template(self) -> str:
-        return self.chat_template if self.prompt_mode == "chat" else self.fewshot_template
-
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "prompt_mode": self.prompt_mode,
-            "prompt_sha": prompts.template_hash(self.template),
-            "min_words": self.min_words,
-            "max_words": self.max_words,
-            "max_attempts": self.max_attempts,
-            "min_seed_overlap": self.min_seed_overlap,
-            "min_seed_cosine": self.min_seed_cosine,
-            "keep_truncated": self.keep_truncated,
-            "sampling": self.sampling.as_dict(),
-        }
+def template(mode: str) -> str:
+    """The prompt template of a resolved prompt mode ("chat" or "completion")."""
+    return prompts.load("caption_chat.txt" if mode == "chat" else "caption_fewshot.txt")
 
 
-def build_request(row_id: str, seed_text: str, cfg: CaptionConfig, build_seed: int, attempt: int) -> GenerationRequest:
-    prompt = cfg.template.replace("{seed}", seed_text)
+def caption_provenance(cfg: CaptionsSection, mode: str) -> dict[str, Any]:
+    """What the manifest and card say about Stage 1: its recipe section, the prompt mode and the template's hash."""
+    return {
+        "prompt_mode": mode,
+        "prompt_sha": prompts.template_hash(template(mode)),
+        "min_words": cfg.min_words,
+        "max_words": cfg.max_words,
+        "max_attempts": cfg.max_attempts,
+        "min_seed_overlap": cfg.min_seed_overlap,
+        "min_seed_cosine": cfg.min_seed_cosine,
+        "keep_truncated": cfg.keep_truncated,
+        "sampling": cfg.sampling.as_dict(),
+    }
+
+
+def build_request(row_id: str, seed_text: str, cfg: CaptionsSection, build_seed: int, attempt: int,
+                  mode: str = "chat") -> GenerationRequest:
+    prompt = template(mode).replace("{seed}", seed_text)
     seed = row_seed(build_seed, row_id, attempt, stream="captions")
-    if cfg.prompt_mode == "chat":
+    if mode == "chat":
         return GenerationRequest(key=row_id, seed=seed, messages=[{"role": "user", "content": prompt}])
     return GenerationRequest(key=row_id, seed=seed, prompt=prompt, stop=COMPLETION_STOPS)
 
@@ -111,7 +97,7 @@ _SEED_FILLER = frozenset(
     "who which what photo photograph photographed image picture close up closeup shot view type kind looks looking "
     "seems someone person candid taken showing shows depicting".split()
 )
-_WORD = re.compile(r"[a-z]+")
+_WORD = re.compile(r"[a-z]+")  # letter runs, not text.tokens.words: "cat's" must still mention "cat"
 
 
 def _stem(word: str) -> str:
@@ -129,7 +115,7 @@ def seed_overlap(seed: str, caption: str) -> float:
 
 def check(
     text: str,
-    cfg: CaptionConfig,
+    cfg: CaptionsSection,
     finish_reason: str,
     seed: str = "",
     seed_cosine: Callable[[str], float] | None = None,
@@ -165,7 +151,7 @@ def check(
 def validate(
     raw: str,
     finish_reason: str,
-    cfg: CaptionConfig,
+    cfg: CaptionsSection,
     seed: str = "",
     seed_cosine: Callable[[str], float] | None = None,
     *,
@@ -180,29 +166,32 @@ def validate(
 
 
 class CaptionStage(GenerationStage):
-    """Stage 1: seed rows (`id`, `seed`, `source`) -> one caption each, or a recorded rejection."""
+    """Stage 1: seed rows (`id`, `seed`, `source`, `domain`, `label`) -> one caption each, or a recorded rejection."""
 
-    name = "captions"
+    name = NAME
 
-    def __init__(self, cfg: CaptionConfig, seeds: list[Seed], *, build_seed: int, model_id: str,
-                 seed_check_encoder: str = "", near_dup: NearDupConfig | None = None) -> None:
+    def __init__(self, cfg: CaptionsSection, seeds: list[Seed], *, prompt_mode: str = "chat", build_seed: int,
+                 model_id: str, seed_check_encoder: str = "", near_dup: NearDupSection | None = None) -> None:
         self.cfg, self.seeds, self.build_seed, self.model_id = cfg, seeds, build_seed, model_id
+        self.mode = prompt_mode  # "chat" | "completion" | "auto" (resolved from the backend when the stage runs)
         self.seed_check_encoder = seed_check_encoder  # the encoder of the off-seed check (transfer.encoder)
         self.near_dup = near_dup
         self.reserved: ReservedTokens | None = None
         self.ctx: Context | None = None
 
     def provenance(self) -> dict[str, Any]:
-        prov = self.cfg.provenance()
+        prov = caption_provenance(self.cfg, self.mode)
         if self.cfg.min_seed_cosine > 0:
             prov["seed_check_encoder"] = self.seed_check_encoder
         if self.near_dup and self.near_dup.enabled:
-            prov["near_dup"] = self.near_dup.provenance()
+            from unicorn_datasets.analysis.near_dup import provenance
+
+            prov["near_dup"] = provenance(self.near_dup)
         return prov
 
     def run(self, ctx: Context) -> None:
-        if self.cfg.prompt_mode == "auto":
-            self.cfg = replace(self.cfg, prompt_mode=ctx.prompt_mode())
+        if self.mode == "auto":
+            self.mode = ctx.prompt_mode()
         self.ctx = ctx
         super().run(ctx)
         if self.near_dup and self.near_dup.enabled:  # between the map and rank 0's assembly (near_dup.py)
@@ -213,7 +202,9 @@ class CaptionStage(GenerationStage):
     def inputs(self, ctx: Context) -> datasets.Dataset:
         s = self.seeds
         return datasets.Dataset.from_dict(
-            {"id": [x.id for x in s], "seed": [x.seed for x in s], "source": [x.source for x in s]}
+            {"id": [x.id for x in s], "seed": [x.seed for x in s], "source": [x.source for x in s],
+             "domain": [x.domain for x in s], "label": [x.label for x in s]},
+            features=datasets.Features({k: datasets.Value("string") for k in SEED_COLUMNS}),
         )
 
     def work_unit(self, shard: int, rows: dict[str, list]) -> WorkUnit:
@@ -229,33 +220,69 @@ class CaptionStage(GenerationStage):
                             (lambda c: cosine(i, c)) if cosine else None, reserved=self.reserved)
 
         return WorkUnit(shard, list(ids), lambda i, attempt: build_request(ids[i], seeds[i], cfg, self.build_seed,
-                                                                           attempt), validate_row, cfg.sampling,
-                        cfg.max_attempts)
+                                                                           attempt, self.mode), validate_row,
+                        cfg.sampling, cfg.max_attempts)
 
     def part_table(self, rows: dict[str, list], outcomes: list[RowOutcome]) -> pa.Table:
-        cols = {**{k: rows[k] for k in ("id", "seed", "source")},
+        n = len(rows["id"])
+        cols = {**{k: rows[k] if k in rows else [None] * n for k in SEED_COLUMNS},  # rows without domain/label
                 "caption": [o.value for o in outcomes], "raw_output": [o.raw for o in outcomes],
                 "truncated": [o.value is not None and "truncated" in o.notes for o in outcomes],
                 **outcome_columns(outcomes)}
         return pa.Table.from_pydict(cols, schema=PART_SCHEMA)
 
     def assemble(self, repo: BuildRepo) -> dict[str, Any]:
-        from unicorn_datasets.pipeline.assemble import assemble_captions
-
         # the resolved prompt mode is kept so that a rerun that skips this stage reports the same provenance
-        return {**assemble_captions(repo, self.model_id, self.cfg.provenance()["prompt_sha"]),
-                "prompt_mode": self.cfg.prompt_mode}
+        return {**assemble_captions(repo, self.model_id, caption_provenance(self.cfg, self.mode)["prompt_sha"]),
+                "prompt_mode": self.mode}
 
     def resumed(self, repo: BuildRepo) -> None:
-        if self.cfg.prompt_mode == "auto":
+        if self.mode == "auto":
             mode = repo.stage_summary(self.name).get("prompt_mode")
             if mode in ("chat", "completion"):
-                self.cfg = replace(self.cfg, prompt_mode=mode)
+                self.mode = mode
 
 
 PART_SCHEMA = pa.schema([("id", pa.string()), ("seed", pa.string()), ("source", pa.string()),
+                         ("domain", pa.string()), ("label", pa.string()),  # null for caption seeds
                          ("caption", pa.string()), ("raw_output", pa.string()), ("truncated", pa.bool_()),
                          *OUTCOME_FIELDS])
+CAPTIONS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("seed", pa.string()),
+        ("source", pa.string()),
+        ("domain", pa.string()),  # domain seeds: the label's domain and the label; null for caption seeds
+        ("label", pa.string()),
+        ("caption", pa.string()),
+        ("model", pa.string()),
+        ("prompt_sha", pa.string()),
+        ("gen_seed", pa.uint64()),
+        ("attempts", pa.int32()),
+        ("truncated", pa.bool_()),  # cut by max_new_tokens, kept trimmed (captions.keep_truncated)
+        ("attempt_reasons", pa.list_(pa.string())),  # why earlier attempts of this row were rejected
+    ]
+)
+
+
+def assemble_captions(repo: BuildRepo, model: str, prompt_sha: str) -> dict[str, Any]:
+    """The captions config from the Stage-1 parts (accepted rows), and the stage's summary."""
+    tally, truncated = Tally(), 0
+    delivered: dict[str, Counter[str]] = {"sources": Counter(), "domains": Counter()}  # the card's delivered mix
+
+    def tables():
+        nonlocal truncated
+        for t in repo.read_parts(NAME):
+            t = with_defaults(tally.add(t))
+            truncated += pc.sum(t.column("truncated")).as_py() or 0
+            a = constant(constant(accepted(t, "caption"), "model", model), "prompt_sha", prompt_sha)
+            delivered["sources"].update(a.column("source").to_pylist())
+            delivered["domains"].update(d for d in a.column("domain").to_pylist() if d is not None)
+            yield a.select(CAPTIONS_SCHEMA.names)
+
+    files = repo.write_config(NAME, tables(), CAPTIONS_SCHEMA)
+    return {**tally.summary(), "files": files, "kept_truncated": int(truncated),
+            "delivered": {k: dict(sorted(v.items())) for k, v in delivered.items()}}
 
 
 def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
@@ -273,3 +300,22 @@ def accepted_captions(repo: BuildRepo) -> datasets.Dataset:
             f"See {artifact(REJECTIONS)} for the raw outputs, then adjust the recipe (e.g. captions.min_words)."
         )
     return datasets.Dataset(table.sort_by("id"))
+
+
+def _make(recipe: Recipe, seeds: list[Seed], shard_size: int) -> CaptionStage:
+    return CaptionStage(recipe.captions, seeds, prompt_mode=recipe.llm.prompt_mode, build_seed=recipe.seed,
+                        model_id=recipe.llm.model, seed_check_encoder=recipe.transfer.encoder, near_dup=recipe.near_dup)
+
+
+def _card_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
+    c = recipe.get(NAME, {})
+    llm = recipe.get("llm", {})
+    return (f"1. **Captions**: each seed expanded by `{llm.get('model')}` into one objective paragraph "
+            f"({c.get('min_words')}-{c.get('max_words')} words), {llm.get('prompt_mode')} prompts.")
+
+
+SPEC = register(StageSpec(
+    name=NAME, make=_make, enabled=lambda recipe: True, config=NAME, part_schema=PART_SCHEMA, reject_input="seed",
+    about="Stage 1: one dense, objective caption per seed (`id`, `seed`, `source`, `caption`).",
+    card_text=_card_text,
+))

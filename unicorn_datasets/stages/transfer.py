@@ -8,63 +8,49 @@ applies the transfer (mean-shift / c3 / none / a learned prior) and shapes the L
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from unicorn_datasets import prompts
+from unicorn_datasets.dataset.atomic import atomic_path, write_text
+from unicorn_datasets.dataset.layout import ENCODER, TEXT_MEAN, TRANSFER, artifact
+from unicorn_datasets.dataset.markdown import markdown_table
 from unicorn_datasets.randomness import row_seed, row_seeds
 from unicorn_datasets.recipe import Recipe, TransferSection
 from unicorn_datasets.text.tokens import IMAGE_TOKEN
-from unicorn_datasets.transfer.methods import METHODS, apply_transfer
+from unicorn_datasets.transfer.methods import apply_transfer
+
+if TYPE_CHECKING:
+    from unicorn_datasets.dataset.repo import BuildRepo
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-@dataclass(frozen=True)
-class TransferConfig:
-    # defaults: the recipe's (one default per key, in recipe.py)
-    encoder: str = TransferSection.encoder
-    method: str = TransferSection.method
-    renormalize: bool = TransferSection.renormalize  # released code: no; paper v2: yes
-    noise_sigma: float = TransferSection.noise_sigma
-    embedding_dtype: str = TransferSection.embedding_dtype
-    batch_size: int = TransferSection.batch_size
-    prior: str | None = TransferSection.prior  # a `unicorn prior train` folder (method "prior")
+def transfer_provenance(cfg: TransferSection, encoder_info: dict[str, Any], count: int,
+                        prior: Any = None) -> dict[str, Any]:
+    """What the manifest and card say about Stage 3's transfer."""
+    return {
+        "encoder": encoder_info,
+        "method": cfg.method,
+        "renormalize": cfg.renormalize if cfg.method == "mean-shift" else cfg.method == "c3",
+        "noise_sigma": cfg.noise_sigma,
+        "mean_over": "all accepted Stage-1 captions of this build",
+        "count": count,
+        "embedding_dtype": cfg.embedding_dtype,
+    } | ({"prior": {"path": str(cfg.prior), **prior_provenance(prior)}} if prior is not None else {})
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"transfer.method = {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.method == "prior" and not self.prior:
-            raise ValueError("transfer.method prior needs transfer.prior (a folder made by `unicorn prior train`)")
-        if self.embedding_dtype not in DTYPES:
-            raise ValueError(f"transfer.embedding_dtype = {self.embedding_dtype!r}: choose float16 or float32")
 
-    @classmethod
-    def from_recipe(cls, section: TransferSection) -> TransferConfig:
-        return cls(**{k: getattr(section, k) for k in cls.__dataclass_fields__})
+def load_stage_prior(cfg: TransferSection, encoder_info: dict[str, Any]) -> Any:
+    """The fitted prior of method "prior" (refused if made for another encoder or dimension), else None."""
+    if cfg.method != "prior":
+        return None
+    from unicorn_datasets.prior import check_encoder, load_prior
 
-    def provenance(self, encoder_info: dict[str, Any], count: int, prior: Any = None) -> dict[str, Any]:
-        return {
-            "encoder": encoder_info,
-            "method": self.method,
-            "renormalize": self.renormalize if self.method == "mean-shift" else self.method == "c3",
-            "noise_sigma": self.noise_sigma,
-            "mean_over": "all accepted Stage-1 captions of this build",
-            "count": count,
-            "embedding_dtype": self.embedding_dtype,
-        } | ({"prior": {"path": str(self.prior), **prior_provenance(prior)}} if prior is not None else {})
-
-    def load_prior(self, encoder_info: dict[str, Any]) -> Any:
-        """The fitted prior of method "prior" (refused if made for another encoder or dimension), else None."""
-        if self.method != "prior":
-            return None
-        from unicorn_datasets.prior import check_encoder, load_prior
-
-        prior = load_prior(str(self.prior))
-        check_encoder(prior, encoder_info)
-        return prior
+    prior = load_prior(str(cfg.prior))
+    check_encoder(prior, encoder_info)
+    return prior
 
 
 def prior_provenance(prior: Any) -> dict[str, Any]:
@@ -87,18 +73,52 @@ def with_prior_identity(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, transfer=dataclasses.replace(t, prior_sha256=sha))
 
 
+def save_transfer_artifacts(repo: BuildRepo, mean: np.ndarray, info: dict[str, Any]) -> None:
+    """The exact text mean (float64) and the transfer's provenance in artifacts/, the encoder's in the work area."""
+    art = repo.artifacts()
+    with atomic_path(art / TEXT_MEAN) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(mean, dtype=np.float64))
+    write_text(
+        art / TRANSFER,
+        json.dumps(
+            {**info, "mean_file": artifact(TEXT_MEAN), "mean_dtype": "float64", "dim": int(mean.shape[0])},
+            indent=2,
+        ),
+    )
+    write_text(repo.work / ENCODER, json.dumps(info.get("encoder", {})))
+
+
+def prior_card_text(prior: dict[str, Any] | None) -> str:
+    """The learned prior a build used, and its own held-out evaluation beside the zero-parameter transfers."""
+    if not prior:
+        return ""
+    data = prior.get("training_data") or {}
+    ev = prior.get("evaluation") or {}
+    text = (f"\n\n   The image embeddings come from a learned **{prior.get('family')} prior** (`{prior.get('path')}`, "
+            f"weights `{prior.get('weights_sha256')}`) trained on {data.get('n_pairs')} caption/image pairs "
+            f"(`{data.get('source')}`, data `{data.get('fingerprint')}`).")
+    methods = ev.get("methods") or {}
+    if methods:
+        rows = [(m, f"{r['paired_cosine']:.3f}", f"{r['recall@1']:.3f}", f"{r['recall@5']:.3f}", f"{r['frechet']:.4f}")
+                for m, r in methods.items()]
+        text += (f" On {ev.get('n')} held-out pairs ({ev.get('split', 'held out')}), against the real image "
+                 "embeddings minus their mean:\n\n"
+                 + markdown_table(rows, ("method", "paired cosine", "recall@1", "recall@5", "Fréchet distance")))
+    return text
+
+
 def describe_instructions() -> list[str]:
     return [line.strip() for line in prompts.load("describe_instructions.txt").splitlines() if line.strip()]
 
 
-def encode_batch(batch: dict[str, list], *, encoder: Any, cfg: TransferConfig) -> dict[str, list]:
+def encode_batch(batch: dict[str, list], *, encoder: Any, cfg: TransferSection) -> dict[str, list]:
     captions = list(batch["caption"])
     emb = encoder.encode_text(captions, batch_size=cfg.batch_size)
     # truncated: the caption was longer than the encoder's token limit (its tail did not count)
     return {**batch, "text_embedding": emb.astype(np.float32), "truncated": encoder.truncated_mask(captions).tolist()}
 
 
-def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferConfig, build_seed: int,
+def shift_batch(batch: dict[str, list], *, mean: np.ndarray, cfg: TransferSection, build_seed: int,
                 prior: Any = None) -> dict[str, list]:
     ids = list(batch["id"])
     emb = np.asarray(batch["text_embedding"], dtype=np.float32)

@@ -6,7 +6,7 @@ import re
 
 IMAGE_TOKEN = "<image>"  # LLaVA-style placeholder in the first human turn
 SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
-_WORD = re.compile(r"[0-9a-z]+(?:'[0-9a-z]+)*")
+WORD = re.compile(r"\w+(?:['’]\w+)*")  # letters/digits, inner apostrophes kept; punctuation is no token
 
 
 def complete_sentences(text: str) -> str:
@@ -20,8 +20,9 @@ def ends_sentence(text: str) -> bool:
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased word tokens (letters/digits, inner apostrophes kept)."""
-    return _WORD.findall(text.casefold())
+    """Lower-cased word tokens (letters/digits, inner apostrophes kept): the one word tokenizer of the package
+    (instruction checks, the diversity report, near-duplicate shingles, hashed TF-IDF)."""
+    return WORD.findall(text.casefold())
 
 
 def norm_text(s: str) -> str:

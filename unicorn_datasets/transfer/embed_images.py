@@ -20,12 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unicorn_datasets.dataset.atomic import atomic_path
+from unicorn_datasets.dataset.sources import is_saved_dataset, open_dataset
 from unicorn_datasets.transfer.methods import l2_normalize
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-    from unicorn_datasets.encoders import Encoder
+from unicorn_datasets.encoders import Encoder
 
 __all__ = ["IMAGE_EXTENSIONS", "embed_images", "write_embeddings_parquet"]
 
@@ -58,18 +59,7 @@ def _iter_folder(root: Path) -> Iterator[tuple[str, str | None, Any]]:
 
 
 def _load_dataset(source: Path, split: str) -> Any:
-    import datasets
-
-    if source.is_dir() and ((source / "state.json").is_file() or (source / "dataset_dict.json").is_file()):
-        ds = datasets.load_from_disk(str(source))
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise ValueError(f"{source}: no split {split!r} (has {', '.join(ds)})")
-            ds = ds[split]
-    elif source.is_file():
-        ds = datasets.load_dataset("parquet", data_files=str(source), split="train")
-    else:
-        ds = datasets.load_dataset(str(source), split=split)
+    ds = open_dataset(source, split)
     if "image" not in ds.column_names:
         raise ValueError(f"{source}: no 'image' column (columns: {', '.join(ds.column_names)})")
     return ds
@@ -92,7 +82,7 @@ def _iter_dataset(ds: Any) -> Iterator[tuple[str, str | None, Any]]:
 def _is_dataset_source(source: Path) -> bool:
     if source.is_file():
         return source.suffix.lower() == ".parquet"
-    if (source / "state.json").is_file() or (source / "dataset_dict.json").is_file():
+    if is_saved_dataset(source):
         return True
     has_data = any(p.suffix.lower() in _DATASET_FILES for p in source.rglob("*") if p.is_file())
     has_images = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in source.rglob("*") if p.is_file())

@@ -13,25 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from unicorn_datasets.dataset.sources import is_saved_dataset, open_dataset
 from unicorn_datasets.text.hygiene import TextChanges, TextError, clean, read_lines
 
 
 def _read_rows(p: Path, changes: TextChanges) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    if p.is_dir():  # a dataset folder: save_to_disk output or Parquet files
-        import datasets
-
-        if (p / "state.json").is_file() or (p / "dataset_dict.json").is_file():
-            ds = datasets.load_from_disk(str(p))
-            ds = ds["train"] if isinstance(ds, datasets.DatasetDict) else ds
-            return ds.to_list()
-        files = sorted(p.rglob("*.parquet"))
-        if not files:
+    if p.is_dir() or p.suffix == ".parquet":  # a saved dataset, a folder of data files, a Parquet file
+        if p.is_dir() and not is_saved_dataset(p) and not any(p.rglob("*.parquet")):
             raise ValueError(f"{p}: a pairs folder needs Parquet files or a saved dataset")
-        return [r for f in files for r in pq.read_table(f).to_pylist()]
-    if p.suffix == ".parquet":
-        return pq.read_table(p).to_pylist()
+        return open_dataset(p).to_list()
     import json
 
     rows = []

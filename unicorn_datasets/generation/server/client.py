@@ -16,7 +16,7 @@ limit (`concurrency.AdaptiveLimit`); the scheduler keeps the total under `max_in
 load by measured speed. A request retries transient failures on another endpoint when there is one,
 with jittered exponential backoff that honours Retry-After; when its retries run out it raises
 `RequestFailed`. When every endpoint is cooling after repeated failures and nothing has succeeded for
-`max(20, max_in_flight)` attempts in a row, every request raises `BackendUnavailable` instead.
+`max(20, max_in_flight)` attempts in a row (`base.FailureRun`), every request raises `BackendUnavailable`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import httpx2
 
 from unicorn_datasets.generation.base import (
     BackendUnavailable,
+    FailureRun,
     GenerationRequest,
     GenerationResult,
     RequestFailed,
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_MIN_UNAVAILABLE_RUN = 20  # consecutive failed attempts, at least, before the backend is declared down
 
 
 class _Session:
@@ -135,7 +135,7 @@ class ServerBackend:
         self._sessions: dict[asyncio.AbstractEventLoop, _Session] = {}
         self._sessions_lock = threading.Lock()
         self._loop_thread: _LoopThread | None = None
-        self._failure_run = 0  # failed attempts since the last success, over all endpoints
+        self._failure_run = FailureRun(self.max_in_flight)  # failed attempts since the last success, all endpoints
         self._unavailable: BackendUnavailable | None = None
         self.requests_failed = 0  # requests that raised RequestFailed
         self.retries = 0  # attempts beyond each request's first
@@ -163,7 +163,8 @@ class ServerBackend:
         errors = self._run(self._check_all())
         if len(errors) == len(self.endpoints):
             raise BackendUnavailable(_unavailable_message(self.endpoints, errors))
-        self._unavailable, self._failure_run = None, 0
+        self._unavailable = None
+        self._failure_run.success()
 
     def stats(self) -> dict[str, Any]:
         """Counters for progress and the build summary (a snapshot; cheap enough to call every second)."""
@@ -236,7 +237,7 @@ class ServerBackend:
                 continue
             with self.scheduler.lock:
                 ep.record_success(time.monotonic() - started, result.n_tokens, in_flight_at_send)
-                self._failure_run = 0
+                self._failure_run.success()
             result.extra.update(endpoint=ep.url, attempts=attempts, errors=errors)
             return result
 
@@ -318,10 +319,9 @@ class ServerBackend:
                 logger.info("endpoint %s: %s, concurrency limit lowered to %d", ep.url, e.status,
                             ep.limit.current)
             if counts_as_down:
-                self._failure_run += 1
+                self._failure_run.failure()
             now = time.monotonic()
-            down = (self._failure_run >= max(_MIN_UNAVAILABLE_RUN, self.max_in_flight)
-                    and all(x.cooling(now) for x in self.endpoints))
+            down = self._failure_run.down and all(x.cooling(now) for x in self.endpoints)
             if down and self._unavailable is None:
                 self._unavailable = BackendUnavailable(
                     _unavailable_message(self.endpoints, {x.url: x.last_error for x in self.endpoints}))

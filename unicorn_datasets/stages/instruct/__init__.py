@@ -5,7 +5,7 @@ config (settings) -> selection (which caption gets which task) -> prompting + sc
 gives the generation engine one row's work (``InstructRows``) and runs the rounds (``InstructStage``).
 """
 
-from unicorn_datasets.stages.instruct.config import LETTERS, TASKS, InstructConfig
+from unicorn_datasets.stages.instruct.config import LETTERS, TASKS
 from unicorn_datasets.stages.instruct.conversations import to_conversations
 from unicorn_datasets.stages.instruct.prompting import JSON_OPENING, build_prompt, prompt_provenance
 from unicorn_datasets.stages.instruct.schema import json_schema
@@ -19,7 +19,6 @@ __all__ = [
     "REJECT_REASONS",
     "REPAIRS",
     "TASKS",
-    "InstructConfig",
     "InstructRows",
     "InstructStage",
     "Validation",

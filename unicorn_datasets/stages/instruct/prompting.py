@@ -20,8 +20,8 @@ import re
 from typing import Any, Literal
 
 from unicorn_datasets import prompts
-from unicorn_datasets.generation.base import resolve_prompt_mode
-from unicorn_datasets.stages.instruct.config import TASKS, InstructConfig, check_task
+from unicorn_datasets.recipe import InstructSection
+from unicorn_datasets.stages.instruct.config import TASKS, check_task
 
 JSON_OPENING = '{"QA Pairs": ['  # matches json.dumps of the few-shot example, so the prefill looks alike
 FEWSHOT_FILE = "instruct_fewshot_example.json"
@@ -50,16 +50,12 @@ def prompt_provenance() -> dict[str, str]:
     return prompts.provenance(TEMPLATE_FILES)
 
 
-def resolve_mode(cfg: InstructConfig, supports_chat: bool) -> Mode:
-    return resolve_prompt_mode(cfg.prompt_mode, supports_chat)
-
-
-def prefill(cfg: InstructConfig, mode: Mode) -> str:
+def prefill(cfg: InstructSection, mode: Mode) -> str:
     """The JSON opening that is put in the prompt (and so is missing from the model's text)."""
     return JSON_OPENING if mode == "completion" and not cfg.constrained else ""
 
 
-def build_prompt(caption: str, task: str, cfg: InstructConfig, mode: Mode) -> str:
+def build_prompt(caption: str, task: str, cfg: InstructSection, mode: Mode) -> str:
     check_task(task)
     lo, hi = cfg.bounds(task)
     if mode == "chat":

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from unicorn_datasets.stages.instruct.config import LETTERS, InstructConfig, check_task
+from unicorn_datasets.recipe import InstructSection
+from unicorn_datasets.stages.instruct.config import LETTERS, check_task
 
 TOP_KEY = "QA Pairs"
 
 
-def json_schema(task: str, cfg: InstructConfig) -> dict[str, Any]:
+def json_schema(task: str, cfg: InstructSection) -> dict[str, Any]:
     check_task(task)
     lo, hi = cfg.bounds(task)
     text = {"type": "string", "minLength": 1, "maxLength": cfg.chars(task)}  # a bound stops runaway strings

@@ -14,23 +14,26 @@ numbered after the previous rounds', so a resumed build skips them.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from unicorn_datasets.generation.base import GenerationRequest, GenerationResult
+from unicorn_datasets.dataset.markdown import markdown_table
+from unicorn_datasets.generation.base import GenerationRequest, GenerationResult, PromptMode, resolve_prompt_mode
 from unicorn_datasets.generation.engine import RowOutcome, WorkUnit
-from unicorn_datasets.pipeline.assemble import CONVERSATION
 from unicorn_datasets.pipeline.context import log
 from unicorn_datasets.pipeline.shards import Shards, run_generation
 from unicorn_datasets.randomness import row_seed
-from unicorn_datasets.stages.base import OUTCOME_FIELDS, outcome_columns
+from unicorn_datasets.stages.assembly import Tally, accepted, constant, embedding_matrix, fixed_list
+from unicorn_datasets.stages.base import CONVERSATION, OUTCOME_FIELDS, StageSpec, outcome_columns, register
 from unicorn_datasets.stages.captions import accepted_captions
-from unicorn_datasets.stages.instruct.config import InstructConfig
 from unicorn_datasets.stages.instruct.conversations import to_conversations
-from unicorn_datasets.stages.instruct.prompting import build_prompt, fewshot, prefill, prompt_provenance, resolve_mode
+from unicorn_datasets.stages.instruct.prompting import build_prompt, fewshot, prefill, prompt_provenance
 from unicorn_datasets.stages.instruct.schema import json_schema
 from unicorn_datasets.stages.instruct.selection import select_tasks, topup_inputs
 from unicorn_datasets.stages.instruct.support import TextEncoder
@@ -40,7 +43,9 @@ from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
 if TYPE_CHECKING:
     from unicorn_datasets.dataset.repo import BuildRepo
     from unicorn_datasets.pipeline.context import Context
+    from unicorn_datasets.recipe import InstructSection, Recipe
 
+NAME = "instruct"  # the stage, its work-area folder and its config
 Row = dict[str, Any]  # needs "id", "caption", "task"
 
 
@@ -49,18 +54,23 @@ class InstructRows:
     """The per-row pair a generation engine calls: ``build_request(row, attempt)`` and
     ``validate(row, result) -> (conversations | None, reason, repairs)``."""
 
-    cfg: InstructConfig
+    cfg: InstructSection
     seed: int  # the build seed
     supports_chat: bool  # the backend has a chat template
     encoder: TextEncoder | None = None  # the embedding checks (None = off)
     reserved: ReservedTokens = DEFAULT  # tokens no conversation may carry
+    prompt_mode: PromptMode = "auto"  # `llm.prompt_mode`; "auto": chat when the backend supports it
+
+    @property
+    def mode(self) -> str:
+        return resolve_prompt_mode(self.prompt_mode, self.supports_chat)
 
     @property
     def prefill(self) -> str:
-        return prefill(self.cfg, resolve_mode(self.cfg, self.supports_chat))
+        return prefill(self.cfg, self.mode)
 
     def build_request(self, row: Row, attempt: int) -> GenerationRequest:
-        mode = resolve_mode(self.cfg, self.supports_chat)
+        mode = self.mode
         rid, task = str(row["id"]), row["task"]
         prompt = build_prompt(row["caption"], task, self.cfg, mode)
         schema = json_schema(task, self.cfg) if self.cfg.constrained else None
@@ -73,7 +83,7 @@ class InstructRows:
         return GenerationRequest(key=rid, seed=rseed, prompt=prompt, json_schema=schema, stop=stop)
 
     def validate(self, row: Row, result: GenerationResult) -> tuple[Any, str | None, list[str]]:
-        shown = resolve_mode(self.cfg, self.supports_chat) == "completion"  # the few-shot example is in the prompt
+        shown = self.mode == "completion"  # the few-shot example is in the prompt
         v = validate(row["task"], self.prefill + result.text, row["caption"], self.cfg, self.encoder, self.reserved,
                      example_in_prompt=shown)
         convs = to_conversations(row["task"], v.items, self.cfg.option_format) if v.items is not None else None
@@ -81,16 +91,17 @@ class InstructRows:
 
 
 class InstructStage:
-    name = "instruct"
+    name = NAME
 
-    def __init__(self, cfg: InstructConfig, *, mix: dict[str, int | float], build_seed: int, model_id: str) -> None:
-        self.cfg, self.mix, self.build_seed, self.model_id = cfg, dict(mix), build_seed, model_id
+    def __init__(self, cfg: InstructSection, *, prompt_mode: str = "auto", build_seed: int, model_id: str) -> None:
+        self.cfg, self.mix, self.build_seed, self.model_id = cfg, dict(cfg.mix), build_seed, model_id
+        self.prompt_mode = prompt_mode  # as the recipe says (provenance); the backend resolves "auto" in run
         self.selected = 0
         self.rows: InstructRows | None = None
 
     def provenance(self) -> dict[str, Any]:
         c = self.cfg
-        return {"prompt_sha": prompt_provenance(), "item_bounds": c.item_bounds, "prompt_mode": c.prompt_mode,
+        return {"prompt_sha": prompt_provenance(), "item_bounds": c.item_bounds(), "prompt_mode": self.prompt_mode,
                 "constrained": c.constrained, "max_attempts": c.max_attempts, "sampling": c.sampling.as_dict(),
                 "max_verbatim_fraction": c.max_verbatim_fraction, "max_chars": c.max_chars,
                 "min_answer_support_margin": c.min_answer_support_margin, "topup_budget": c.topup_budget,
@@ -153,8 +164,6 @@ class InstructStage:
         return pa.Table.from_pydict(cols, schema=PART_SCHEMA)
 
     def assemble(self, repo: BuildRepo) -> dict[str, Any]:
-        from unicorn_datasets.pipeline.assemble import assemble_instruct
-
         summary = assemble_instruct(repo, self.model_id, self.prompt_sha(), selected=self.selected)
         empty = [t for t, v in self.mix.items() if v and not summary["tasks"].get(t)]
         if empty:
@@ -167,3 +176,92 @@ class InstructStage:
 PART_SCHEMA = pa.schema([("id", pa.string()), ("caption", pa.string()), ("task", pa.string()),
                          ("conversations", CONVERSATION), ("raw_output", pa.string()),
                          ("repairs", pa.list_(pa.string())), *OUTCOME_FIELDS])
+INSTRUCT_COLUMNS = [
+    ("id", pa.string()),
+    ("task", pa.string()),
+    ("conversations", CONVERSATION),
+    ("model", pa.string()),
+    ("prompt_sha", pa.string()),
+    ("attempts", pa.int32()),
+    ("repairs", pa.list_(pa.string())),
+]
+
+
+def assemble_instruct(
+    repo: BuildRepo, model: str, prompt_sha: str, *, selected: int, embeddings_from: str | None = None
+) -> dict[str, Any]:
+    """The instruct config from the Stage-2 parts (accepted rows); with `embeddings_from` (the stage whose parts
+    hold `id`, `embedding`), each row gets its caption's embedding joined by id."""
+    columns = list(INSTRUCT_COLUMNS)
+    lookup: dict[str, np.ndarray] = {}
+    emb_type: pa.DataType | None = None
+    if embeddings_from:
+        wanted = set()
+        for t in repo.read_parts(NAME, ["id", "reject_reason"]):
+            wanted.update(t.filter(pc.is_null(t.column("reject_reason"))).column("id").to_pylist())
+        for t in repo.read_parts(embeddings_from, ["id", "embedding"]):
+            keep = t.filter(pc.is_in(t.column("id"), pa.array(sorted(wanted), pa.string())))
+            emb = embedding_matrix(keep.column("embedding"))
+            lookup.update(zip(keep.column("id").to_pylist(), emb))
+            emb_type = emb_type or pa.list_(pa.from_numpy_dtype(emb.dtype), emb.shape[1]) if emb.size else emb_type
+        if emb_type is not None:
+            columns.insert(3, ("embedding", emb_type))
+    schema = pa.schema(columns)
+
+    tally = Tally()
+    tasks: Counter[str] = Counter()  # delivered rows per task
+
+    def tables():
+        for t in repo.read_parts(NAME):
+            tally.add(t)
+            tasks.update(t.filter(pc.is_null(t.column("reject_reason"))).column("task").to_pylist())
+            a = accepted(t, "conversations")
+            a = constant(constant(a, "model", model), "prompt_sha", prompt_sha)
+            if emb_type is not None:
+                mat = (
+                    np.stack([lookup[i] for i in a.column("id").to_pylist()])
+                    if a.num_rows
+                    else np.zeros((0, emb_type.list_size))
+                )
+                a = a.append_column("embedding", fixed_list(mat, emb_type))
+            yield a.select(schema.names)
+
+    files = repo.write_config(NAME, tables(), schema)
+    return {"selected": selected, **tally.summary(), "tasks": dict(tasks), "files": files}
+
+
+def _make(recipe: Recipe, seeds: list[Any], shard_size: int) -> InstructStage:
+    return InstructStage(recipe.instruct, prompt_mode=recipe.llm.prompt_mode, build_seed=recipe.seed,
+                         model_id=recipe.llm.model)
+
+
+def _card_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
+    i = recipe.get(NAME, {})
+    checks = ", ".join(f"`{c}`" for c in i.get("item_checks", ())) or "none"
+    return (f"2. **Instructions**: task mix {stages[NAME].get('tasks')}, JSON-schema constrained output, "
+            f"validated (option letters, item counts, verbatim copying; item checks: {checks}) and retried. "
+            f"Multiple-choice options are written `{i.get('option_format', 'A.')} text`, one per line.")
+
+
+def task_mix_table(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
+    """Requested (recipe `instruct.mix`) beside delivered (accepted instruct rows) per task."""
+    if NAME not in stages:
+        return "No instruction data in this build."
+    mix = recipe.get(NAME, {}).get("mix") or {}
+    delivered = stages[NAME].get("tasks", {})
+    total = sum(delivered.values()) or 1
+    rows = []
+    for task in sorted(set(mix) | set(delivered)):
+        want = mix.get(task, 0)
+        asked = f"{want:.0%} of captions" if isinstance(want, float) and want < 1 else str(want)
+        got = delivered.get(task, 0)
+        rows.append((task, asked, got, f"{got / total:.1%}"))
+    return markdown_table(rows, ("task", "requested", "delivered rows", "delivered share"))
+
+
+SPEC = register(StageSpec(
+    name=NAME, make=_make, enabled=lambda recipe: NAME in recipe.stages, config=NAME, part_schema=PART_SCHEMA,
+    reject_input="caption",
+    about="Stage 2: multi-turn instruction data (`task` = mc / qa / reasoning), `embedding` joined by `id`.",
+    card_text=_card_text, card_sections={"task_mix_table": task_mix_table},
+))

@@ -17,18 +17,21 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from unicorn_datasets.recipe import InstructSection
 from unicorn_datasets.stages.instruct.checks import (
     copies_example,
     malformed_question,
     off_question_answer,
     unsupported_options,
 )
-from unicorn_datasets.stages.instruct.config import InstructConfig, check_task
+from unicorn_datasets.stages.instruct.config import check_task
 from unicorn_datasets.stages.instruct.parsing import canon, parse_item, parse_json
 from unicorn_datasets.stages.instruct.schema import TOP_KEY
 from unicorn_datasets.stages.instruct.support import TextEncoder, answer_margins, option_similarity
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens, screen_items
 from unicorn_datasets.text.tokens import complete_sentences, ends_sentence, norm_text, words
+
+VERBATIM_TASKS = ("qa",)  # tasks whose answers may not copy long runs of the caption (is_verbatim_copy)
 
 REJECT_REASONS: tuple[str, ...] = (
     "empty_caption",
@@ -117,7 +120,7 @@ def longest_copied_run(answer: str, caption: str) -> tuple[int, int]:
     return best, len(a)
 
 
-def is_verbatim_copy(answer: str, caption: str, cfg: InstructConfig) -> bool:
+def is_verbatim_copy(answer: str, caption: str, cfg: InstructSection) -> bool:
     run, n = longest_copied_run(answer, caption)
     return n > 0 and run >= cfg.min_verbatim_words and run / n > cfg.max_verbatim_fraction
 
@@ -148,7 +151,7 @@ def same_meaning_options(options: dict[str, str]) -> bool:
     return False
 
 
-def _lexical_reason(task: str, item: dict[str, Any], caption: str, cfg: InstructConfig,
+def _lexical_reason(task: str, item: dict[str, Any], caption: str, cfg: InstructSection,
                     example_in_prompt: bool) -> str | None:
     """The first model-free check (checks.py) ``item`` fails, or None."""
     on = cfg.item_checks
@@ -166,7 +169,7 @@ def _lexical_reason(task: str, item: dict[str, Any], caption: str, cfg: Instruct
 
 
 def _drop_reasons(
-    task: str, items: list[dict[str, Any]], caption: str, cfg: InstructConfig, encoder: TextEncoder | None,
+    task: str, items: list[dict[str, Any]], caption: str, cfg: InstructSection, encoder: TextEncoder | None,
     example_in_prompt: bool = True,
 ) -> list[str | None]:
     """Per item, why it is dropped (None = kept)."""
@@ -201,7 +204,7 @@ def validate(
     task: str,
     raw_text: str | None,
     caption: str,
-    cfg: InstructConfig,
+    cfg: InstructSection,
     encoder: TextEncoder | None = None,
     reserved: ReservedTokens = DEFAULT,
     example_in_prompt: bool = True,
@@ -261,7 +264,7 @@ def validate(
             if answer != it["Answer"]:
                 it["Answer"] = answer
                 repairs.append("trimmed_cut_off_answer")
-    if task in cfg.verbatim_tasks and any(is_verbatim_copy(it["Answer"], caption, cfg) for it in items):
+    if task in VERBATIM_TASKS and any(is_verbatim_copy(it["Answer"], caption, cfg) for it in items):
         return reject("verbatim_copy")
     if (reason := screen_items(items, repairs, reserved)) is not None:
         return reject(reason)
