@@ -21,6 +21,7 @@ TINY_FLAGS = [
     "--set", "instruct.items={mc: [1, 2], qa: [1, 2], reasoning: [1, 1]}", "--shard-size", "3",
     "--set", "instruct.mix={mc: 0.34, qa: 0.33, reasoning: 0.33}",
     "--set", "instruct.min_answer_support_margin=null",  # word salad supports no answer
+    "--set", "instruct.item_checks=[]",  # nor is it a question, or an answer to one
 ]
 
 

@@ -38,6 +38,8 @@ BAD_ROWS = {
     "empty_turn": _row(task="qa", conversations=_turns(("human", "<image>\nWhat?"), ("gpt", "  "))),
     "reserved_token": _row(task="qa", conversations=_turns(("human", "<image>\nWhat?"), ("gpt", "A dog<|im_end|>"))),
     "mc_answer": _row(conversations=_turns(("human", f"<image>\n{MC_HUMAN}"), ("gpt", "E"))),
+    "option_format": _row(conversations=_turns(("human", "<image>\n" + MC_HUMAN.replace("B. ", "B: ")),
+                                               ("gpt", "B"))),
     "embedding_length": _row(embedding=[0.1, 0.2]),
     "embedding_not_finite": _row(embedding=[0.1, math.nan, 0.3]),
 }

@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
         help="export embeddings that are not 1280-d: the trainer's mm_hidden_size (projector input) must be set to D",
     )
     ex.add_argument("--configs", help="comma-separated configs (default: pretrain and instruct, those present)")
+    ex.add_argument("--option-format", choices=["A.", "A:"],
+                    help="rewrite MC option lines ('A:': the authors' released data; default: as built)")
     em = sub.add_parser("embed-images", help="encode real images with the encoder's image tower, centred")
     em.add_argument("source", help="a folder of images or a dataset with an `image` column")
     em.add_argument("--encoder", required=True)

@@ -20,7 +20,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from unicorn_datasets.dataset.export import export_bunny
 
     summary = export_bunny(args.folder, args.to, configs=args.configs.split(",") if args.configs else None,
-                           chunk_size=args.chunk_size, allow_dim_mismatch=args.allow_dim_mismatch)
+                           chunk_size=args.chunk_size, allow_dim_mismatch=args.allow_dim_mismatch,
+                           option_format=args.option_format)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -10,7 +10,9 @@ Rules (stable names):
 - `turn_order`: turns alternate human/gpt, starting with human and ending with gpt;
 - `empty_turn`: no turn is empty (the first human turn has text besides the placeholder);
 - `reserved_token`: no other reserved token (chat-template tokens, `<video>`, ...) in any turn;
-- `mc_answer`: in an `mc` row each gpt turn is a bare option letter listed in its question;
+- `mc_answer`: in an `mc` row each gpt turn is a bare option letter listed in its question, on an
+  option line `A. text` or `A: text` (`instruct.option_format`);
+- `option_format`: the option lines of one question use one of those formats, not both;
 - `embedding_length` / `embedding_not_finite`: the embedding has the config's length, no NaN/Inf;
 - `empty_caption`: a caption row (one without `conversations`) has a caption (and `reserved_token` applies to it).
 
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from unicorn_datasets.recipe import OPTION_FORMATS
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
 from unicorn_datasets.text.tokens import IMAGE_TOKEN
 
@@ -38,11 +41,13 @@ RULES = (
     "empty_turn",
     "reserved_token",
     "mc_answer",
+    "option_format",
     "embedding_length",
     "embedding_not_finite",
     "empty_caption",
 )
-_OPTION = re.compile(r"^([A-Z])\. \S", re.MULTILINE)
+# an option line: "A. text" / "A: text" (the letter, then the separator of one of the option formats)
+OPTION_LINE = re.compile(r"^([A-Z])([" + re.escape("".join(f[1:] for f in OPTION_FORMATS)) + r"]) \S", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -103,9 +108,12 @@ def _check_turns(rid: str, turns: list[dict[str, Any]], task: str | None, reserv
             out.append(Violation(rid, "reserved_token", f"turn {i}: {', '.join(others)}"))
     if task == "mc":
         for i in range(1, len(values), 2):
-            letters = _OPTION.findall(values[i - 1])
+            found = OPTION_LINE.findall(values[i - 1])
+            letters = [letter for letter, _ in found]
             if values[i] not in letters:
                 out.append(Violation(rid, "mc_answer", f"turn {i}: {values[i][:20]!r} not among options {letters}"))
+            if len({sep for _, sep in found}) > 1:
+                out.append(Violation(rid, "option_format", f"turn {i - 1}: option lines mix formats"))
     return out
 
 

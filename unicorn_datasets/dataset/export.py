@@ -11,6 +11,8 @@ Their contract (see /work/shared/reference/unicorn.md and the README written nex
   lack) serves both JSON files; ``chunk_size`` rows per pickle.
 - their projector input (``mm_hidden_size``) is 1280 (LLM2CLIP): another D is refused unless
   ``allow_dim_mismatch`` (then the trainer's ``mm_hidden_size`` must be set to D).
+- MC option lines are written as built (``instruct.option_format``), or rewritten to ``option_format``
+  (``"A:"``: the authors' released data; ``"A."``: the paper's figure).
 Everything is written into a staging folder inside the target and moved in only once complete; rows
 are streamed in Arrow batches.
 """
@@ -31,8 +33,9 @@ import numpy as np
 import pyarrow as pa
 
 from unicorn_datasets.dataset.atomic import swap_folder
-from unicorn_datasets.dataset.contract import assert_rows
+from unicorn_datasets.dataset.contract import OPTION_LINE, assert_rows
 from unicorn_datasets.dataset.layout import ARTIFACTS, TRANSFER
+from unicorn_datasets.recipe import OPTION_FORMATS
 from unicorn_datasets.text.tokens import IMAGE_TOKEN
 
 __all__ = ["DEFAULT_CONFIGS", "IMAGE_TOKEN", "TRAINER_DIM", "DimMismatch", "export_bunny"]
@@ -76,6 +79,19 @@ def _conversations(conv: Any, where: str) -> tuple[list[dict[str, str]], bool]:
         return turns, False
     first_human["value"] = IMAGE_TOKEN + "\n" + first_human["value"]
     return turns, True
+
+
+def _reformat_options(turns: list[dict[str, str]], option_format: str) -> None:
+    """Rewrite the option lines ("A. x" / "A: x") that end each human turn of an MC row to ``option_format``."""
+    sep = option_format[1:]
+    for t in turns:
+        if t["from"] != "human":
+            continue
+        lines = t["value"].split("\n")
+        tail = [OPTION_LINE.match(ln) for ln in lines[-4:]]
+        if len(lines) > 4 and all(tail) and [m.group(1) for m in tail if m] == ["A", "B", "C", "D"]:
+            lines[-4:] = [f"{ln[0]}{sep}{ln[2:]}" for ln in lines[-4:]]
+            t["value"] = "\n".join(lines)
 
 
 def _batches(ds: Any) -> Iterator[pa.Table]:
@@ -159,7 +175,8 @@ class _Pickles:
 
 
 def _write_config(
-    ds: Any, config: str, stage: Path, pickles: _Pickles, captions: dict[str, str], allow_dim_mismatch: bool
+    ds: Any, config: str, stage: Path, pickles: _Pickles, captions: dict[str, str], allow_dim_mismatch: bool,
+    option_format: str | None = None,
 ) -> dict[str, Any]:
     for col in ("id", "conversations", "embedding"):
         if col not in ds.column_names:
@@ -190,6 +207,8 @@ def _write_config(
                     raise ValueError(f"{where}: no caption for this id (the trainer skips records without one)")
                 turns, was_added = _conversations(conv, where)
                 added += was_added
+                if option_format is not None and tasks[k] == "mc":
+                    _reformat_options(turns, option_format)
                 assert_rows(config, [{"id": rid, "task": tasks[k], "caption": caption, "conversations": turns,
                                       "embedding": emb[k]}], dim)
                 record = json.dumps({"id": rid, "caption": caption, "conversations": turns}, ensure_ascii=False)
@@ -243,6 +262,8 @@ Written by `unicorn export --format bunny` from `{result["source"]}`.
   {result["embed_dtype"]}): point the trainer's embedding folder at it (their loader loads every `*.pkl`
   there and concatenates). Each entry is `{{"id": str, "embed": numpy array ({dim},)}}`, matched to the
   records by `str(id)`; instruction ids equal their caption ids, so the same folder serves both JSON files.
+- Multiple-choice option lines: {result["option_format"]} (`A: text` is the authors' released data, `A. text`
+  the paper's figure; `unicorn export --option-format` rewrites them).
 - Model settings: {dim_note} Each vector is repeated as 576 image tokens (`<image>`) into an
   `mlp2x_gelu` projector (`--mm_projector_type mlp2x_gelu`).
 - Mean: {shifted}
@@ -259,13 +280,15 @@ def export_bunny(
     missing_ok: bool = False,
     allow_dim_mismatch: bool = False,
     cache_dir: str | None = None,
+    option_format: str | None = None,
 ) -> dict[str, Any]:
     """Write ``{config}.json``, ``embeds/embeds_*.pkl`` and ``README.md`` into ``to_dir``.
 
     ``configs=None`` exports whichever of pretrain/instruct exist. A requested config that the folder
     lacks is an error unless ``missing_ok`` (then it is listed under ``skipped``). ``embed_dtype``:
     float32 (default: what the trainer reads) or float16 (the authors' later, smaller format).
-    Embeddings that are not 1280-d raise ``DimMismatch`` unless ``allow_dim_mismatch``.
+    Embeddings that are not 1280-d raise ``DimMismatch`` unless ``allow_dim_mismatch``. ``option_format``
+    (None: as built) rewrites the MC option lines: ``"A:"`` as the authors' released data, ``"A."``.
     """
     from datasets import load_dataset
 
@@ -275,6 +298,8 @@ def export_bunny(
         raise ValueError("chunk_size must be >= 1")
     if embed_dtype not in ("float32", "float16"):
         raise ValueError(f"embed_dtype must be float32 or float16, got {embed_dtype!r}")
+    if option_format is not None and option_format not in OPTION_FORMATS:
+        raise ValueError(f"option_format must be one of {', '.join(OPTION_FORMATS)}, got {option_format!r}")
     src = os.fspath(out_dir)
     if not Path(src).is_dir():
         raise FileNotFoundError(f"dataset folder not found: {src}")
@@ -304,13 +329,14 @@ def export_bunny(
         # pretrain first: its embeddings cover every caption id; instruct adds only ids it lacks
         for config in sorted(wanted, key=lambda c: c != "pretrain"):
             result["configs"][config] = _write_config(
-                data[config], config, stage, pickles, captions, allow_dim_mismatch
+                data[config], config, stage, pickles, captions, allow_dim_mismatch, option_format
             )
         pickles.flush()
         dims = {v["dim"] for v in result["configs"].values() if v["dim"] is not None}
         if len(dims) > 1:
             raise ValueError(f"configs disagree on the embedding size: {sorted(dims)}")
         mean_norm = float(np.linalg.norm(pickles.total / len(pickles.ids))) if pickles.total is not None else None
+        result["option_format"] = option_format or "as built"
         result.update(dim=dims.pop() if dims else None, pickles=[f"{EMBED_DIR}/{f}" for f in pickles.files],
                       embeddings=len(pickles.ids), embed_dtype=embed_dtype, embed_mean_norm=mean_norm)
         (stage / "README.md").write_text(_readme(result, _transfer_info(src), mean_norm), encoding="utf-8")

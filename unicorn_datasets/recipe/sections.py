@@ -18,6 +18,12 @@ StageName = Literal["captions", "instruct", "pretrain"]
 STAGES: tuple[str, ...] = typing.get_args(StageName)
 InstructTask = Literal["mc", "qa", "reasoning"]
 INSTRUCT_TASKS: tuple[str, ...] = typing.get_args(InstructTask)
+# Stage 2's model-free item checks (stages/instruct/checks.py), each named by the reason it records
+ItemCheck = Literal["copied_example", "malformed_question", "off_question_answer", "unsupported_options"]
+ITEM_CHECKS: tuple[str, ...] = typing.get_args(ItemCheck)
+# an MC option line in the human turn: "A. text" (the paper's figure) or "A: text" (the authors' released data)
+OptionFormat = Literal["A.", "A:"]
+OPTION_FORMATS: tuple[str, ...] = typing.get_args(OptionFormat)
 # (min, max) items per task when `instruct.items` leaves a task out; the paper asks 6-8 for mc/qa and leaves
 # reasoning open (UNCONFIRMED)
 INSTRUCT_ITEMS = {"mc": (6, 8), "qa": (6, 8), "reasoning": (2, 4)}
@@ -101,6 +107,9 @@ class InstructSection:
     # (cosine units); None = off. Setting it loads `transfer.encoder` in Stage 2.
     min_answer_support_margin: float | None = None
     topup_budget: int = field(default=0, metadata=at_least(0))  # extra captions for a requested task left empty
+    # which model-free item checks drop items (bench/README.md: precision and recall); [] = none
+    item_checks: tuple[ItemCheck, ...] = ITEM_CHECKS  # type: ignore[assignment]
+    option_format: OptionFormat = "A."  # MC option lines; see OptionFormat
     min_verbatim_words: int = field(default=5, metadata=at_least(1))
     constrained: bool = True  # send the JSON schema with each request
     truncate_extra_items: bool = True  # more than max items -> keep the first max (else reject)

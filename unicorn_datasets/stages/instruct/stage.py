@@ -90,8 +90,11 @@ class InstructRows:
         return self._validate(row, result.text, self.encoder)
 
     def _validate(self, row: Row, text: str, encoder: TextEncoder | None) -> Verdict:
-        v = validate(row["task"], self.prefill + text, row["caption"], self.cfg, encoder, self.reserved)
-        return (to_conversations(row["task"], v.items) if v.items is not None else None), v.reason, v.repairs
+        shown = self.mode == "completion"  # the few-shot example is in the prompt: only then can it be copied
+        v = validate(row["task"], self.prefill + text, row["caption"], self.cfg, encoder, self.reserved,
+                     example_in_prompt=shown)
+        convs = to_conversations(row["task"], v.items, self.cfg.option_format) if v.items is not None else None
+        return convs, v.reason, v.repairs
 
     def check(self, cands: list[Candidate]) -> list[Verdict]:
         """The engine's batched check (embedding checks on): each candidate's value is (row, model text);
@@ -115,7 +118,7 @@ class InstructStage:
                 "constrained": c.constrained, "max_attempts": c.max_attempts, "sampling": c.sampling.as_dict(),
                 "max_verbatim_fraction": c.max_verbatim_fraction, "max_chars": c.max_chars,
                 "min_answer_support_margin": c.min_answer_support_margin, "topup_budget": c.topup_budget,
-                "mix": self.mix}
+                "item_checks": list(c.item_checks), "option_format": c.option_format, "mix": self.mix}
 
     def prompt_sha(self) -> str:
         return json.dumps(prompt_provenance(), sort_keys=True)
@@ -257,8 +260,11 @@ def _make(recipe: Recipe, seeds: list[Any], shard_size: int) -> InstructStage:
 
 
 def _card_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
+    i = recipe.get(NAME, {})
+    checks = ", ".join(f"`{c}`" for c in i.get("item_checks", ())) or "none"
     return (f"2. **Instructions**: task mix {stages[NAME].get('tasks')}, JSON-schema constrained output, "
-            "validated (option letters, item counts, verbatim copying) and retried.")
+            f"validated (option letters, item counts, verbatim copying; item checks: {checks}) and retried. "
+            f"Multiple-choice options are written `{i.get('option_format', 'A.')} text`, one per line.")
 
 
 def task_mix_table(recipe: dict[str, Any], stages: dict[str, Any]) -> str:

@@ -2,9 +2,10 @@
 
 Every output is validated here even when the backend decoded under the JSON schema. A bad item
 that can be left out (a repeated question, an MC item with same-meaning options, an answer the
-caption does not support, or a question copied from the few-shot example) is DROPPED and listed in
-``repairs``; the row is kept while at least the task's minimum of items remains, else it is rejected
-with the reason of the first drop.
+caption does not support, an item copied from the few-shot example, a malformed question, an answer
+that does not answer its question, MC options the caption supports none of: checks.py) is DROPPED
+and listed in ``repairs``; the row is kept while at least the task's minimum of items remains, else
+it is rejected with the reason of the first drop.
 
 Verbatim copying (``qa`` answers by default): both texts are split into word tokens; ``run`` = the
 longest run of consecutive caption words that also appears consecutively in the answer. An answer
@@ -14,13 +15,17 @@ The minimum run lets short answers ("Blue.", "On the wooden bench") equal a capt
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 from unicorn_datasets.recipe import InstructSection
+from unicorn_datasets.stages.instruct.checks import (
+    copies_example,
+    malformed_question,
+    off_question_answer,
+    unsupported_options,
+)
 from unicorn_datasets.stages.instruct.config import check_task
 from unicorn_datasets.stages.instruct.parsing import canon, parse_item, parse_json
-from unicorn_datasets.stages.instruct.prompting import fewshot
 from unicorn_datasets.stages.instruct.schema import TOP_KEY
 from unicorn_datasets.stages.instruct.support import TextEncoder, answer_margins, option_similarity
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens, screen_items
@@ -47,11 +52,14 @@ REJECT_REASONS: tuple[str, ...] = (
     "extra_options",
     "empty_option",
     "answer_not_an_option_letter",
-    # the three below: items were dropped until fewer than the task's minimum remained
+    # the seven below: items were dropped until fewer than the task's minimum remained
     "duplicate_questions",
     "duplicate_options",  # options that mean the same (equal text, one inside another, or embeddings alike)
     "answer_not_supported",  # the marked MC option is not the one the caption supports best
-    "copied_example",  # questions taken from the few-shot example, about things the caption never names
+    "copied_example",  # questions or options taken from the few-shot example, about things the caption never names
+    "malformed_question",  # not a question, cut off, or with a hint tail ("(Hint: ..., so the answer is")
+    "off_question_answer",  # asks for a count/colour/size/time/place, the answer names none ("size?" -> "a pelican")
+    "unsupported_options",  # an MC item none of whose options the caption says
     "verbatim_copy",
     "answer_cut_off",  # an answer stopped by the schema's maxLength mid-sentence, with no full sentence
     "reserved_token",  # a chat-template token in a question, option or answer (the model broke format)
@@ -72,6 +80,9 @@ REPAIRS: tuple[str, ...] = (
     "dropped_synonym_options",
     "dropped_unsupported_answer",
     "dropped_copied_example",
+    "dropped_malformed_question",
+    "dropped_off_question_answer",
+    "dropped_unsupported_options",
     "escaped_reserved_token",  # an `<image>`-like placeholder in generated text, written as its plain word
 )
 _DROPS = {
@@ -79,6 +90,9 @@ _DROPS = {
     "duplicate_options": "dropped_synonym_options",
     "answer_not_supported": "dropped_unsupported_answer",
     "copied_example": "dropped_copied_example",
+    "malformed_question": "dropped_malformed_question",
+    "off_question_answer": "dropped_off_question_answer",
+    "unsupported_options": "dropped_unsupported_options",
 }
 
 
@@ -137,31 +151,26 @@ def same_meaning_options(options: dict[str, str]) -> bool:
     return False
 
 
-@functools.cache
-def _example() -> tuple[tuple[frozenset[str], ...], frozenset[str]]:
-    """Word sets of every question in the few-shot example (all tasks), and the words of its caption."""
-    fs = fewshot()
-    questions = tuple(frozenset(words(it["Question"])) for pairs in fs["examples"].values() for it in pairs[TOP_KEY])
-    return questions, frozenset(words(fs["example_caption"]))
-
-
-def copies_example(question: str, caption: str, max_overlap: float) -> bool:
-    """The question is near one of the example's (word Jaccard >= max_overlap) and shares with it a word
-    of the example's scene (4+ letters, in the example caption) that this caption never uses: it asks
-    about the example's picture ("the boat", "the dock"), not this one."""
-    questions, scene = _example()
-    q, said = frozenset(words(question)), set(words(caption))
-    for ex in questions:
-        shared = q & ex
-        if shared and len(shared) / len(q | ex) >= max_overlap and any(
-            len(w) >= 4 and w in scene and w not in said for w in shared
-        ):
-            return True
-    return False
+def _lexical_reason(task: str, item: dict[str, Any], caption: str, cfg: InstructSection,
+                    example_in_prompt: bool) -> str | None:
+    """The first model-free check (checks.py) ``item`` fails, or None."""
+    on = cfg.item_checks
+    if "malformed_question" in on and malformed_question(item["Question"], cfg.chars(task)):
+        return "malformed_question"
+    if ("copied_example" in on and example_in_prompt and cfg.max_example_overlap > 0
+            and copies_example(item, caption, cfg.max_example_overlap)):
+        return "copied_example"
+    if task == "mc":
+        if "unsupported_options" in on and unsupported_options(item["Question"], item["Options"], caption):
+            return "unsupported_options"
+    elif "off_question_answer" in on and off_question_answer(item["Question"], item["Answer"]):
+        return "off_question_answer"
+    return None
 
 
 def _drop_reasons(
-    task: str, items: list[dict[str, Any]], caption: str, cfg: InstructSection, encoder: TextEncoder | None
+    task: str, items: list[dict[str, Any]], caption: str, cfg: InstructSection, encoder: TextEncoder | None,
+    example_in_prompt: bool = True,
 ) -> list[str | None]:
     """Per item, why it is dropped (None = kept)."""
     reasons: list[str | None] = [None] * len(items)
@@ -173,9 +182,8 @@ def _drop_reasons(
         seen.add(q)
         if task == "mc" and reasons[i] is None and same_meaning_options(it["Options"]):
             reasons[i] = "duplicate_options"
-        if reasons[i] is None and cfg.max_example_overlap > 0 and copies_example(it["Question"], caption,
-                                                                                 cfg.max_example_overlap):
-            reasons[i] = "copied_example"
+        if reasons[i] is None:
+            reasons[i] = _lexical_reason(task, it, caption, cfg, example_in_prompt)
     if task != "mc" or encoder is None:
         return reasons
     live = [i for i, r in enumerate(reasons) if r is None]
@@ -199,9 +207,12 @@ def validate(
     cfg: InstructSection,
     encoder: TextEncoder | None = None,
     reserved: ReservedTokens = DEFAULT,
+    example_in_prompt: bool = True,
 ) -> Validation:
     """Parse and check one model output. ``encoder`` (None = off) enables the embedding checks;
-    ``reserved``: tokens no conversation may carry (the image placeholder, the LLM's special tokens)."""
+    ``reserved``: tokens no conversation may carry (the image placeholder, the LLM's special tokens);
+    ``example_in_prompt``: the prompt showed the few-shot example (completion mode), so an item can
+    have been copied from it (in chat mode it cannot: no ``copied_example`` check there)."""
     check_task(task)
     repairs: list[str] = []
 
@@ -239,7 +250,7 @@ def validate(
         if item is None:
             return reject(reason or "bad_json")
         items.append(item)
-    drops = _drop_reasons(task, items, caption, cfg, encoder)
+    drops = _drop_reasons(task, items, caption, cfg, encoder, example_in_prompt)
     repairs.extend(_DROPS[r] for r in drops if r is not None)
     kept = [it for it, r in zip(items, drops, strict=True) if r is None]
     if len(kept) < lo:
