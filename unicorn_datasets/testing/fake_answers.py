@@ -218,6 +218,10 @@ _QUESTIONS = ("What can be said about the {w} in the image?", "Where is the {w} 
               "How does the {w} look in this picture?", "Which detail of the {w} stands out?",
               "Why might the {w} appear the way it does?", "Is the {w} clearly visible in the image?",
               "What colour or texture does the {w} seem to have?", "How is the {w} related to its surroundings?")
+# questions that ask for a place or a colour get an answer that names one (Stage 2's off_question_answer check)
+_ANSWERS_TO = {"Where is the {w} placed in the image?": "The {w} sits near the middle of the scene, in plain view.",
+               "What colour or texture does the {w} seem to have?":
+                   "The {w} seems to have a plain grey colour and a smooth texture."}
 _ANSWERS = ("It looks like an ordinary {w}, seen plainly under the available light.",
             "Judging from the picture, the {w} sits in a natural position within the scene.",
             "From what is visible, the {w} seems intact and in reasonable condition.",
@@ -254,6 +258,9 @@ def _instruct_json(text: str, schema: dict[str, Any] | None, task: str, rng: ran
             items.append({"Question": _fit(q, limit),
                           "Options": {k: _fit(v, limit) for k, v in options.items()}, "Answer": letter})
         else:
+            template = questions[i % len(questions)]
             a = _REASONING if task == "reasoning" else rng.choice(_ANSWERS)
+            if template in _ANSWERS_TO:
+                a = _ANSWERS_TO[template] + (" " + a if task == "reasoning" else "")
             items.append({"Question": _fit(q, limit), "Answer": _fit(a.format(w=w), limit)})
     return json.dumps({"QA Pairs": items}, ensure_ascii=False)
