@@ -239,12 +239,14 @@ def build_settings(folder: Path) -> dict[str, Any]:
     return settings_from_recipe(recipe)
 
 
-def _embed_captions(texts: list[str], encoder: str) -> tuple[np.ndarray, str]:
+def _embed_captions(texts: list[str], encoder: str, loaded: dict[str, Any]) -> tuple[np.ndarray, str]:
     if encoder == "hashed":
         return hashed_tfidf(texts), f"hashed-tfidf-{HASH_DIM}"
-    from unicorn_datasets.encoders import load_encoder
+    enc = loaded.get(encoder)
+    if enc is None:
+        from unicorn_datasets.encoders import load_encoder
 
-    enc = load_encoder(encoder)
+        enc = load_encoder(encoder)
     return enc.encode_text(texts, batch_size=64), str(enc.describe().get("encoder", encoder))
 
 
@@ -264,8 +266,11 @@ def _cluster(x: np.ndarray, k: int, seed: int) -> dict[str, Any]:
 
 def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embeddings: str = "text",
            encoder: str | None = None, max_rows: int | None = None, write: bool = True,
-           settings: dict[str, Any] | None = None) -> dict[str, Any]:
+           settings: dict[str, Any] | None = None, loaded: dict[str, Any] | None = None) -> dict[str, Any]:
     """Diversity/balance statistics of a built folder; also written to `artifacts/report.json`.
+
+    loaded: {encoder name: an encoder already loaded} (a build's finish hands over Stage 3's), so it is not
+    loaded twice.
 
     embeddings: "text" (the caption text embedded with `encoder`: default the build's report.encoder,
     balance.encoder or transfer.encoder, "hashed" for hashed TF-IDF), "hashed", or "stored" (the
@@ -314,7 +319,7 @@ def report(folder: str | Path, *, k: int | None = None, seed: int = 0, embedding
         n_all = _num_rows(text_files)
         index = _sample_index(n_all, max_rows or (200_000 if encoder == "hashed" else TEXT_MAX_ROWS), rng)
         texts_sample = [s or "" for arr in _take(text_files, "caption", index) for s in arr.to_pylist()]
-        x, source = _embed_captions(texts_sample, encoder)
+        x, source = _embed_captions(texts_sample, encoder, loaded or {})
         clustered = "caption text"
     x = normalise(x)  # float32: upcasting float16 once beats doing it in every k-means pass
     n = len(x)

@@ -28,7 +28,9 @@ def finish(
     code_version: str,
     wall: float,
     plan: dict[str, Any] | None = None,
+    encoders: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`encoders`: {name: an encoder the build already loaded}, reused by the diversity report."""
     stages = {s.name: repo.stage_summary(s.name) for s in registered() if s.config and repo.stage_complete(s.name)}
     manifest = {
         "recipe": recipe,
@@ -39,7 +41,7 @@ def finish(
         "provenance": provenance,
         "stages": stages,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "diversity": _diversity(repo, recipe),
+        "diversity": _diversity(repo, recipe, encoders or {}),
     }
     if plan is not None:  # `unicorn build --plan FILE`: what `unicorn plan` predicted, beside what happened
         from unicorn_datasets.pipeline.plan_report import compare
@@ -52,14 +54,14 @@ def finish(
     return summary
 
 
-def _diversity(repo: BuildRepo, recipe: dict[str, Any]) -> dict[str, Any]:
+def _diversity(repo: BuildRepo, recipe: dict[str, Any], encoders: dict[str, Any]) -> dict[str, Any]:
     """Synth²-style balance of the caption text (k-means at the recipe's report.k), written to
     artifacts/report.json; the settings come from this build's recipe, not a manifest of an earlier run."""
     from unicorn_datasets.analysis.report import report, settings_from_recipe
 
     if not (repo.out / CAPTIONS).exists():
         return {}
-    r = report(repo.out, settings=settings_from_recipe(recipe))
+    r = report(repo.out, settings=settings_from_recipe(recipe), loaded=encoders)
     c = r.get("clustering", {})
     return {"k": r.get("k"), "top5_share": r.get("top5_share"), "entropy": r.get("entropy"),
             "entropy_normalised": r.get("entropy_normalised"), "ttr": r.get("text", {}).get("ttr_mean_per_caption"),
