@@ -3,10 +3,12 @@
 stage2_checks_cases.jsonl holds two kinds of line: ``{"caption_id", "caption"}`` and one labelled item
 ``{"caption_id", "task", "item", "labels": {check: defective?}, "origin", "source"}``. ``origin`` says
 where the item came from: ``real`` (a Gemma-3-270M demo output, unchanged), ``edited-from-real`` (a real
-item changed by hand to make the other class) or ``written`` (by hand); ``held_out`` marks real items
-labelled after the checks' rules were frozen (the others were seen while the rules were written, so
-their scores are optimistic). An item is labelled only for the checks it is a fair case of (an MC item
-is no case for the QA answer check). Positive = defective.
+item changed by hand to make the other class) or ``written`` (by hand); ``held_out`` lists the checks whose
+rules were frozen before the item was labelled (for the others the item was seen while the rules were
+written, so their scores are optimistic). An item is labelled only for the checks it is a fair case of (an
+MC item is no case for the QA answer checks); ``earlier_answers`` are the answers before it in its row (the
+cases of ``repeated_answer``). The ``ungrounded_answer`` and ``repeated_answer`` labels were given by a
+second reader who never saw the rules. Positive = defective.
 
 For comparison it also scores the copy check as it was before issue 19 (questions only) and model-based
 variants through the sentence encoder (``--encoder``, default the offline MiniLM; ``--no-encoder`` skips
@@ -32,6 +34,8 @@ from unicorn_datasets.stages.instruct.checks import (
     copies_example_question,
     malformed_question,
     off_question_answer,
+    repeated_answer,
+    ungrounded_answer,
     unsupported_options,
 )
 from unicorn_datasets.stages.instruct.config import LETTERS
@@ -47,6 +51,8 @@ SHIPPED: dict[str, Callable[[Case], bool]] = {
     "malformed_question": lambda c: malformed_question(c["item"]["Question"], CFG.chars(c["task"])),
     "off_question_answer": lambda c: off_question_answer(c["item"]["Question"], c["item"]["Answer"]),
     "unsupported_options": lambda c: unsupported_options(c["item"]["Question"], c["item"]["Options"], c["caption"]),
+    "ungrounded_answer": lambda c: ungrounded_answer(c["item"]["Question"], c["item"]["Answer"], c["caption"]),
+    "repeated_answer": lambda c: repeated_answer(c["item"]["Answer"], c.get("earlier_answers") or []),
 }
 
 
@@ -139,7 +145,7 @@ def main() -> None:
         flagged = [shipped(c) for c in mine]
         print(row("shipped (lexical)", flagged, truth))
         for name, keep in (("shipped, real items only", lambda c: c["origin"] == "real"),
-                           ("shipped, held-out real items", lambda c: c.get("held_out"))):
+                           ("shipped, held-out real items", lambda c, check=check: check in c.get("held_out", []))):
             sub = [i for i, c in enumerate(mine) if keep(c)]
             if sub:
                 print(row(name, [flagged[i] for i in sub], [truth[i] for i in sub]))

@@ -19,6 +19,8 @@ from unicorn_datasets.stages.instruct.checks import (
     copies_example,
     malformed_question,
     off_question_answer,
+    repeated_answer,
+    ungrounded_answer,
     unsupported_options,
 )
 
@@ -117,6 +119,54 @@ def test_off_question_and_malformed_items_are_dropped_with_their_reasons() -> No
     # the recipe key turns them off
     none = InstructSection(items={"qa": (1, 3)}, item_checks=())
     assert validate("qa", dump([off, cut]), KINGFISHER, none).reason is None
+
+
+PELICAN = ("A brown pelican sits on a branch as it looks out to sea. Its beak is open, and the bottom part of its bill "
+           "resembles an octopus's tentacles. It has two legs, and the shape of its shell is similar to that of a crab.")
+# the demo's QA row (issue 19's closing note): three near-identical answers, none from the caption
+LOOPING = [
+    {"Question": "What is the bird's favorite place to eat?",
+     "Answer": "It is a favorite place to eat because it is a place where it can easily reach its food. It is also a "
+               "place where it can easily hide its food from predators."},
+    {"Question": "What do you think the bird's favorite food is?",
+     "Answer": "It is a favorite food because it is a place where it can easily reach its food. It is also a place "
+               "where it can hide its food from predators."},
+    {"Question": "Why do you think the bird's favorite food is?",
+     "Answer": "It is a favorite food because it is a place where it can easily reach its food. It is also a place "
+               "where it can hide its food from predators."},
+]
+
+
+def test_the_looping_pelican_row_is_rejected() -> None:
+    cfg = InstructSection(items={"qa": (2, 3)})
+    v = validate("qa", dump(LOOPING), PELICAN, cfg)
+    assert v.items is None and v.reason == "ungrounded_answer"
+    # each check on its own rejects it too, with its own reason
+    only_repeats = InstructSection(items={"qa": (2, 3)}, item_checks=("repeated_answer",))
+    v = validate("qa", dump(LOOPING), PELICAN, only_repeats)
+    assert v.reason == "repeated_answer" and v.repairs == ["dropped_repeated_answer"]
+    # answers of its own, from the caption, pass
+    own = [{"Question": "What is the pelican sitting on?", "Answer": "A branch, looking out to sea."},
+           {"Question": "Is its beak open or closed?", "Answer": "Open, with the lower part of the bill showing."}]
+    assert validate("qa", dump(own), PELICAN, cfg).items == own
+
+
+@pytest.mark.parametrize(("question", "answer", "bad"), [
+    ("What is the teacher's main point of view?", "The teacher is trying to explain the Earth's magnetic field.", True),
+    ("What is the pelican looking at?", "The sea, with its beak open.", False),
+    ("Is the pelican's beak open?", "Yes.", False),  # one word of its own: too little to judge
+    ("How many legs does it have?", "Two.", False),
+    ("What does the bill look like?", "Its lower part looks like an octopus's tentacles.", False),
+    ("Where is the pelican?", "On the roof of a red barn next to a tractor.", True),
+])
+def test_answers_that_do_not_come_from_the_caption(question: str, answer: str, bad: bool) -> None:
+    assert ungrounded_answer(question, answer, PELICAN) is bad
+
+
+def test_repeated_answers_but_not_short_equal_ones() -> None:
+    assert repeated_answer(LOOPING[2]["Answer"], [LOOPING[0]["Answer"]])
+    assert not repeated_answer("Two.", ["Two."])  # "how many legs" and "how many birds" may both be two
+    assert not repeated_answer("The pelican sits on a branch above the sea.", ["Its bill is open and looks like tentacles."])
 
 
 def test_mc_items_whose_options_the_caption_never_says() -> None:

@@ -19,10 +19,12 @@ STAGES: tuple[str, ...] = typing.get_args(StageName)
 InstructTask = Literal["mc", "qa", "reasoning"]
 INSTRUCT_TASKS: tuple[str, ...] = typing.get_args(InstructTask)
 # Stage 2's model-free item checks (stages/instruct/checks.py), each named by the reason it records
-ItemCheck = Literal["copied_example", "malformed_question", "off_question_answer", "unsupported_options"]
+ItemCheck = Literal["copied_example", "malformed_question", "off_question_answer", "unsupported_options",
+                    "ungrounded_answer", "repeated_answer"]
 ITEM_CHECKS: tuple[str, ...] = typing.get_args(ItemCheck)
 # an MC option line in the human turn: "A. text" (the paper's figure) or "A: text" (the authors' released data)
 OptionFormat = Literal["A.", "A:"]
+SeedCosineEmbedding = Literal["sentence", "words"]  # captions.seed_cosine_embedding
 OPTION_FORMATS: tuple[str, ...] = typing.get_args(OptionFormat)
 # (min, max) items per task when `instruct.items` leaves a task out; the paper asks 6-8 for mc/qa and leaves
 # reasoning open (UNCONFIRMED)

@@ -7,7 +7,7 @@ order, so the same request always gets the same text. Stdlib only, so the server
   get one paragraph of 60-120 varied words that mentions every word of the seed.
 - Stage 2 prompts (a JSON schema in the request, or a prompt asking for ``{"QA Pairs": [...]}``) get valid
   JSON for the task: ``mc`` items have four distinct options and a letter answer, ``qa`` / ``reasoning``
-  answers are whole sentences in the server's own words, item counts within the schema's bounds.
+  answers are whole sentences built from the caption's words, item counts within the schema's bounds.
 - Anything else gets a generic paragraph.
 """
 
@@ -218,18 +218,17 @@ _QUESTIONS = ("What can be said about the {w} in the image?", "Where is the {w} 
               "How does the {w} look in this picture?", "Which detail of the {w} stands out?",
               "Why might the {w} appear the way it does?", "Is the {w} clearly visible in the image?",
               "What colour or texture does the {w} seem to have?", "How is the {w} related to its surroundings?")
-# questions that ask for a place or a colour get an answer that names one (Stage 2's off_question_answer check)
-_ANSWERS_TO = {"Where is the {w} placed in the image?": "The {w} sits near the middle of the scene, in plain view.",
-               "What colour or texture does the {w} seem to have?":
-                   "The {w} seems to have a plain grey colour and a smooth texture."}
-_ANSWERS = ("It looks like an ordinary {w}, seen plainly under the available light.",
-            "Judging from the picture, the {w} sits in a natural position within the scene.",
-            "From what is visible, the {w} seems intact and in reasonable condition.",
-            "The {w} is easy to make out, and nothing unusual appears around it.",
-            "Based on the visible cues, the {w} belongs naturally to this setting.")
-_REASONING = ("Looking at the {w} and the space around it, the arrangement seems deliberate rather than random. "
-              "The lighting is even, so the scene was likely photographed in calm conditions. "
-              "Therefore the {w} is most plausibly part of everyday use here.")
+# Answers are built from the caption's own words ({w2}, {w3}, {w4}: other content words of it), so Stage 2's
+# ungrounded_answer check accepts them, and from a different word set per item, so repeated_answer does too;
+# questions that ask for a place or a colour get an answer that names one (off_question_answer).
+_ANSWERS_TO = {"Where is the {w} placed in the image?": "Near the {w2} and the {w3}, beside the {w4}.",
+               "What colour or texture does the {w} seem to have?": "Grey, like the {w2} and the {w3} around it."}
+_ANSWERS = ("The {w2} and the {w3} are next to it.",
+            "The {w} is seen with the {w2} and the {w3}.",
+            "It shows the {w2}, the {w3} and the {w4}.",
+            "The {w} goes with the {w2}, the {w3} and the {w4}.",
+            "Beside it are the {w2} and the {w3}.")
+_REASONING = "The {w} sits beside the {w2} and the {w3}, near the {w4}, so the {w2} and the {w3} frame the {w}."
 _WRONG = ("a bright red umbrella", "a sleeping dog", "an empty swimming pool", "a snowy mountain",
           "a crowded stadium", "a neon sign", "a sailing boat", "a stack of books", "a parked truck")
 
@@ -262,5 +261,6 @@ def _instruct_json(text: str, schema: dict[str, Any] | None, task: str, rng: ran
             a = _REASONING if task == "reasoning" else rng.choice(_ANSWERS)
             if template in _ANSWERS_TO:
                 a = _ANSWERS_TO[template] + (" " + a if task == "reasoning" else "")
-            items.append({"Question": _fit(q, limit), "Answer": _fit(a.format(w=w), limit)})
+            others = {f"w{k}": words[(i * 3 + k - 1) % len(words)] for k in (2, 3, 4)}
+            items.append({"Question": _fit(q, limit), "Answer": _fit(a.format(w=w, **others), limit)})
     return json.dumps({"QA Pairs": items}, ensure_ascii=False)

@@ -11,6 +11,10 @@
   a time) and the answer names nothing of that kind ("What is the size of the bird?" -> "It is a
   brown pelican.").
 - ``unsupported_options``: an MC item none of whose options the caption says in any word form.
+- ``ungrounded_answer``: a QA or reasoning answer whose own words (those not taken from its question) are
+  mostly not the caption's: it answers from elsewhere ("the Earth's magnetic field" for a classroom with a map).
+- ``repeated_answer``: an answer that says what an earlier answer of the same row said (the model looping:
+  "It is a favorite food because it is a place where it can easily reach its food." three times).
 
 Measured on real demo outputs, hand-labelled: bench/stage2_checks.py (results in bench/README.md).
 """
@@ -176,6 +180,28 @@ def off_question_answer(question: str, answer: str) -> bool:
     for asks, kind in _ASKS:
         if asks.search(q):
             return not (said & kind or any(w.isdigit() for w in said))
+    return False
+
+
+# ---- the answer comes from the caption ---------------------------------------------------------------
+def ungrounded_answer(question: str, answer: str, caption: str, min_new: int = 2, min_grounded: float = 0.25) -> bool:
+    """The answer adds at least ``min_new`` content words to its question, and under ``min_grounded`` of them are
+    said by the caption (thresholds: bench/stage2_checks.py; 0 of them misses answers that mix one caption word
+    into an invented scene)."""
+    new = stems(answer) - stems(question)
+    return len(new) >= min_new and len(new & stems(caption)) < min_grounded * len(new)
+
+
+def repeated_answer(answer: str, earlier: list[str], min_overlap: float = 0.6, min_words: int = 3) -> bool:
+    """The answer's content words are, to ``min_overlap`` (Jaccard) or more, those of an earlier answer of the
+    row; answers of fewer than ``min_words`` content words never count ("Two." may answer two questions)."""
+    own = stems(answer)
+    if len(own) < min_words:
+        return False
+    for prev in earlier:
+        theirs = stems(prev)
+        if len(theirs) >= min_words and len(own & theirs) / len(own | theirs) >= min_overlap:
+            return True
     return False
 
 

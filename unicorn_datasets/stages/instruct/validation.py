@@ -22,6 +22,8 @@ from unicorn_datasets.stages.instruct.checks import (
     copies_example,
     malformed_question,
     off_question_answer,
+    repeated_answer,
+    ungrounded_answer,
     unsupported_options,
 )
 from unicorn_datasets.stages.instruct.config import check_task
@@ -52,7 +54,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "extra_options",
     "empty_option",
     "answer_not_an_option_letter",
-    # the seven below: items were dropped until fewer than the task's minimum remained
+    # the nine below: items were dropped until fewer than the task's minimum remained
     "duplicate_questions",
     "duplicate_options",  # options that mean the same (equal text, one inside another, or embeddings alike)
     "answer_not_supported",  # the marked MC option is not the one the caption supports best
@@ -60,6 +62,8 @@ REJECT_REASONS: tuple[str, ...] = (
     "malformed_question",  # not a question, cut off, or with a hint tail ("(Hint: ..., so the answer is")
     "off_question_answer",  # asks for a count/colour/size/time/place, the answer names none ("size?" -> "a pelican")
     "unsupported_options",  # an MC item none of whose options the caption says
+    "ungrounded_answer",  # an answer whose own words (not the question's) are mostly not the caption's
+    "repeated_answer",  # an answer that says what an earlier answer of the row said (the model looping)
     "verbatim_copy",
     "answer_cut_off",  # an answer stopped by the schema's maxLength mid-sentence, with no full sentence
     "reserved_token",  # a chat-template token in a question, option or answer (the model broke format)
@@ -83,6 +87,8 @@ REPAIRS: tuple[str, ...] = (
     "dropped_malformed_question",
     "dropped_off_question_answer",
     "dropped_unsupported_options",
+    "dropped_ungrounded_answer",
+    "dropped_repeated_answer",
     "escaped_reserved_token",  # an `<image>`-like placeholder in generated text, written as its plain word
 )
 _DROPS = {
@@ -93,6 +99,8 @@ _DROPS = {
     "malformed_question": "dropped_malformed_question",
     "off_question_answer": "dropped_off_question_answer",
     "unsupported_options": "dropped_unsupported_options",
+    "ungrounded_answer": "dropped_ungrounded_answer",
+    "repeated_answer": "dropped_repeated_answer",
 }
 
 
@@ -163,8 +171,11 @@ def _lexical_reason(task: str, item: dict[str, Any], caption: str, cfg: Instruct
     if task == "mc":
         if "unsupported_options" in on and unsupported_options(item["Question"], item["Options"], caption):
             return "unsupported_options"
-    elif "off_question_answer" in on and off_question_answer(item["Question"], item["Answer"]):
-        return "off_question_answer"
+    else:
+        if "off_question_answer" in on and off_question_answer(item["Question"], item["Answer"]):
+            return "off_question_answer"
+        if "ungrounded_answer" in on and ungrounded_answer(item["Question"], item["Answer"], caption):
+            return "ungrounded_answer"
     return None
 
 
@@ -184,6 +195,9 @@ def _drop_reasons(
             reasons[i] = "duplicate_options"
         if reasons[i] is None:
             reasons[i] = _lexical_reason(task, it, caption, cfg, example_in_prompt)
+        if (reasons[i] is None and task != "mc" and "repeated_answer" in cfg.item_checks
+                and repeated_answer(it["Answer"], [items[j]["Answer"] for j in range(i) if reasons[j] is None])):
+            reasons[i] = "repeated_answer"
     if task != "mc" or encoder is None:
         return reasons
     live = [i for i, r in enumerate(reasons) if r is None]
