@@ -11,7 +11,7 @@ from unicorn_datasets.generation.base import GenerationResult
 from unicorn_datasets.generation.engine import Engine
 from unicorn_datasets.recipe import CaptionsSection, load_recipe
 from unicorn_datasets.stages.captions import CaptionStage, check, clean, seed_overlap
-from unicorn_datasets.stages.seed_check import SeedCosine, seed_caption_cosine
+from unicorn_datasets.stages.seed_check import SeedCosine, SeedCosineCheck, seed_caption_cosine
 
 LONG = ("A brown pelican stands on a thick branch above calm water, its long bill resting against its neck. "
         "Grey feathers cover its back and the branch is dark and wet. Soft morning light comes from the left, "
@@ -142,16 +142,22 @@ def minilm():
     return load_encoder("minilm")
 
 
-def test_off_seed_captions_from_the_issue_are_caught(minilm) -> None:
-    cos = seed_caption_cosine(minilm, [FLOWER_SEED] * 3, [FLOWER_CAPTION, TEA_BIRDS, ONE_WORD])
-    demo = load_recipe("demo").captions
+@pytest.mark.parametrize("embedding", ["sentence", "words"])
+def test_off_seed_captions_from_the_issue_are_caught(minilm, embedding: str) -> None:
+    demo = dataclasses.replace(load_recipe("demo").captions, seed_cosine_embedding=embedding)
+    if embedding == "sentence":
+        demo = dataclasses.replace(demo, min_seed_cosine=0.3)  # bench/README.md: the sentence calibration
+    scorer = SeedCosineCheck(minilm, 0.0, embedding)  # the stage's own embedding and score
+    seed, *caps = scorer.embed([FLOWER_SEED, FLOWER_CAPTION, TEA_BIRDS, ONE_WORD])
+    cos = [scorer.score(seed, c) for c in caps]
     assert demo.min_seed_cosine > 0 and demo.min_seed_overlap > 0
     on, birds, shed = (check(c, demo, "stop", FLOWER_SEED, lambda text, x=x: x) for c, x in
                        zip((FLOWER_CAPTION, TEA_BIRDS, ONE_WORD), cos))
     assert on is None
     assert birds in ("off_seed", "drifted_from_seed") and shed in ("off_seed", "drifted_from_seed")
     # the semantic check alone catches both, whatever the overlap threshold
-    alone = CaptionsSection(min_words=20, max_words=200, min_seed_cosine=demo.min_seed_cosine)
+    alone = CaptionsSection(min_words=20, max_words=200, min_seed_cosine=demo.min_seed_cosine,
+                            seed_cosine_embedding=embedding)
     assert [check(c, alone, "stop", FLOWER_SEED, lambda text, x=x: x) for c, x in
             zip((FLOWER_CAPTION, TEA_BIRDS, ONE_WORD), cos)] == [None, "off_seed", "off_seed"]
 
@@ -164,3 +170,18 @@ def test_seed_cosine_per_row_equals_per_batch(minilm) -> None:
     assert batch[1] > batch[0]
     with pytest.raises(ValueError, match="no text encoder"):
         check(LONG, CaptionsSection(min_words=20, max_words=80, min_seed_cosine=0.3), "stop", SEED)
+
+
+def test_the_card_says_which_seed_checks_ran_and_how() -> None:
+    from unicorn_datasets.stages.captions import SPEC
+
+    recipe = load_recipe("demo").to_dict()
+    text = SPEC.card_text(recipe, {})
+    assert "`drifted_from_seed`" in text and "under 0.25 of the seed's content words" in text
+    assert "similarity with the seed under 0.25 (`off_seed`; word bags of `minilm`" in text
+    recipe["captions"].update(min_seed_cosine=0.3, seed_cosine_embedding="sentence", min_seed_overlap=0)
+    text = SPEC.card_text(recipe, {})
+    assert "cosine with the seed under 0.3 (`off_seed`; whole-text embeddings of `minilm`)" in text
+    assert "drifted_from_seed" not in text
+    recipe["captions"]["min_seed_cosine"] = 0
+    assert "rejected for" not in SPEC.card_text(recipe, {})

@@ -71,14 +71,18 @@ def minilm() -> Any:
     return load_encoder("minilm")
 
 
-def caption_rows(n: int) -> tuple[dict[str, list], dict[str, list[str]]]:
-    """n rows: flower and pelican seeds; some answer off-seed first (a retry), some off-seed on every attempt."""
+BUS = ("A red double-decker bus waits at a stop on a busy city street at night. Its windows glow yellow, a cyclist "
+       "passes in the bus lane, and shop signs reflect on the wet asphalt beside the curb and a parked taxi.")
+
+
+def caption_rows(n: int, off: str = TEA_BIRDS) -> tuple[dict[str, list], dict[str, list[str]]]:
+    """n rows: flower and pelican seeds; some answer `off` (off-seed) first (a retry), some on every attempt."""
     ids = [f"r{i:02d}" for i in range(n)]
     seeds = [FLOWER_SEED if i % 2 else PELICAN_SEED for i in range(n)]
     answers = {}
     for i, rid in enumerate(ids):
         good = FLOWER if i % 2 else PELICAN
-        answers[rid] = [good] if i % 3 == 0 else [TEA_BIRDS, good] if i % 3 == 1 else [TEA_BIRDS]
+        answers[rid] = [good] if i % 3 == 0 else [off, good] if i % 3 == 1 else [off]
     return {"id": ids, "seed": seeds, "source": ["t"] * n}, answers
 
 
@@ -197,6 +201,34 @@ def test_stable_embeddings_do_not_depend_on_the_batch(minilm: Any) -> None:
 
     got = run_batched(minilm, [cosine(FLOWER, FLOWER_SEED), cosine(TEA_BIRDS, FLOWER_SEED)])
     assert got == [float(alone[0] @ alone[3]), float(alone[2] @ alone[3])]
+
+
+def test_word_bag_embeddings_do_not_depend_on_the_batch_or_the_cache(minilm: Any) -> None:
+    from unicorn_datasets.encoders.word_bag import WordBagEncoder
+
+    texts = [FLOWER, PELICAN, TEA_BIRDS, FLOWER_SEED, PELICAN_SEED, "a cup", "the"]
+    one_by_one = WordBagEncoder(minilm)
+    alone = np.stack([one_by_one.encode_text([t])[0] for t in texts])
+    together = WordBagEncoder(minilm).encode_text(list(reversed(texts)))[::-1]
+    assert np.array_equal(alone, together)
+    assert not alone[-1].any()  # no content word: a zero row (cosine 0 with every seed)
+    assert np.allclose(np.linalg.norm(alone[:-1], axis=1), 1.0, atol=1e-5)
+    # every word was encoded once: a second pass is answered from the cache, with the same rows
+    encoded = one_by_one.encoded_words
+    assert np.array_equal(one_by_one.encode_text(texts), alone) and one_by_one.encoded_words == encoded
+
+
+def test_the_word_bag_seed_check_in_the_worker_gives_the_inline_rows(minilm: Any) -> None:
+    cfg = CaptionsSection(min_words=20, max_words=80, min_seed_cosine=0.15, seed_cosine_embedding="words",
+                          max_attempts=2)
+    # words say what a caption is about, not how its parts relate: birds on a teacup are near enough a perched
+    # pelican for them (the sentence check tells them apart); a night bus is off both seeds
+    rows, answers = caption_rows(6, off=BUS)
+    batched = caption_part(minilm, cfg, rows, answers)
+    assert batched == caption_part(minilm, cfg, rows, answers, check_batch=1, check_wait=0.0)
+    assert batched["attempt_reasons"][1] == ["off_seed"] and batched["caption"][1] == FLOWER
+    assert batched["reject_reason"][2] == "off_seed"
+    assert batched["caption"][0] == PELICAN and batched["caption"][3] == FLOWER
 
 
 def test_stage2_embedding_checks_run_in_the_worker_with_the_inline_results() -> None:

@@ -58,8 +58,10 @@ def _filler(encoder: Any, length: int) -> str | None:
     return cache[length]
 
 
-def encode_stable(encoder: Any, texts: Sequence[str]) -> np.ndarray:
-    """encoder.encode_text(texts), each row independent of the other texts of the call."""
+def encode_stable(encoder: Any, texts: Sequence[str], chunk: int = CHUNK,
+                  buckets: Sequence[int] = _BUCKETS) -> np.ndarray:
+    """encoder.encode_text(texts), each row independent of the other texts of the call (for one `chunk` and
+    `buckets`: a caller that changes them gets other bits, so each caller keeps its own)."""
     texts = list(texts)
     dim = int(getattr(encoder, "dim", 0))
     if not texts:
@@ -70,18 +72,18 @@ def encode_stable(encoder: Any, texts: Sequence[str]) -> np.ndarray:
     lengths = [min(int(n), limit) for n in encoder._token_lengths(texts)]
     groups: dict[tuple[int, bool], list[int]] = {}
     for i, n in enumerate(lengths):
-        bucket = min(next((b for b in _BUCKETS if b >= n), limit), limit)
+        bucket = min(next((b for b in buckets if b >= n), limit), limit)
         filler = _filler(encoder, bucket)
         key = (bucket, True) if filler is not None else (n, False)
         groups.setdefault(key, []).append(i)
     out = np.empty((len(texts), encoder.dim), np.float32)
     for (length, padded), idx in sorted(groups.items()):
         filler = _filler(encoder, length) if padded else None
-        for s in range(0, len(idx), CHUNK - (1 if padded else 0)):
-            rows = idx[s : s + CHUNK - (1 if padded else 0)]
+        for s in range(0, len(idx), chunk - (1 if padded else 0)):
+            rows = idx[s : s + chunk - (1 if padded else 0)]
             batch = [texts[i] for i in rows]
-            batch += [filler if filler is not None else batch[0]] * (CHUNK - len(batch))
-            out[rows] = np.asarray(encoder.encode_text(batch, batch_size=CHUNK), np.float32)[: len(rows)]
+            batch += [filler if filler is not None else batch[0]] * (chunk - len(batch))
+            out[rows] = np.asarray(encoder.encode_text(batch, batch_size=chunk), np.float32)[: len(rows)]
     return out
 
 

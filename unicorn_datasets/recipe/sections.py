@@ -87,6 +87,9 @@ class CaptionsSection:
     max_words: int = field(default=483, metadata=at_least(1))
     min_seed_overlap: float = field(default=0.0, metadata=at_least(0.0))  # share of seed content words to mention
     min_seed_cosine: float = field(default=0.0, metadata=at_least(0.0))  # seed-caption cosine (transfer.encoder)
+    # how the off-seed check embeds: "sentence" = seed and caption whole; "words" = the mean of their content words'
+    # embeddings, each word encoded once (~0.1 ms a caption on CPU, not ~27 ms; encoders/word_bag.py)
+    seed_cosine_embedding: SeedCosineEmbedding = "sentence"
     keep_truncated: bool = False  # keep a caption cut by max_new_tokens (trimmed, flagged) instead of rejecting
     max_attempts: int = field(default=3, metadata=at_least(1))
     sampling: SamplingParams = SamplingParams(max_new_tokens=768)

@@ -178,7 +178,6 @@ class CaptionStage(GenerationStage):
         self.mode = prompt_mode  # "chat" | "completion" | "auto" (resolved from the backend when the stage runs)
         self.seed_check_encoder = seed_check_encoder  # the encoder of the off-seed check (transfer.encoder)
         self.near_dup = near_dup
-        self.seed_check: SeedCosineCheck | None = None  # made on first use: it needs the loaded encoder
         self.reserved: ReservedTokens | None = None
         self.ctx: Context | None = None
         self.seed_check: SeedCosineCheck | None = None  # one per stage: the engine batches its candidates
@@ -187,6 +186,7 @@ class CaptionStage(GenerationStage):
         prov = caption_provenance(self.cfg, self.mode)
         if self.cfg.min_seed_cosine > 0:
             prov["seed_check_encoder"] = self.seed_check_encoder
+            prov["seed_cosine_embedding"] = self.cfg.seed_cosine_embedding
         if self.near_dup and self.near_dup.enabled:
             from unicorn_datasets.analysis.near_dup import provenance
 
@@ -225,7 +225,7 @@ class CaptionStage(GenerationStage):
         if cfg.min_seed_cosine > 0 and self.seed_check is None:
             if self.ctx is None:
                 raise ValueError("captions.min_seed_cosine is set but no text encoder was given to the check")
-            self.seed_check = SeedCosineCheck(self.ctx.encoder(), cfg.min_seed_cosine)
+            self.seed_check = SeedCosineCheck(self.ctx.encoder(), cfg.min_seed_cosine, cfg.seed_cosine_embedding)
         check = self.seed_check if cfg.min_seed_cosine > 0 else None
         inline = replace(cfg, min_seed_cosine=0.0)
 
@@ -324,8 +324,20 @@ def _make(recipe: Recipe, seeds: list[Seed], shard_size: int) -> CaptionStage:
 def _card_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
     c = recipe.get(NAME, {})
     llm = recipe.get("llm", {})
-    return (f"1. **Captions**: each seed expanded by `{llm.get('model')}` into one objective paragraph "
+    text = (f"1. **Captions**: each seed expanded by `{llm.get('model')}` into one objective paragraph "
             f"({c.get('min_words')}-{c.get('max_words')} words), {llm.get('prompt_mode')} prompts.")
+    checks = []
+    if c.get("min_seed_overlap"):
+        checks.append(f"mentioning under {c['min_seed_overlap']:g} of the seed's content words (`drifted_from_seed`)")
+    if c.get("min_seed_cosine"):
+        encoder = recipe.get("transfer", {}).get("encoder")
+        if c.get("seed_cosine_embedding") == "words":
+            checks.append(f"a similarity with the seed under {c['min_seed_cosine']:g} (`off_seed`; word bags of "
+                          f"`{encoder}`, each content word encoded alone)")
+        else:
+            checks.append(f"a cosine with the seed under {c['min_seed_cosine']:g} (`off_seed`; whole-text "
+                          f"embeddings of `{encoder}`)")
+    return text + (" Captions rejected for " + " or ".join(checks) + "." if checks else "")
 
 
 SPEC = register(StageSpec(

@@ -9,6 +9,12 @@ Callable per batch (`seed_caption_cosine`), per row (`SeedCosine`: the batch's s
 once, on first use, and each caption with one encoder call), and as the engine's batched check
 (`SeedCosineCheck`: candidates from the whole window, off the event loop, each text embedded
 independently of the batch so that rows do not depend on how candidates were grouped).
+
+`captions.seed_cosine_embedding` says how texts are compared: "sentence" (the cosine of the encoder's
+embeddings of the whole texts) or "words" (encoders/word_bag.py: each content word encoded once, alone; the
+score mixes the cosine of the two word bags with how well the caption's words cover the seed's): ~0.1 ms of
+CPU a caption instead of ~27 ms, so the check keeps up with a server on a CPU box; its thresholds differ
+(bench/README.md, "Stage-1 off-seed thresholds").
 """
 
 from __future__ import annotations
@@ -19,12 +25,22 @@ from typing import Any
 import numpy as np
 
 from unicorn_datasets.encoders.stable import encode_stable
+from unicorn_datasets.encoders.word_bag import WordBagEncoder, similarity
 from unicorn_datasets.generation.checks import Candidate, Verdict
 
-__all__ = ["OFF_SEED", "SeedCosine", "SeedCosineCheck", "seed_caption_cosine"]
+__all__ = ["OFF_SEED", "SeedCosine", "SeedCosineCheck", "seed_caption_cosine", "seed_check_encoder"]
 
 OFF_SEED = "off_seed"  # the rejection reason of a caption below captions.min_seed_cosine
 _SEED_CACHE = 4096  # seed embeddings kept between batches (retries reuse them); bounded for 1M-seed builds
+
+
+def seed_check_encoder(encoder: Any, embedding: str) -> Any:
+    """The encoder the check calls: ``encoder`` itself ("sentence") or its word-bag view ("words")."""
+    if embedding == "words":
+        return WordBagEncoder(encoder)
+    if embedding != "sentence":
+        raise ValueError(f"captions.seed_cosine_embedding must be 'sentence' or 'words', not {embedding!r}")
+    return encoder
 
 
 def seed_caption_cosine(encoder: Any, seeds: Sequence[str], captions: Sequence[str]) -> np.ndarray:
@@ -54,12 +70,23 @@ class SeedCosine:
 
 
 class SeedCosineCheck:
-    """The batched check: each candidate's value is (caption, seed); a caption whose cosine with its
-    seed is below `min_cosine` is rejected as `off_seed`, else accepted as the caption."""
+    """The batched check: each candidate's value is (caption, seed); a caption whose similarity with its seed is
+    below `min_cosine` is rejected as `off_seed`, else accepted as the caption. ``embedding``:
+    captions.seed_cosine_embedding ("sentence": the cosine of the two texts' embeddings; "words": the word-bag
+    `similarity`)."""
 
-    def __init__(self, encoder: Any, min_cosine: float) -> None:
-        self.encoder, self.min_cosine = encoder, min_cosine
-        self._seeds: dict[str, np.ndarray] = {}
+    def __init__(self, encoder: Any, min_cosine: float, embedding: str = "sentence") -> None:
+        self.encoder, self.min_cosine = seed_check_encoder(encoder, embedding), min_cosine
+        self.words = embedding == "words"
+        self._seeds: dict[str, Any] = {}  # seed -> its embedding, or its WordBag
+
+    def embed(self, texts: list[str]) -> list[Any]:
+        if self.words:
+            return self.encoder.bags(texts)  # batch-independent by construction
+        return list(encode_stable(self.encoder, texts))
+
+    def score(self, seed: Any, caption: Any) -> float:
+        return similarity(seed, caption) if self.words else float(seed @ caption)
 
     def __call__(self, cands: list[Candidate]) -> list[Verdict]:
         pairs = [c.value for c in cands]
@@ -67,10 +94,10 @@ class SeedCosineCheck:
         if len(self._seeds) + len(new) > _SEED_CACHE:
             self._seeds.clear()
             new = sorted({s for _, s in pairs})
-        self._seeds.update(zip(new, encode_stable(self.encoder, new), strict=True))
-        caps = encode_stable(self.encoder, [c for c, _ in pairs])
+        self._seeds.update(zip(new, self.embed(new), strict=True))
+        caps = self.embed([c for c, _ in pairs])
         out: list[Verdict] = []
         for cand, (caption, seed), emb in zip(cands, pairs, caps, strict=True):
-            ok = float(self._seeds[seed] @ emb) >= self.min_cosine
+            ok = self.score(self._seeds[seed], emb) >= self.min_cosine
             out.append((caption, None, cand.notes) if ok else (None, OFF_SEED, []))
         return out
