@@ -46,7 +46,7 @@ def _verdict(cand: Candidate, out: Verdict | str | None) -> Verdict:
 class CheckWorker:
     """One thread that runs batched checks; `check(...)` is awaited on the engine's loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_batch: int = 64, max_wait: float = 0.02) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_batch: int = 64, max_wait: float = 0.1) -> None:
         self.loop, self.max_batch, self.max_wait = loop, max(1, max_batch), max(0.0, max_wait)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="checks", daemon=True)
