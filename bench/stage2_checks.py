@@ -93,6 +93,16 @@ def best_option_support(cases: list[Case], enc: Any) -> list[float]:
     return out
 
 
+def answer_support(cases: list[Case], enc: Any) -> list[float]:
+    """Each answer's best cosine with a sentence of its caption (a model-based grounding score)."""
+    out = []
+    for c in cases:
+        sents = caption_sentences(c["caption"]) or [c["caption"]]
+        emb = _unit(enc.encode_text([*sents, c["item"]["Answer"]]))
+        out.append(float((emb[-1] @ emb[:-1].T).max()))
+    return out
+
+
 def demo_rows(path: Path) -> None:
     """Re-validate captured raw demo outputs with the item checks off and on (no encoder: the demo's
     answer-support check is left out of both): rows accepted, rejections and item drops by reason."""
@@ -163,6 +173,10 @@ def main() -> None:
                 print(row(f"best option-sentence cosine < {t}", [x < t for x in sup], truth))
                 print(row(f"lexical and cosine < {t}", [f and x < t for f, x in zip(flagged, sup, strict=True)],
                           truth))
+        if enc is not None and check == "ungrounded_answer":
+            sup = answer_support(mine, enc)
+            for t in (0.3, 0.4, 0.5, 0.6):
+                print(row(f"answer's best caption-sentence cosine < {t}", [x < t for x in sup], truth))
         if args.misses:
             for c, f, t in zip(mine, flagged, truth, strict=True):
                 if f != t:
