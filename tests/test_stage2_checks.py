@@ -121,8 +121,9 @@ def test_off_question_and_malformed_items_are_dropped_with_their_reasons() -> No
     assert validate("qa", dump([off, cut]), KINGFISHER, none).reason is None
 
 
-PELICAN = ("A brown pelican sits on a branch as it looks out to sea. Its beak is open, and the bottom part of its bill "
-           "resembles an octopus's tentacles. It has two legs, and the shape of its shell is similar to that of a crab.")
+PELICAN = ("A brown pelican sits on a branch as it looks out to sea. Its beak is open, and the bottom part of its "
+           "bill resembles an octopus's tentacles. It has two legs, and the shape of its shell is similar to that of "
+           "a crab.")
 # the demo's QA row (issue 19's closing note): three near-identical answers, none from the caption
 LOOPING = [
     {"Question": "What is the bird's favorite place to eat?",
@@ -166,7 +167,8 @@ def test_answers_that_do_not_come_from_the_caption(question: str, answer: str, b
 def test_repeated_answers_but_not_short_equal_ones() -> None:
     assert repeated_answer(LOOPING[2]["Answer"], [LOOPING[0]["Answer"]])
     assert not repeated_answer("Two.", ["Two."])  # "how many legs" and "how many birds" may both be two
-    assert not repeated_answer("The pelican sits on a branch above the sea.", ["Its bill is open and looks like tentacles."])
+    assert not repeated_answer("The pelican sits on a branch above the sea.",
+                               ["Its bill is open and looks like tentacles."])
 
 
 def test_mc_items_whose_options_the_caption_never_says() -> None:
