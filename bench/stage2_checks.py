@@ -51,6 +51,8 @@ SHIPPED: dict[str, Callable[[Case], bool]] = {
     "malformed_question": lambda c: malformed_question(c["item"]["Question"], CFG.chars(c["task"])),
     "off_question_answer": lambda c: off_question_answer(c["item"]["Question"], c["item"]["Answer"]),
     "unsupported_options": lambda c: unsupported_options(c["item"]["Question"], c["item"]["Options"], c["caption"]),
+    # shipped for QA answers only (validation.py); the bench scores it on QA items and shows the same rule on
+    # reasoning items as a variant
     "ungrounded_answer": lambda c: ungrounded_answer(c["item"]["Question"], c["item"]["Answer"], c["caption"]),
     "repeated_answer": lambda c: repeated_answer(c["item"]["Answer"], c.get("earlier_answers") or []),
 }
@@ -147,6 +149,9 @@ def main() -> None:
         enc = load_encoder(args.encoder)
     for check, shipped in SHIPPED.items():
         mine = [c for c in cases if check in c["labels"]]
+        if check == "ungrounded_answer":
+            reasoning = [c for c in mine if c["task"] == "reasoning"]
+            mine = [c for c in mine if c["task"] == "qa"]
         truth = [bool(c["labels"][check]) for c in mine]
         origins = Counter(c["origin"] for c in mine)
         print(f"\n### {check}: {len(mine)} cases, {sum(truth)} defective / {len(truth) - sum(truth)} good; "
@@ -173,6 +178,9 @@ def main() -> None:
                 print(row(f"best option-sentence cosine < {t}", [x < t for x in sup], truth))
                 print(row(f"lexical and cosine < {t}", [f and x < t for f, x in zip(flagged, sup, strict=True)],
                           truth))
+        if check == "ungrounded_answer":
+            print(row("the same rule on reasoning items (not shipped)", [shipped(c) for c in reasoning],
+                      [bool(c["labels"][check]) for c in reasoning]))
         if enc is not None and check == "ungrounded_answer":
             sup = answer_support(mine, enc)
             for t in (0.3, 0.4, 0.5, 0.6):

@@ -43,9 +43,13 @@ def mc_items(n: int = 6) -> list[dict[str, Any]]:
     return [mc_item(q=f"Question number {i} about the image?") for i in range(n)]
 
 
+_SAID = ("bench", "raincoat", "umbrella", "puddles", "gravel path", "oak trees", "armrest", "sky")
+
+
 def qa_items(n: int = 6) -> list[dict[str, Any]]:
+    """Distinct answers from the caption's own words (Stage 2's ungrounded/repeated answer checks pass them)."""
     return [
-        {"Question": f"Question {i} about the dog?", "Answer": f"The dog is calm, answer {i}."}
+        {"Question": f"Question {i} about the dog?", "Answer": f"It sits near the {_SAID[i % len(_SAID)]}, answer {i}."}
         for i in range(n)
     ]
 
@@ -191,9 +195,9 @@ def test_to_conversations_qa() -> None:
     conv = to_conversations("qa", qa_items(2))
     assert conv == [
         {"from": "human", "value": "<image>\nQuestion 0 about the dog?"},
-        {"from": "gpt", "value": "The dog is calm, answer 0."},
+        {"from": "gpt", "value": "It sits near the bench, answer 0."},
         {"from": "human", "value": "Question 1 about the dog?"},
-        {"from": "gpt", "value": "The dog is calm, answer 1."},
+        {"from": "gpt", "value": "It sits near the raincoat, answer 1."},
     ]
 
 
@@ -405,15 +409,16 @@ def test_answer_cut_by_max_length_is_trimmed_to_whole_sentences_or_rejected() ->
     cfg = InstructSection(items={"qa": (1, 2)}, max_chars=60)
     cut = "The woman holds a red book. She is standing near the window and"
     assert len(cut) >= 59
+    said = "A woman with a red book stands by a window."
     raw = json.dumps({"QA Pairs": [{"Question": "What does she hold?", "Answer": cut[:60]}]})
-    v = validate("qa", raw, "", cfg)
+    v = validate("qa", raw, said, cfg)
     assert v.items is not None and v.items[0]["Answer"] == "The woman holds a red book."
     assert "trimmed_cut_off_answer" in v.repairs
     no_sentence = "a" * 60
     raw = json.dumps({"QA Pairs": [{"Question": "What?", "Answer": no_sentence}]})
-    assert validate("qa", raw, "", cfg).reason == "answer_cut_off"
+    assert validate("qa", raw, said, cfg).reason == "answer_cut_off"
     short = json.dumps({"QA Pairs": [{"Question": "What?", "Answer": "A red book"}]})
-    assert validate("qa", short, "", cfg).items[0]["Answer"] == "A red book"  # not at the limit: untouched
+    assert validate("qa", short, said, cfg).items[0]["Answer"] == "A red book"  # not at the limit: untouched
 
 
 # --------------------------------------------------------------------------- item drops (issue 10)
@@ -507,8 +512,8 @@ def test_a_question_copied_from_the_fewshot_example_is_dropped() -> None:
     """Seen in a real Gemma demo row: a heron caption got the example's boat-and-dock questions."""
     example = fewshot()["examples"]["reasoning"]["QA Pairs"]
     copied = {"Question": example[1]["Question"], "Answer": "Step 1: The heron waits. Conclusion: it would fly away."}
-    own = [{"Question": f"Why is the dog calm, reason {i}?", "Answer": f"Step 1: It rests. Conclusion: it is calm {i}."}
-           for i in range(2)]
+    own = [{"Question": "Why is the dog calm?", "Answer": "Step 1: It rests on the bench. Conclusion: it is calm."},
+           {"Question": "Will it rain soon?", "Answer": "Step 1: The sky is overcast. Conclusion: rain may come."}]
     cfg = InstructSection(items={"reasoning": (2, 3)})
     v = validate("reasoning", dump([copied, *own]), CAPTION, cfg)
     assert v.reason is None and v.items == own and v.repairs == ["dropped_copied_example"]

@@ -11,8 +11,9 @@
   a time) and the answer names nothing of that kind ("What is the size of the bird?" -> "It is a
   brown pelican.").
 - ``unsupported_options``: an MC item none of whose options the caption says in any word form.
-- ``ungrounded_answer``: a QA or reasoning answer whose own words (those not taken from its question) are
-  mostly not the caption's: it answers from elsewhere ("the Earth's magnetic field" for a classroom with a map).
+- ``ungrounded_answer``: a QA answer whose own words (those not taken from its question) are mostly not the
+  caption's: it answers from elsewhere ("the Earth's magnetic field" for a classroom with a map). Not for
+  reasoning answers, which rightly add what the caption does not say.
 - ``repeated_answer``: an answer that says what an earlier answer of the same row said (the model looping:
   "It is a favorite food because it is a place where it can easily reach its food." three times).
 
