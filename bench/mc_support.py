@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from unicorn_datasets.encoders import load_encoder
+from unicorn_datasets.encoders.base import unit_rows
 from unicorn_datasets.stages.instruct.config import LETTERS
-from unicorn_datasets.stages.instruct.support import _unit, answer_margins, caption_sentences
+from unicorn_datasets.stages.instruct.support import answer_margins, caption_sentences
 
 HERE = Path(__file__).parent
 
@@ -25,7 +26,7 @@ HERE = Path(__file__).parent
 def _variant_margins(case: dict, enc, mode: str) -> float:
     sents = caption_sentences(case["caption"]) if mode != "whole" else [case["caption"]]
     opts = [case["options"][k] if mode == "option" else f'{case["question"]} {case["options"][k]}' for k in LETTERS]
-    emb = _unit(enc.encode_text(sents + opts))
+    emb = unit_rows(enc.encode_text(sents + opts))
     support = (emb[len(sents):] @ emb[: len(sents)].T).max(axis=1)
     m = LETTERS.index(case["answer"])
     return float(support[m] - np.delete(support, m).max())

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from unicorn_datasets.encoders.base import unit_rows
 from unicorn_datasets.recipe import load_recipe
 from unicorn_datasets.stages.instruct.checks import (
     copies_example,
@@ -39,7 +40,7 @@ from unicorn_datasets.stages.instruct.checks import (
     unsupported_options,
 )
 from unicorn_datasets.stages.instruct.config import LETTERS
-from unicorn_datasets.stages.instruct.support import _unit, caption_sentences
+from unicorn_datasets.stages.instruct.support import caption_sentences
 
 HERE = Path(__file__).parent
 CFG = load_recipe("demo").instruct  # the demo's max_chars and overlap
@@ -82,7 +83,7 @@ def scores(flagged: list[bool], truth: list[bool]) -> tuple[float, float, int, i
 
 
 def qa_cosines(cases: list[Case], enc: Any) -> list[float]:
-    emb = _unit(enc.encode_text([t for c in cases for t in (c["item"]["Question"], c["item"]["Answer"])]))
+    emb = unit_rows(enc.encode_text([t for c in cases for t in (c["item"]["Question"], c["item"]["Answer"])]))
     return [float(emb[2 * i] @ emb[2 * i + 1]) for i in range(len(cases))]
 
 
@@ -90,7 +91,7 @@ def best_option_support(cases: list[Case], enc: Any) -> list[float]:
     out = []
     for c in cases:
         sents = caption_sentences(c["caption"]) or [c["caption"]]
-        emb = _unit(enc.encode_text(sents + [c["item"]["Options"][k] for k in LETTERS]))
+        emb = unit_rows(enc.encode_text(sents + [c["item"]["Options"][k] for k in LETTERS]))
         out.append(float((emb[len(sents):] @ emb[: len(sents)].T).max()))
     return out
 
@@ -100,7 +101,7 @@ def answer_support(cases: list[Case], enc: Any) -> list[float]:
     out = []
     for c in cases:
         sents = caption_sentences(c["caption"]) or [c["caption"]]
-        emb = _unit(enc.encode_text([*sents, c["item"]["Answer"]]))
+        emb = unit_rows(enc.encode_text([*sents, c["item"]["Answer"]]))
         out.append(float((emb[-1] @ emb[:-1].T).max()))
     return out
 

@@ -74,6 +74,12 @@ def _features(out: Any) -> torch.Tensor:
     raise EncoderError(f"cannot read features from model output of type {type(out).__name__}")
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation of a float32 array (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def _normalize(x: torch.Tensor) -> np.ndarray:
     torch = _torch()
     x = torch.nn.functional.normalize(x.float(), p=2, dim=-1)

@@ -20,22 +20,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from unicorn_datasets.encoders.base import unit_rows
 from unicorn_datasets.encoders.stable import encode_stable
-from unicorn_datasets.text.tokens import words
+from unicorn_datasets.text.tokens import PICTURE_WORDS, words
 
 __all__ = ["WordBag", "WordBagEncoder", "content_words", "similarity"]
 
-# Function words, and words that say a text describes a picture ("a close-up photo of ..."): they say nothing
-# of what the picture shows.
+# Function words, and words that say a text describes a picture: they say nothing of what the picture shows.
 _FUNCTION_WORDS = frozenset(
     "a an the of in on at with and or but nor to for from by as into onto over under up down out off about above "
     "below between through during while near beside behind than then there here is are was were be been being am "
     "this that these those it its it's which who whom whose what when where why how all any both each few more "
     "most other some such no not only own same so too very can will just should would could may might must has "
-    "have had having do does did doing i me my we our you your he him his she her they them their one also "
-    "photo photograph photographed image picture close closeup shot view type kind looks looking seems someone "
-    "person candid taken showing shows depicting".split()
-)
+    "have had having do does did doing i me my we our you your he him his she her they them their one also".split()
+) | PICTURE_WORDS
 # The centre: everyday words of image descriptions (objects, people, places, colours, materials, light, actions).
 # Their mean estimates the direction every single-word embedding shares. A fixed list: the centre, and so every
 # row, is the same in any build.
@@ -80,11 +78,6 @@ def similarity(a: WordBag, b: WordBag) -> float:
     return 0.5 * (float(a.mean @ b.mean) + coverage)
 
 
-def _unit_rows(v: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.where(norms > 0, norms, 1.0)
-
-
 class WordBagEncoder:
     """``bags(texts)`` -> one `WordBag` per text; ``encode_text(texts)`` -> [N, dim] their means (encoder API)."""
 
@@ -94,10 +87,6 @@ class WordBagEncoder:
         self._vectors: dict[str, np.ndarray] = {}
         self._center: np.ndarray | None = None
         self.encoded_words = 0  # words that needed an encoder call (the rest came from the cache)
-
-    def describe(self) -> dict[str, Any]:
-        base = self.encoder.describe() if hasattr(self.encoder, "describe") else {}
-        return {**base, "embedding": "word-bag"}
 
     def center(self) -> np.ndarray:
         if self._center is None:
@@ -126,8 +115,8 @@ class WordBagEncoder:
                 out.append(WordBag(np.zeros(self.dim, np.float32), np.zeros((0, self.dim), np.float32)))
                 continue
             vectors = np.stack([self._vectors[w] for w in ws])
-            mean = _unit_rows(np.sum(vectors, axis=0, dtype=np.float32) / len(ws))
-            out.append(WordBag(mean, _unit_rows(vectors)))
+            mean = unit_rows(np.sum(vectors, axis=0, dtype=np.float32) / len(ws))
+            out.append(WordBag(mean, unit_rows(vectors)))
         return out
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:  # noqa: ARG002 - encoder API

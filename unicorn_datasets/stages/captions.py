@@ -30,7 +30,7 @@ from unicorn_datasets.stages.assembly import Tally, accepted, constant, with_def
 from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, StageSpec, outcome_columns, register
 from unicorn_datasets.stages.seed_check import OFF_SEED, SeedCosineCheck
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
-from unicorn_datasets.text.tokens import complete_sentences
+from unicorn_datasets.text.tokens import PICTURE_WORDS, complete_sentences
 
 if TYPE_CHECKING:
     from unicorn_datasets.dataset.repo import BuildRepo
@@ -96,9 +96,8 @@ def is_degenerate(words: list[str]) -> bool:
 # Words that say how a seed was phrased, not what the image shows: they need not reappear.
 _SEED_FILLER = frozenset(
     "a an the of in on at with and or to for from by is are was were be this that these those it its my our their "
-    "who which what photo photograph photographed image picture close up closeup shot view type kind looks looking "
-    "seems someone person candid taken showing shows depicting".split()
-)
+    "who which what up".split()
+) | PICTURE_WORDS
 _WORD = re.compile(r"[a-z]+")  # letter runs, not text.tokens.words: "cat's" must still mention "cat"
 
 

@@ -28,19 +28,10 @@ from unicorn_datasets.encoders.stable import encode_stable
 from unicorn_datasets.encoders.word_bag import WordBagEncoder, similarity
 from unicorn_datasets.generation.checks import Candidate, Verdict
 
-__all__ = ["OFF_SEED", "SeedCosine", "SeedCosineCheck", "seed_caption_cosine", "seed_check_encoder"]
+__all__ = ["OFF_SEED", "SeedCosine", "SeedCosineCheck", "seed_caption_cosine"]
 
 OFF_SEED = "off_seed"  # the rejection reason of a caption below captions.min_seed_cosine
 _SEED_CACHE = 4096  # seed embeddings kept between batches (retries reuse them); bounded for 1M-seed builds
-
-
-def seed_check_encoder(encoder: Any, embedding: str) -> Any:
-    """The encoder the check calls: ``encoder`` itself ("sentence") or its word-bag view ("words")."""
-    if embedding == "words":
-        return WordBagEncoder(encoder)
-    if embedding != "sentence":
-        raise ValueError(f"captions.seed_cosine_embedding must be 'sentence' or 'words', not {embedding!r}")
-    return encoder
 
 
 def seed_caption_cosine(encoder: Any, seeds: Sequence[str], captions: Sequence[str]) -> np.ndarray:
@@ -76,8 +67,10 @@ class SeedCosineCheck:
     `similarity`)."""
 
     def __init__(self, encoder: Any, min_cosine: float, embedding: str = "sentence") -> None:
-        self.encoder, self.min_cosine = seed_check_encoder(encoder, embedding), min_cosine
-        self.words = embedding == "words"
+        if embedding not in ("sentence", "words"):
+            raise ValueError(f"captions.seed_cosine_embedding must be 'sentence' or 'words', not {embedding!r}")
+        self.words, self.min_cosine = embedding == "words", min_cosine
+        self.encoder = WordBagEncoder(encoder) if self.words else encoder  # the word bag: its own view of it
         self._seeds: dict[str, Any] = {}  # seed -> its embedding, or its WordBag
 
     def embed(self, texts: list[str]) -> list[Any]:

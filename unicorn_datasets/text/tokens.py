@@ -7,6 +7,12 @@ import re
 IMAGE_TOKEN = "<image>"  # LLaVA-style placeholder in the first human turn
 SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 WORD = re.compile(r"\w+(?:['’]\w+)*")  # letters/digits, inner apostrophes kept; punctuation is no token
+# Words that say how a text names a picture ("a close-up photo of ..."), not what the picture shows: the seed
+# checks ignore them (captions.py's overlap, encoders/word_bag.py)
+PICTURE_WORDS = frozenset(
+    "photo photograph photographed image picture close closeup shot view type kind looks looking seems someone "
+    "person candid taken showing shows depicting".split()
+)
 
 
 def complete_sentences(text: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from unicorn_datasets.encoders.base import unit_rows
 from unicorn_datasets.stages.instruct.config import LETTERS
 from unicorn_datasets.text.tokens import SENTENCE_END
 
@@ -30,16 +31,11 @@ def caption_sentences(caption: str) -> list[str]:
     return [s for s in out if s]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def option_similarity(items: list[dict[str, Any]], encoder: TextEncoder) -> list[float]:
     """Per MC item, the highest cosine between two of its options."""
     if not items:
         return []
-    emb = _unit(encoder.encode_text([it["Options"][k] for it in items for k in LETTERS]))
+    emb = unit_rows(encoder.encode_text([it["Options"][k] for it in items for k in LETTERS]))
     out = []
     for i in range(len(items)):
         e = emb[i * 4 : (i + 1) * 4]
@@ -54,7 +50,7 @@ def answer_margins(items: list[dict[str, Any]], caption: str, encoder: TextEncod
         return []
     sentences = caption_sentences(caption) or [caption]
     statements = [f'{it["Question"]} {it["Options"][k]}' for it in items for k in LETTERS]
-    emb = _unit(encoder.encode_text(sentences + statements))
+    emb = unit_rows(encoder.encode_text(sentences + statements))
     sent, stat = emb[: len(sentences)], emb[len(sentences) :]
     support = (stat @ sent.T).max(axis=1).reshape(len(items), 4)
     out = []
