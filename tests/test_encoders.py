@@ -105,9 +105,12 @@ def test_max_length_override(dual: tuple[str, Encoder]) -> None:
         load_encoder(enc.path, max_length=TEXT_LIMIT + 1)
 
 
-def test_minilm_alias() -> None:
+def test_minilm_alias(capsys: pytest.CaptureFixture[str]) -> None:
     enc = load_encoder("minilm")
     out = enc.encode_text(["a photo of a cat", "a diagram"], batch_size=1)
+    assert "texts encoded" not in capsys.readouterr().err  # no bar unless asked
+    same = enc.encode_text(["a photo of a cat", "a diagram"], batch_size=1, progress="texts encoded")
+    assert "texts encoded" in capsys.readouterr().err and np.array_equal(out, same)  # a bar, the same vectors
     assert enc.dim == 384 and out.shape == (2, 384) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     assert enc.describe()["family"] == "sentence-transformers" and enc.describe()["pooling"] == "mean"

@@ -89,6 +89,18 @@ def test_many_requests_are_in_flight_at_once() -> None:
     assert drain_time(stats["series"], 64, 8) is not None and drain_time(stats["series"], 65, 0) is None
 
 
+def test_one_token_requests_are_counted_apart_from_the_work(instant: Any) -> None:
+    """A build's health check asks for one token before any row: benches time the rows from the first real request."""
+    instant.reset()
+    ping = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    asyncio.run(post_all(instant.url, [ping]))
+    assert instant.stats()["first_work_request"] is None
+    asyncio.run(post_all(instant.url, caption_bodies(3)))
+    stats = instant.stats()
+    assert stats["one_token"] == 1 and stats["received"] == {"chat": 4}
+    assert stats["first_work_request"] is not None and stats["first_work_request"] >= stats["first_request"]
+
+
 def test_one_keep_alive_connection_serves_requests_one_after_another() -> None:
     async def sequential(url: str) -> list[int]:
         limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,11 +181,12 @@ class Encoder:
         texts = list(texts)
         return np.asarray(self._token_lengths(texts), dtype=np.int64) > self.max_length if texts else np.zeros(0, bool)
 
-    def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode_text(self, texts: Sequence[str], batch_size: int = 64, progress: str | None = None) -> np.ndarray:
         """Encode texts -> float32 [N, dim], rows L2-normalised, input order.
 
         Longest texts go first and batches hold similar lengths (less padding); the output is put back
-        in input order. Texts longer than ``max_length`` tokens are truncated and counted.
+        in input order. Texts longer than ``max_length`` tokens are truncated and counted. `progress`: the
+        label of a progress bar (texts encoded) on stderr; None draws none.
         """
         texts = list(texts)
         if batch_size < 1:
@@ -199,7 +201,11 @@ class Encoder:
         order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         torch = _torch()
-        with torch.inference_mode():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(texts), desc=progress, unit="text", file=sys.stderr, dynamic_ncols=True,
+                   disable=progress is None)
+        with torch.inference_mode(), bar:
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]
                 feats = _normalize(self._embed_text_batch([texts[i] for i in idx]))
@@ -208,6 +214,7 @@ class Encoder:
                         f"encoder returned shape {feats.shape}, expected {(len(idx), self.dim)}"
                     )
                 out[idx] = feats
+                bar.update(len(idx))
         return out
 
     def encode_images(self, images: Sequence[PILImage], batch_size: int = 32) -> np.ndarray:

@@ -135,7 +135,7 @@ def build(
         if ctx.is_main:
             llm = ctx.llm_describe()
             summary = finish(ctx.repo, recipe.to_dict(), fp, seed_stats, len(seeds), ctx.provenance, stats, llm=llm,
-                             code_version=__version__, wall=time.monotonic() - t0, plan=predicted,
+                             code_version=__version__, started=t0, plan=predicted,
                              encoders={recipe.transfer.encoder: ctx.loaded_encoder} if ctx.loaded_encoder else None)
             empty = [s for s, v in summary["stages"].items() if v.get("rows_out", 1) == 0]
             if empty:

@@ -7,7 +7,9 @@ requests cost one task each). It behaves like a GPU server that never runs out o
   lognormal (``median``, ``p99``, times ``latency_scale``), then answers with text from
   :mod:`fake_answers` (a function of the prompt, seed and max_tokens only).
 - ``GET /v1/models``; ``GET /stats`` (counters and the in-flight time series sampled every
-  ``sample_interval`` seconds as [time, in flight, requests received]; ``?series=0`` leaves it out);
+  ``sample_interval`` seconds as [time, in flight, requests received]; ``?series=0`` leaves it out;
+  ``one_token`` counts requests for a single token, a client's health check, and ``first_work_request`` is
+  when the first other one arrived);
   ``POST /stats/reset``; ``POST /control`` (JSON: config fields to change at run time, e.g. ``{"down": "503"}``).
 
 Determinism: a request's identity is the hash of its prompt or messages, seed, max_tokens and schema.
@@ -36,9 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -46,6 +46,7 @@ from typing import Any
 
 from unicorn_datasets.testing.fake_answers import answer, request_text, schema_of
 from unicorn_datasets.testing.fake_http import ClientGone, Conn, send, send_json, wait_or_hangup
+from unicorn_datasets.testing.fake_stats import ServerStats
 from unicorn_datasets.testing.inflight import drain_time, inflight_summary  # noqa: F401  (re-exported for benches)
 
 FAULTS = ("error_500", "error_503", "error_429", "reset", "hang", "bad_body", "empty")
@@ -93,46 +94,10 @@ def _uniform(*parts: Any) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-class _Stats:
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.t0 = time.monotonic()
-        self.received: Counter[str] = Counter()
-        self.served: Counter[str] = Counter()
-        self.failed: Counter[str] = Counter()
-        self.invalid = 0
-        self.cancelled = 0  # the client hung up before the answer
-        self.duplicates = 0  # requests whose exact body had been received before
-        self.completion_tokens = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.first_request: float | None = None
-        self.last_response: float | None = None
-        self.series: list[tuple[float, int, int]] = []  # (time, in flight, generation requests received so far)
-        self.attempts: Counter[bytes] = Counter()  # body hash -> times received
-
-    def now(self) -> float:
-        return round(time.monotonic() - self.t0, 4)
-
-    def as_dict(self, with_series: bool) -> dict[str, Any]:
-        out = {
-            "received": dict(self.received), "served": dict(self.served), "failed": dict(self.failed),
-            "invalid": self.invalid, "cancelled": self.cancelled, "duplicates": self.duplicates,
-            "unique_requests": len(self.attempts), "completion_tokens": self.completion_tokens,
-            "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
-            "first_request": self.first_request, "last_response": self.last_response, "now": self.now(),
-        }
-        if with_series:
-            out["series"] = self.series
-        return out
-
-
 class FakeOpenAIServer:
     def __init__(self, config: FakeServerConfig) -> None:
         self.config = config
-        self.stats = _Stats()
+        self.stats = ServerStats()
 
     async def sample(self) -> None:
         while True:
@@ -211,6 +176,10 @@ class FakeOpenAIServer:
         if cfg.down == "503":
             st.failed["down"] += 1
             return await send_json(writer, 503, {"error": {"message": "server is down"}})
+        if (body.get("max_tokens") or body.get("max_completion_tokens")) == 1:
+            st.one_token += 1
+        elif st.first_work_request is None:
+            st.first_work_request = st.now()
         key = request_key(body)
         attempt = st.attempts[key]
         st.attempts[key] += 1

@@ -97,6 +97,11 @@ def read_lines(path: Path, changes: TextChanges) -> list[str]:
 
 def clean(text: str, changes: TextChanges) -> str:
     """One line of clean text: NFC, no zero-width or control characters, single spaces, stripped."""
+    if text.isascii() and text.isprintable():  # the usual line: only its spacing can change (~20x faster)
+        collapsed = " ".join(text.split())
+        if collapsed != text.strip():
+            changes.whitespace_collapsed += 1
+        return collapsed
     if "\r" in text:
         changes.crlf_normalised += 1
         text = text.replace("\r\n", "\n")

@@ -60,6 +60,8 @@ class ReservedTokens:
     def escape(self, text: str) -> tuple[str, bool]:
         """`text` with every reserved token repaired: media placeholders as their plain word
         (`<image>` -> `image`), template tokens dropped. Returns (text, changed)."""
+        if self._bracketed and "<" not in text and "[" not in text:  # no scan: every seed comes through here
+            return text, False
         if not self._pattern.search(text):
             return text, False
         repaired = " ".join(self._pattern.sub(lambda m: f" {_plain_words(m.group(0))} ", text).split())
