@@ -341,7 +341,7 @@ class ServerBackend:
         return errors
 
     async def _check_all(self) -> dict[str, str]:
-        """{url: error} for each endpoint whose probe or one-token generation failed (twice, for a blip)."""
+        """{url: error} for each endpoint whose probe or one-token generation failed (up to three tries: a blip)."""
         errors = await self._probe_all(fresh=True)
         session = self._session()
         for ep in self.endpoints:

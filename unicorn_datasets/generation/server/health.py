@@ -19,8 +19,11 @@ from unicorn_datasets.generation.server.endpoints import Endpoint
 RESUME = "start or fix the server(s), then rerun the same command to resume"
 
 
+PING_TRIES = 3  # a server failing 1 request in 7 failed a two-try check 2 % of the time: a build stopped for a blip
+
+
 async def ping(backend: Any, ep: Endpoint, http: Any) -> str | None:
-    """Ask `ep` (a `client.ServerBackend`'s endpoint) for one token, twice for a blip; None when it answered."""
+    """Ask `ep` (a `client.ServerBackend`'s endpoint) for one token, up to PING_TRIES times; None when it answered."""
     seed = random.getrandbits(31)  # never a resend of an earlier run's ping (servers count those)
     if backend.supports_chat:
         req = GenerationRequest(key="health-check", seed=seed, messages=[{"role": "user", "content": "Hi"}])
@@ -28,7 +31,7 @@ async def ping(backend: Any, ep: Endpoint, http: Any) -> str | None:
         req = GenerationRequest(key="health-check", seed=seed, prompt="Hi")
     params = SamplingParams(max_new_tokens=1, temperature=0.0)
     error = None
-    for attempt in range(2):
+    for attempt in range(PING_TRIES):
         try:
             if ep.kind is None:
                 await classified(probe(ep, http, timeout=min(backend.timeout, 10.0), server_kind=backend.server_kind))
@@ -39,7 +42,7 @@ async def ping(backend: Any, ep: Endpoint, http: Any) -> str | None:
             if e.status == "HTTP 429":  # rate-limited is up
                 return None
             error = e.status
-            if attempt == 0:
+            if attempt < PING_TRIES - 1:
                 await asyncio.sleep(min(backend.backoff, 1.0))
             continue
         return None
