@@ -247,11 +247,8 @@ def _embed_captions(texts: list[str], encoder: str, loaded: dict[str, Any]) -> t
         from unicorn_datasets.encoders import load_encoder
 
         enc = load_encoder(encoder)
-    from unicorn_datasets.encoders.base import Encoder
-
     # a bar: 20,000 captions take minutes on a CPU, after the build's last stage bar has finished
-    x = (enc.encode_text(texts, batch_size=64, progress=f"diversity report ({encoder})") if isinstance(enc, Encoder)
-         else enc.encode_text(texts, batch_size=64))
+    x = enc.encode_text(texts, batch_size=64, progress=f"diversity report ({encoder})")
     return x, str(enc.describe().get("encoder", encoder))
 
 

@@ -24,8 +24,9 @@ ItemCheck = Literal["copied_example", "malformed_question", "off_question_answer
 ITEM_CHECKS: tuple[str, ...] = typing.get_args(ItemCheck)
 # an MC option line in the human turn: "A. text" (the paper's figure) or "A: text" (the authors' released data)
 OptionFormat = Literal["A.", "A:"]
-SeedCosineEmbedding = Literal["sentence", "words"]  # captions.seed_cosine_embedding
 OPTION_FORMATS: tuple[str, ...] = typing.get_args(OptionFormat)
+SeedCosineEmbedding = Literal["sentence", "words"]  # captions.seed_cosine_embedding
+SEED_COSINE_EMBEDDINGS: tuple[str, ...] = typing.get_args(SeedCosineEmbedding)
 # (min, max) items per task when `instruct.items` leaves a task out; the paper asks 6-8 for mc/qa and leaves
 # reasoning open (UNCONFIRMED)
 INSTRUCT_ITEMS = {"mc": (6, 8), "qa": (6, 8), "reasoning": (2, 4)}

@@ -27,6 +27,7 @@ import numpy as np
 from unicorn_datasets.encoders.stable import encode_stable
 from unicorn_datasets.encoders.word_bag import WordBagEncoder, similarity
 from unicorn_datasets.generation.checks import Candidate, Verdict
+from unicorn_datasets.recipe.sections import SEED_COSINE_EMBEDDINGS
 
 __all__ = ["OFF_SEED", "SeedCosine", "SeedCosineCheck", "seed_caption_cosine"]
 
@@ -67,8 +68,9 @@ class SeedCosineCheck:
     `similarity`)."""
 
     def __init__(self, encoder: Any, min_cosine: float, embedding: str = "sentence") -> None:
-        if embedding not in ("sentence", "words"):
-            raise ValueError(f"captions.seed_cosine_embedding must be 'sentence' or 'words', not {embedding!r}")
+        if embedding not in SEED_COSINE_EMBEDDINGS:
+            allowed = " or ".join(map(repr, SEED_COSINE_EMBEDDINGS))
+            raise ValueError(f"captions.seed_cosine_embedding must be {allowed}, not {embedding!r}")
         self.words, self.min_cosine = embedding == "words", min_cosine
         self.encoder = WordBagEncoder(encoder) if self.words else encoder  # the word bag: its own view of it
         self._seeds: dict[str, Any] = {}  # seed -> its embedding, or its WordBag

@@ -97,11 +97,16 @@ def read_lines(path: Path, changes: TextChanges) -> list[str]:
 
 def clean(text: str, changes: TextChanges) -> str:
     """One line of clean text: NFC, no zero-width or control characters, single spaces, stripped."""
-    if text.isascii() and text.isprintable():  # the usual line: only its spacing can change (~20x faster)
-        collapsed = " ".join(text.split())
-        if collapsed != text.strip():
-            changes.whitespace_collapsed += 1
-        return collapsed
+    if not (text.isascii() and text.isprintable()):  # the usual line is: only its spacing can change (~20x faster)
+        text = _repair(text, changes)
+    collapsed = " ".join(text.split())
+    if collapsed != text.strip():
+        changes.whitespace_collapsed += 1
+    return collapsed
+
+
+def _repair(text: str, changes: TextChanges) -> str:
+    """Line endings, a BOM, zero-width and control characters removed; NFC."""
     if "\r" in text:
         changes.crlf_normalised += 1
         text = text.replace("\r\n", "\n")
@@ -118,10 +123,7 @@ def clean(text: str, changes: TextChanges) -> str:
     if nfc != text:
         changes.nfc_changed += 1
         text = nfc
-    collapsed = " ".join(text.split())
-    if collapsed != text.strip():
-        changes.whitespace_collapsed += 1
-    return collapsed
+    return text
 
 
 def _is_control(c: str) -> bool:

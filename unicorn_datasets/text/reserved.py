@@ -51,18 +51,20 @@ class ReservedTokens:
         self.tokens = tuple(tokens)
         self._pattern = re.compile("|".join([*map(re.escape, tokens), _PIPE_TOKEN]) + "|(?i:<image>)")
 
+    def _may_hold(self, text: str) -> bool:
+        """False when `text` cannot hold a token, decided without the regex scan (every response and seed)."""
+        return not self._bracketed or "<" in text or "[" in text
+
     def find(self, text: str) -> list[str]:
         """The reserved tokens in `text`, in order of appearance."""
-        if self._bracketed and "<" not in text and "[" not in text:  # skip the regex scan (every response)
+        if not self._may_hold(text):
             return []
         return [m.group(0) for m in self._pattern.finditer(text)]
 
     def escape(self, text: str) -> tuple[str, bool]:
         """`text` with every reserved token repaired: media placeholders as their plain word
         (`<image>` -> `image`), template tokens dropped. Returns (text, changed)."""
-        if self._bracketed and "<" not in text and "[" not in text:  # no scan: every seed comes through here
-            return text, False
-        if not self._pattern.search(text):
+        if not self._may_hold(text) or not self._pattern.search(text):
             return text, False
         repaired = " ".join(self._pattern.sub(lambda m: f" {_plain_words(m.group(0))} ", text).split())
         return _SPACE_BEFORE_PUNCT.sub(r"\1", repaired), True
