@@ -35,6 +35,8 @@ def test_faults_leave_every_row_accounted_for_and_the_same(tmp_path: Path) -> No
         clean = tmp_path / "clean"
         r = run_build([*args, "--out", str(clean), "--llm-endpoint", clean_server.url])
         assert r.returncode == 0, r.stderr[-3000:]
+        # one health check per generation stage: the preflight's stands for the first (not asked twice)
+        assert clean_server.stats()["one_token"] == 2
     with serve(median=0.02, p99=0.2, invalid=0.1, **FAULTS) as server:
         out = tmp_path / "faulty"
         r = run_build([*args, "--out", str(out), "--llm-endpoint", server.url])

@@ -38,6 +38,9 @@ class Context:
     run_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage, this rank's work
     loaded_backend: Any = None  # set once the LLM is loaded (None when every LLM shard was done earlier)
     loaded_encoder: Any = None
+    # a fresh build's preflight just had every rank's servers answer: the first generation stage, a moment later,
+    # does not ask again (a second one-token request is one more latency before any row)
+    servers_checked: bool = False
 
     @property
     def rank(self) -> int:

@@ -1,8 +1,9 @@
 """Checks that must pass before a build writes anything: today, that a fresh server build's endpoints answer.
 
 A fresh build probes its servers before OUT/.build/ exists, so a server that is down (or a URL that
-reaches nothing) costs one line and leaves nothing on disk. A resumed build probes later, in the shard
-runner, and only when it has generation left: finishing a build whose generation is done needs no server.
+reaches nothing) costs one line and leaves nothing on disk; that answer stands for its first generation
+stage. A resumed build probes later, in the shard runner, and only when it has generation left: finishing
+a build whose generation is done needs no server. Every later generation stage probes again.
 """
 
 from __future__ import annotations
@@ -30,3 +31,4 @@ def probe_servers_first(ctx: Context) -> None:
     error = ctx.broadcast(error)
     if error:
         raise BackendUnavailable(error)
+    ctx.servers_checked = True

@@ -120,8 +120,9 @@ def run_generation(ctx: Context, stage: RowGenerator, shards: Shards) -> None:
     if todo:
         backend = ctx.backend()  # loaded only when this rank has shards left to run
         check = getattr(backend, "check_available", None)
-        if check is not None:
+        if check is not None and not ctx.servers_checked:
             check()  # a server that is down at start: one clear line before any work
+        ctx.servers_checked = False  # the preflight's answer stands for this stage only
         progress = _progress(ctx, name, shards)
         journal = Journal(ctx.repo.work / JOURNAL / name)
         for shard in set(journal.pending_units()) - set(todo):
