@@ -17,6 +17,7 @@ from unicorn_datasets.generation.base import (
 )
 from unicorn_datasets.generation.engine import Engine, RowOutcome, WorkUnit
 from unicorn_datasets.generation.journal import Journal
+from unicorn_datasets.generation.slots import RequestSlots
 
 PARAMS = SamplingParams(max_new_tokens=16)
 
@@ -83,7 +84,7 @@ def run(engine: Engine, work: list[WorkUnit]) -> dict[int, list[RowOutcome]]:
     return done
 
 
-def test_window_is_max_in_flight_across_units_and_retries_are_immediate() -> None:
+def test_window_is_max_in_flight_across_units_and_every_row_gets_its_retry() -> None:
     backend = AsyncEcho(max_in_flight=16)
     done = run(Engine(backend), units(10, 5))
     assert sorted(done) == list(range(10))
@@ -95,11 +96,26 @@ def test_window_is_max_in_flight_across_units_and_retries_are_immediate() -> Non
 
 
 def test_rows_do_not_depend_on_the_window() -> None:
-    a = run(Engine(AsyncEcho(), max_in_flight=1), units(3, 7))
-    b = run(Engine(AsyncEcho(), max_in_flight=64), units(3, 7))
-    assert {k: [(o.value, o.reason, o.seed) for o in v] for k, v in a.items()} == {
-        k: [(o.value, o.reason, o.seed) for o in v] for k, v in b.items()
-    }
+    def rows(engine: Engine) -> dict[int, list[tuple]]:
+        return {k: [(o.value, o.reason, o.seed) for o in v] for k, v in run(engine, units(3, 7)).items()}
+
+    a = rows(Engine(AsyncEcho(), max_in_flight=1))
+    assert rows(Engine(AsyncEcho(), max_in_flight=64)) == a
+    assert rows(Engine(AsyncEcho(), max_in_flight=4, retry_backlog=0)) == a  # retries at once, not deferred
+
+
+def test_retries_wait_behind_new_rows_up_to_the_backlog() -> None:
+    """A stage's end is filled with retries: while new rows remain (and fewer than the backlog wait), a
+    rejected row's retry goes after them; with no backlog it goes at once, in its row's slot."""
+    deferred = AsyncEcho(max_in_flight=4)
+    done = run(Engine(deferred, retry_backlog=16), units(1, 30))
+    firsts = [(key, seed) for key, seed in deferred.sent if seed % 2 == 1 or int(key[3:]) % 3]
+    assert len(deferred.sent) == 40 and deferred.sent[:30] == firsts  # 30 first attempts, then 10 retries
+    assert all(o.value is not None for o in done[0])
+    at_once = AsyncEcho(max_in_flight=4)
+    run(Engine(at_once, retry_backlog=0), units(1, 30))
+    first_retry = next(n for n, (key, seed) in enumerate(at_once.sent) if int(key[3:]) % 3 == 0 and seed % 2 == 0)
+    assert first_retry < 10  # row 0's retry, among the first rows
 
 
 def test_failed_request_is_a_rejection_not_a_failed_build() -> None:
@@ -176,3 +192,26 @@ def test_a_failed_part_write_stops_the_run_with_its_error() -> None:
     assert not t.is_alive(), "the engine hung after a failed part write"
     assert len(errors) == 1 and isinstance(errors[0], OSError) and "No space" in str(errors[0])
     assert len(landed) == 1
+
+
+def test_request_slots_serve_first_attempts_then_retries_and_an_overdue_retry_first() -> None:
+    async def order(max_wait: float) -> list[str]:
+        slots, served = RequestSlots(1, max_wait=max_wait), []
+        await slots.acquire()
+
+        async def wait(name: str, retry: bool) -> None:
+            await slots.acquire(retry)
+            served.append(name)
+            slots.release()
+
+        cancelled = asyncio.create_task(wait("first0", False))
+        tasks = [asyncio.create_task(wait(n, n.startswith("retry"))) for n in ("retry1", "first1", "retry2", "first2")]
+        await asyncio.sleep(0.01)  # every waiter queued; the first leaves before its turn, and takes no slot
+        cancelled.cancel()
+        slots.release()
+        await asyncio.gather(*tasks)
+        await asyncio.wait_for(slots.acquire(), 1)  # the one slot is free again
+        return served
+
+    assert asyncio.run(order(max_wait=10.0)) == ["first1", "first2", "retry1", "retry2"]
+    assert asyncio.run(order(max_wait=0.0)) == ["retry1", "retry2", "first1", "first2"]  # waited too long: first

@@ -6,9 +6,11 @@ A stage hands it work units (one per shard), each with two functions: build the 
 (row, attempt), and validate a result into a value or a rejection reason. The engine never sees a
 stage; a stage never sees a batch, an event loop or an endpoint.
 
-Continuous, not batch-synchronous: a window of `max_in_flight` rows is kept open across all
-units, in order. A row's request is replaced the moment it completes; its validation and retry
-(with the next attempt's seed) happen at once for that row. When the last row of a unit is
+Continuous, not batch-synchronous: a window of `max_in_flight` requests is kept full across all
+units, in order. A request's slot goes to the next one the moment it completes; its row's validation
+happens at once, and a rejected row retries (with the next attempt's seed) behind the new rows: up to
+`retry_backlog` rows wait to retry, each for at most 10 s (generation/slots.py), so a stage's end is
+filled with retries instead of a tail of late rows' second round trips. When the last row of a unit is
 decided, `on_unit_done` lands its part, so parts land in order of completion. What a row contains
 depends only on its requests (build seed, row, attempt), never on the window or process count.
 
@@ -46,6 +48,7 @@ from unicorn_datasets.generation.base import (
 )
 from unicorn_datasets.generation.checks import BatchCheck, Candidate, CheckWorker
 from unicorn_datasets.generation.journal import Journal, Key, request_digest
+from unicorn_datasets.generation.slots import RequestSlots
 
 Validate = Callable[[int, GenerationResult], tuple[Any, str | None, list[str]]]
 
@@ -123,6 +126,7 @@ class Engine:
         check_batch: int = 64,
         check_wait: float = 0.1,
         check_backlog: int | None = None,
+        retry_backlog: int | None = None,
     ) -> None:
         self.backend = backend
         self.batched = not hasattr(backend, "agenerate_one")
@@ -144,6 +148,8 @@ class Engine:
         # rows waiting for a batched check, beyond the window of requests (their slots go to new requests)
         self.check_backlog = self.max_in_flight if check_backlog is None else max(0, check_backlog)
         self.checker: CheckWorker | None = None
+        # rows waiting to retry behind new rows (generation/slots.py): a stage's tail is filled with retries
+        self.retry_backlog = self.max_in_flight if retry_backlog is None else max(0, retry_backlog)
 
     # ---- public -------------------------------------------------------------------------------
     def run(self, units: Iterable[WorkUnit], on_unit_done: OnUnitDone) -> EngineStats:
@@ -179,8 +185,9 @@ class Engine:
             self._stop = threading.Event()
             raise asyncio.CancelledError
         self._task = (asyncio.get_running_loop(), asyncio.current_task())  # type: ignore[assignment]
-        window = asyncio.Semaphore(self.max_in_flight)  # rows open (grows by check_backlog with a check)
-        self._requests = asyncio.Semaphore(self.max_in_flight)  # requests at the backend
+        # rows open: the window, rows waiting to retry, and (with a check) rows waiting for it
+        window = asyncio.Semaphore(self.max_in_flight + self.retry_backlog)
+        self._requests = RequestSlots(self.max_in_flight)  # requests at the backend, new rows first
         self.checker = None
         tasks: set[asyncio.Task[None]] = set()
         failure: list[BaseException] = []
@@ -278,7 +285,7 @@ class Engine:
             else:
                 o.requests += 1
                 try:
-                    res = await self._generate(req, unit.params)
+                    res = await self._generate(req, unit.params, retry=attempt > 0)
                 except RequestFailed as e:
                     o.reason, o.error = e.reason, e.error
                     o.attempt_reasons.append(e.reason)
@@ -316,8 +323,8 @@ class Engine:
             )
 
     # ---- talking to the backend ---------------------------------------------------------------
-    async def _generate(self, req: GenerationRequest, params: SamplingParams) -> GenerationResult:
-        await self._requests.acquire()
+    async def _generate(self, req: GenerationRequest, params: SamplingParams, retry: bool = False) -> GenerationResult:
+        await self._requests.acquire(retry)
         self.stats.requests += 1
         self.stats.in_flight += 1
         self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, self.stats.in_flight)

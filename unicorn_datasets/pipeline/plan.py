@@ -5,9 +5,11 @@ acceptance share (Stage 1's captions, hence Stages 2 and 3's inputs) and `select
 task mix). The probe (probe.py) sends a sample of each LLM stage's real requests; from it:
 
 - requests = rows x requests per row; tokens = requests x tokens per request (prompt, completion);
-- seconds, servers: the engine keeps `max_in_flight` rows in flight, each holding its slot for all its
-  attempts, so the build's window is simulated with row times drawn from the probe's (the tail of the
-  last rows included); in-process: rows x the probe's seconds per row on this machine;
+- seconds, servers: the engine keeps `max_in_flight` requests in flight, so the build's window is
+  simulated with row times (all of a row's attempts) drawn from the probe's, the tail of the last rows
+  included; the engine sends retries behind new rows (generation/slots.py), which shortens that tail, so
+  the simulation errs long by at most a latency or so per stage; in-process: rows x the probe's seconds
+  per row on this machine;
 - Stage 3: a timed batch of the encoder on the probe's captions.
 
 Nothing is written but `--save FILE`; `unicorn build --plan FILE` records the plan beside what happened.
