@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -119,3 +121,15 @@ def test_odd_but_valid_seed_files_are_accepted(tmp_path: Path) -> None:
         stats = SeedStats()
         seeds = [s.seed for s in load_caption_seeds(str(tmp_path / src), stats=stats)]
         assert seeds == ["A dog on a beach.", "A cat on a mat."], src
+
+
+def test_a_missing_package_is_one_clear_line(tmp_path: Path) -> None:
+    # A broken install (here: datasets and pyarrow absent) still ends in one line, not a traceback from
+    # the error report itself (which reads pyarrow-backed error types).
+    code = ("import sys\nfrom unicorn_datasets.cli import main\n"
+            "sys.modules['datasets'] = sys.modules['pyarrow'] = None\n"
+            f"sys.exit(main(['build', '--recipe', 'demo', '--out', {str(tmp_path / 'out')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == EXIT_BUILD, r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "'datasets' is not installed" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()

