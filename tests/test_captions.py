@@ -185,3 +185,37 @@ def test_the_card_says_which_seed_checks_ran_and_how() -> None:
     assert "drifted_from_seed" not in text
     recipe["captions"]["min_seed_cosine"] = 0
     assert "rejected for" not in SPEC.card_text(recipe, {})
+
+
+# Real demo captions (Gemma-3-270M), each with the phrase the paper's prompt forbids.
+SUBJECTIVE = [
+    ("The sound of the piano and the radio can be heard from the opposite wall.", "senses"),
+    ("Her white belly curves up behind her neck as if to whisper hello.", "rhetoric"),
+    ("As you can see, the car is very well lit up inside the building.", "address"),
+    ("This is an ideal place for a conversation.", "judgement"),
+    ("The crowd is enjoying the explosion as they watch it from the ground.", "judgement"),
+    ("In this case, there is no reference to a real person.", "commentary"),
+    ("The overall atmosphere is calm.", "mood"),
+]
+
+
+@pytest.mark.parametrize("sentence, kind", SUBJECTIVE, ids=[k for _, k in SUBJECTIVE])
+def test_a_subjective_phrase_is_rejected_with_its_reason(cfg: CaptionsSection, sentence: str, kind: str) -> None:
+    from unicorn_datasets.text.objectivity import subjective_markers
+
+    assert [m.kind for m in subjective_markers(sentence)][:1] == [kind]
+    strict = dataclasses.replace(cfg, max_subjective=0)
+    assert check(LONG, strict, "stop", SEED) is None  # an objective caption passes
+    assert check(f"{LONG} {sentence}", strict, "stop", SEED) == "subjective"
+    assert check(f"{LONG} {sentence}", cfg, "stop", SEED) is None  # max_subjective unset: no check
+    assert check(f"{LONG} {sentence}", dataclasses.replace(cfg, max_subjective=3), "stop", SEED) is None
+
+
+def test_the_seeds_own_words_and_look_alikes_are_not_subjective() -> None:
+    from unicorn_datasets.text.objectivity import subjective_markers
+
+    assert subjective_markers("A delicious pizza with basil on a plate.", "an image of a delicious pizza") == []
+    assert [m.text for m in subjective_markers("A delicious pizza on a plate.")] == ["delicious"]
+    # "US" the country, a Roman numeral, a sound-looking word inside another word: none is a marker
+    assert subjective_markers("A US Navy ship named after Henry I. Soundproof panels line the wall.") == []
+    assert [m.kind for m in subjective_markers("We see a beautiful dog.")] == ["address", "judgement"]

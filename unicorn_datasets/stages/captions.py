@@ -29,6 +29,7 @@ from unicorn_datasets.seeds.sources import Seed
 from unicorn_datasets.stages.assembly import Tally, accepted, constant, with_defaults
 from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, StageSpec, outcome_columns, register
 from unicorn_datasets.stages.seed_check import OFF_SEED, SeedCosineCheck
+from unicorn_datasets.text.objectivity import subjective_markers
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
 from unicorn_datasets.text.tokens import PICTURE_WORDS, complete_sentences
 
@@ -141,6 +142,8 @@ def check(
         return "too_long"
     if cfg.min_seed_overlap > 0 and seed_overlap(seed, text) < cfg.min_seed_overlap:
         return "drifted_from_seed"
+    if cfg.max_subjective is not None and len(subjective_markers(text, seed)) > cfg.max_subjective:
+        return "subjective"
     if cfg.min_seed_cosine > 0:
         if seed_cosine is None:
             raise ValueError("captions.min_seed_cosine is set but no text encoder was given to the check")
@@ -328,6 +331,9 @@ def _card_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
     checks = []
     if c.get("min_seed_overlap"):
         checks.append(f"mentioning under {c['min_seed_overlap']:g} of the seed's content words (`drifted_from_seed`)")
+    if c.get("max_subjective") is not None:
+        checks.append(f"more than {c['max_subjective']} phrase(s) of judgement, mood, rhetoric, a narrator or a "
+                      "sound or smell (`subjective`)")
     if c.get("min_seed_cosine"):
         encoder = recipe.get("transfer", {}).get("encoder")
         if c.get("seed_cosine_embedding") == "words":
