@@ -28,6 +28,11 @@ def test_start_resume_and_refuse_other_settings(tmp_path: Path) -> None:
     assert repo.start({"name": "r", "seed": 0}, "fp1", overwrite=False) is True
     with pytest.raises(RepoError, match=r"seed: 0 -> 1"):
         repo.start({"name": "r", "seed": 1}, "fp2", overwrite=False)
+    # a key the package that made the build did not have yet (its value None): named, not "none"
+    older = BuildRepo(tmp_path / "older")
+    older.start({"name": "r", "captions": {"min_words": 5}}, "fp3", overwrite=False)
+    with pytest.raises(RepoError, match=r"first difference: captions.max_subjective: \(no such key\) -> None"):
+        older.start({"name": "r", "captions": {"min_words": 5, "max_subjective": None}}, "fp4", overwrite=False)
     repo.write_part("captions", 0, pa.table({"id": ["a"]}), {"rows": 1})
     assert repo.start({"name": "r", "seed": 1}, "fp2", overwrite=True) is False
     assert repo.done_shards("captions") == set()  # --overwrite starts from nothing

@@ -350,7 +350,10 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
         for k in sorted(set(a) | set(b)):
             if k in ("out", "overwrite"):
                 continue
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+            key = f"{path}.{k}" if path else k
+            if (k in a) != (k in b):  # a key one version of the package has and the other lacks
+                return f"{key}: {a[k]!r} -> (no such key)" if k in a else f"{key}: (no such key) -> {b[k]!r}"
+            if a[k] != b[k]:
+                return _first_difference(a[k], b[k], key)
         return "none"
     return f"{path}: {a!r} -> {b!r}"
