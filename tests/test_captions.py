@@ -183,8 +183,10 @@ def test_the_card_says_which_seed_checks_ran_and_how() -> None:
     text = SPEC.card_text(recipe, {})
     assert "cosine with the seed under 0.3 (`off_seed`; whole-text embeddings of `minilm`)" in text
     assert "drifted_from_seed" not in text
-    recipe["captions"]["min_seed_cosine"] = 0
+    recipe["captions"].update(min_seed_cosine=0, max_subjective=None)
     assert "rejected for" not in SPEC.card_text(recipe, {})
+    recipe["captions"]["max_subjective"] = 1
+    assert "more than 1 phrase(s) of judgement, mood, rhetoric" in SPEC.card_text(recipe, {})
 
 
 # Real demo captions (Gemma-3-270M), each with the phrase the paper's prompt forbids.
