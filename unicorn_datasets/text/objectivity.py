@@ -24,28 +24,32 @@ _JUDGEMENT = (
 ).split()
 _HOW_MANY = (r"(?:several |many |a few |a couple of |hundreds of |thousands of |\d+ |"
              r"(?:one|two|three|four|five|six|seven|eight|nine|ten|twenty) )?")
-_PATTERNS: dict[str, str] = {
-    "judgement": r"\b(?:" + "|".join(re.escape(w) for w in _JUDGEMENT) + r")\b",
-    "mood": r"\b(?:sense|feeling|atmosphere|mood|aura|air) of\b|\boverall (?:mood|atmosphere|feel|impression)\b",
-    # a narrator or a viewer in the text: "as you can see", "catch our eye", "I think", "at first glance"
-    "address": r"\b(?:you|your|yours|we|our|ours)\b|(?<![\w.])I(?!\.)\b|\bus\b|\b(?:at first glance|the viewer|"
-               r"one can (?:see|tell|notice|imagine))\b",
-    "rhetoric": r"\bas (?:if|though)\b|\b(?:whisper|whispers|whispering|testament|tapestry|symphony|"
-                r"feast for the eyes)\b|\bseems? to (?:dance|sing|smile|invite|welcome|beckon)\b",
+_PATTERNS: list[tuple[str, str]] = [  # (kind, pattern), matched ignoring case
+    ("judgement", r"\b(?:" + "|".join(re.escape(w) for w in _JUDGEMENT) + r")\b"),
+    ("mood", r"\b(?:sense|feeling|atmosphere|mood|aura|air) of\b|\boverall (?:mood|atmosphere|feel|impression)\b"),
+    # a narrator or a viewer in the text: "as you can see", "catch our eye", "at first glance"
+    ("address", r"\b(?:you|your|yours|we|our|ours|at first glance|the viewer|one can (?:see|tell|notice|imagine))\b"),
+    ("rhetoric", r"\bas (?:if|though)\b|\b(?:whisper|whispers|whispering|testament|tapestry|symphony|"
+                 r"feast for the eyes)\b|\bseems? to (?:dance|sing|smile|invite|welcome|beckon)\b"),
     # a picture has no sound, smell or taste
-    "senses": r"\b(?:hear|hears|heard|hearing|sound|sounds|noise|smell|smells|scent|aroma|fragrance|fragrant|"
-              r"taste|tastes|tasty)\b",
-    # what no picture shows: time spans, dates and history, thoughts and wishes, speech
-    "story": r"\b(?:for|since|over) (?:the past |about |almost |nearly |more than )?" + _HOW_MANY
-             + r"(?:hours|days|weeks|months|years|decades|centuries)\b|\b(?:ago|yesterday|tomorrow|used to|"
-             r"last (?:night|week|month|year|summer|winter))\b|\b(?:in|since) (?:1[6-9]|20)\d\d\b|"
-             r"\b(?:feels?|felt|thinks?|thought|wonders?|wondering|remembers?|remembered|hopes?|hoping|wants?|"
-             r"wanted|wishes|dreams?|dreaming|decided|said|replied|answered|told)\b",
-    "commentary": r"\b(?:in this case|there is no reference|nothing in the (?:picture|image|photo)|it is "
-                  r"(?:unclear|impossible|hard) to (?:say|tell|know))\b",
-}
-_MARKERS = {kind: re.compile(p, re.IGNORECASE if kind != "address" else 0) for kind, p in _PATTERNS.items()}
-_ADDRESS_ANY_CASE = re.compile(r"\b(?:You|Your|We|Our)\b")  # sentence-initial forms of the lower-case list
+    ("senses", r"\b(?:hear|hears|heard|hearing|sound|sounds|noise|smell|smells|scent|aroma|fragrance|fragrant|"
+               r"taste|tastes|tasty)\b"),
+    # what no picture shows: time spans, dates and history, guesses about the past, thoughts and wishes, speech
+    ("story", r"\b(?:for|since|over) (?:the past |about |almost |nearly |more than )?" + _HOW_MANY
+              + r"(?:hours|days|weeks|months|years|decades|centuries)\b|\bfor a (?:long |short )?(?:time|while)\b|"
+              r"\b(?:ago|yesterday|tomorrow|used to|"
+              r"last (?:night|week|month|year|summer|winter))\b|\b(?:1[6-9]|20)\d\d\b(?!s)|"
+              r"\b(?:may|might|must|could) have (?:been|had|left|come|gone)\b|"
+              r"\b(?:feels?|felt|thinks?|thought|wonders?|wondering|remembers?|remembered|hopes?|hoping|wants?|"
+              r"wanted|wishes|dreams?|dreaming|decided|said|replied|answered|told)\b"),
+    # about the picture or the text instead of what it shows: its source, what it lacks
+    ("commentary", r"\b(?:taken (?:from|by)|website|online gallery|in this case|there is no reference|"
+                   r"nothing in the (?:picture|image|photo)|it is (?:unclear|impossible|hard) to (?:say|tell|know))\b"),
+]
+# Case matters for these two: "I" the narrator, not "Henry I."; "us" the viewers, not "US" the country.
+_CASE_SENSITIVE = [("address", r"(?<![\w.])I(?!\.)\b|\bus\b")]
+_MARKERS = [(kind, re.compile(p, re.IGNORECASE)) for kind, p in _PATTERNS] + [
+    (kind, re.compile(p)) for kind, p in _CASE_SENSITIVE]
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 
 
@@ -64,11 +68,8 @@ def subjective_markers(caption: str, seed: str = "") -> list[Marker]:
     in text order; a phrase whose words all appear in `seed` is the seed's, not the model's, and is skipped."""
     seed_words = {_stem(w) for w in _WORD.findall(seed.lower())}
     found: list[tuple[int, Marker]] = []
-    for kind, pattern in _MARKERS.items():
-        matches = list(pattern.finditer(caption))
-        if kind == "address":
-            matches += _ADDRESS_ANY_CASE.finditer(caption)
-        for m in matches:
+    for kind, pattern in _MARKERS:
+        for m in pattern.finditer(caption):
             words = _WORD.findall(m.group(0).lower())
             if words and all(_stem(w) in seed_words for w in words):
                 continue
