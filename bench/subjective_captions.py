@@ -1,13 +1,17 @@
 """Precision/recall of the Stage-1 `subjective` check (text/objectivity.py) on labelled real captions.
 
-subjective_cases.jsonl: one real Gemma-3-270M demo caption per line (`python build.py --recipe demo --stages
-captions` with the other caption checks off, so every output is here), ``{"id", "seed", "caption", "labels":
-{reader: subjective?}, "label", "split"}``. Two readers labelled every caption without seeing the rules, by
-the paper's words: a caption is subjective when any of it is not an observable description: judgement or
-emotion, mood, literary rhetoric (simile, metaphor, personification), a narrator or a viewer ("you", "we"),
-sound, smell or taste, or commentary on what the picture does not show. ``label`` is the two readers'
-answer where they agree, and the adjudicated one where they did not. ``split``: ``dev`` captions were read
-while the rules were written; ``held_out`` ones only after they were frozen.
+subjective_cases.jsonl: one caption per line, ``{"id", "seed", "caption", "origin", "labels": {reader:
+subjective?}, "label", "split"}``. ``origin``: ``real`` is a Gemma-3-270M demo output, unchanged (`python
+build.py --recipe demo --stages captions` with the other caption checks off, so every output is kept);
+``edited-from-real`` is a real caption from which an editor who never saw the rules cut every part that is
+not observable (the 270M model writes so few objective captions that they alone would not make 60).
+Two readers labelled every caption without seeing the rules (the edited ones shuffled among real ones, under
+opaque ids), by the paper's words: a caption is subjective when any of it is not an observable description:
+judgement or emotion, mood, literary rhetoric (simile, metaphor, personification), a narrator or a viewer
+("you", "we"), sound, smell or taste, backstory (durations, dates, thoughts, speech), or commentary on the
+picture instead of what it shows. ``label`` is the readers' answer where they agree, else adjudicated.
+``split``: ``dev`` captions were read while the rules were written; ``held_out`` ones only after the rules
+were frozen (git history: the commits "rules v2" and before).
 
     python bench/subjective_captions.py
 """
@@ -46,8 +50,11 @@ def main() -> None:
           f"{agree} ({agree / len(cases):.0%})")
     print("| split | max_subjective | cases | subjective | flagged | precision | recall |")
     print("|---|--:|--:|--:|--:|--:|--:|")
-    for split in ("dev", "held_out", "all"):
-        part = [c for c in cases if split in ("all", c["split"])]
+    parts = {"dev": lambda c: c["split"] == "dev", "held_out": lambda c: c["split"] == "held_out",
+             "held_out, real only": lambda c: c["split"] == "held_out" and c["origin"] == "real",
+             "all": lambda c: True}
+    for split, keep in parts.items():
+        part = [c for c in cases if keep(c)]
         for k in (0, 1, 2):
             s = scores(part, k)
             print(f"| {split} | {k} | {s['cases']} | {s['positives']} | {s['flagged']} | {s['precision']:.2f} | "
