@@ -91,8 +91,8 @@ class CaptionsSection:
     # how the off-seed check embeds: "sentence" = seed and caption whole; "words" = the mean of their content words'
     # embeddings, each word encoded once (~0.1 ms a caption on CPU, not ~27 ms; encoders/word_bag.py)
     seed_cosine_embedding: SeedCosineEmbedding = "sentence"
-    # judgement, mood, narrator/viewer, rhetoric, sound/smell phrases a caption may hold (text/objectivity.py),
-    # else `subjective`; None = no check
+    # judgement, mood, narrator/viewer, rhetoric, sound/smell, backstory or commentary phrases a caption may hold
+    # (text/objectivity.py), else `subjective`; None = no check
     max_subjective: int | None = field(default=None, metadata=at_least(0))
     keep_truncated: bool = False  # keep a caption cut by max_new_tokens (trimmed, flagged) instead of rejecting
     max_attempts: int = field(default=3, metadata=at_least(1))

@@ -31,7 +31,7 @@ from unicorn_datasets.stages.base import OUTCOME_FIELDS, GenerationStage, StageS
 from unicorn_datasets.stages.seed_check import OFF_SEED, SeedCosineCheck
 from unicorn_datasets.text.objectivity import subjective_markers
 from unicorn_datasets.text.reserved import DEFAULT, ReservedTokens
-from unicorn_datasets.text.tokens import PICTURE_WORDS, complete_sentences
+from unicorn_datasets.text.tokens import PICTURE_WORDS, complete_sentences, prefix_stem
 
 if TYPE_CHECKING:
     from unicorn_datasets.dataset.repo import BuildRepo
@@ -102,16 +102,12 @@ _SEED_FILLER = frozenset(
 _WORD = re.compile(r"[a-z]+")  # letter runs, not text.tokens.words: "cat's" must still mention "cat"
 
 
-def _stem(word: str) -> str:
-    return word[:5]  # crude but language-model-free: "wings"/"winged", "photographed"/"photograph"
-
-
 def seed_overlap(seed: str, caption: str) -> float:
     """Share of the seed's content words (stemmed) that the caption mentions; 1.0 for a seed without any."""
-    content = {_stem(w) for w in _WORD.findall(seed.lower()) if w not in _SEED_FILLER and len(w) > 2}
+    content = {prefix_stem(w) for w in _WORD.findall(seed.lower()) if w not in _SEED_FILLER and len(w) > 2}
     if not content:
         return 1.0
-    said = {_stem(w) for w in _WORD.findall(caption.lower())}
+    said = {prefix_stem(w) for w in _WORD.findall(caption.lower())}
     return len(content & said) / len(content)
 
 
@@ -332,8 +328,8 @@ def _card_text(recipe: dict[str, Any], stages: dict[str, Any]) -> str:
     if c.get("min_seed_overlap"):
         checks.append(f"mentioning under {c['min_seed_overlap']:g} of the seed's content words (`drifted_from_seed`)")
     if c.get("max_subjective") is not None:
-        checks.append(f"more than {c['max_subjective']} phrase(s) of judgement, mood, rhetoric, a narrator or a "
-                      "sound or smell (`subjective`)")
+        checks.append(f"more than {c['max_subjective']} phrase(s) of judgement, mood, rhetoric, a narrator, a "
+                      "sound or smell, backstory or commentary (`subjective`)")
     if c.get("min_seed_cosine"):
         encoder = recipe.get("transfer", {}).get("encoder")
         if c.get("seed_cosine_embedding") == "words":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from unicorn_datasets.text.tokens import prefix_stem
+
 # Judgement, emotion and mood: what a viewer feels, not what the picture shows.
 _JUDGEMENT = (
     "beautiful beautifully stunning stunningly breathtaking gorgeous lovely magnificent majestic serene serenity "
@@ -69,10 +71,6 @@ _WORD_KEYS = frozenset(_WORDS) | {"i", "us"}
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 
 
-def _stem(word: str) -> str:
-    return word[:5]  # as stages/captions.py's seed overlap: the seed's "fearful" covers "fearfully"
-
-
 @dataclass(frozen=True)
 class Marker:
     kind: str  # judgement, mood, address, rhetoric, senses, story, commentary
@@ -80,7 +78,7 @@ class Marker:
 
 
 def _narrator(text: str, start: int, end: int) -> bool:
-    """Case matters: "I" the narrator, not "Henry I." or "I2" ("us" likewise: the viewers, not "US")."""
+    """Is this capital "I" the narrator (not "Henry I." or "I2")? Case matters, as for "us" (not "US")."""
     before, after = text[start - 1:start], text[end:end + 1]
     return not (before == "." or before.isalnum() or before == "_" or after == "." or after.isalnum() or after == "_")
 
@@ -88,7 +86,7 @@ def _narrator(text: str, start: int, end: int) -> bool:
 def subjective_markers(caption: str, seed: str = "") -> list[Marker]:
     """Every judgement, mood, narrator/viewer, rhetoric, non-visual-sense, story or commentary phrase in `caption`,
     in text order; a phrase whose words all appear in `seed` is the seed's, not the model's, and is skipped."""
-    seed_words = {_stem(w) for w in _WORD.findall(seed.lower())}
+    seed_words = {prefix_stem(w) for w in _WORD.findall(seed.lower())}
     found: list[tuple[int, Marker]] = []
     tokens = set(_TOKEN.findall(caption.lower()))
     if not tokens.isdisjoint(_WORD_KEYS):  # one pass to place them only when there is something to place
@@ -99,13 +97,13 @@ def subjective_markers(caption: str, seed: str = "") -> list[Marker]:
                 if not (token == "us" or (token == "I" and _narrator(caption, m.start(), m.end()))):
                     continue
                 kind = "address"
-            if _stem(token.lower()) not in seed_words:
+            if prefix_stem(token.lower()) not in seed_words:
                 found.append((m.start(), Marker(kind, token)))
     for kind, pattern, triggers in _PHRASE_RULES:
         if triggers is not None and triggers.isdisjoint(tokens):
             continue
         for m in pattern.finditer(caption):
             words = _WORD.findall(m.group(0).lower())
-            if not (words and all(_stem(w) in seed_words for w in words)):
+            if not (words and all(prefix_stem(w) in seed_words for w in words)):
                 found.append((m.start(), Marker(kind, m.group(0))))
     return [marker for _, marker in sorted(found, key=lambda x: x[0])]

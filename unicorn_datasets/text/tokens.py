@@ -31,6 +31,12 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.casefold())
 
 
+def prefix_stem(word: str) -> str:
+    """A word's first five letters: crude but model-free ("wings"/"winged", "fearful"/"fearfully"); how a
+    caption is matched against its seed (seed overlap, the subjective check's seed words)."""
+    return word[:5]
+
+
 def norm_text(s: str) -> str:
     """Case, inner whitespace and final punctuation ignored: "Red." == "red"."""
     return " ".join(s.casefold().split()).rstrip(" .!?")
